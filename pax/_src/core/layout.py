@@ -1,0 +1,161 @@
+"""The immutable registry of a module: which attributes are children, of what kind.
+
+A `Layout` is interned: two modules whose attributes are registered the same way share one
+`Layout` object, so comparing the aux data of two treedefs compares layouts by identity.
+"""
+
+from __future__ import annotations
+
+import enum
+import operator
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from jax.tree_util import GetAttrKey
+
+
+class Kind(enum.Enum):
+    """How a registered attribute takes part in the pytree."""
+
+    PARAMETER = "parameter"
+    STATE = "state"
+    FROZEN_PARAMETER = "frozen parameter"
+    PARAMETER_SUBTREE = "parameter subtree"
+    STATE_SUBTREE = "state subtree"
+    FROZEN_PARAMETER_SUBTREE = "frozen parameter subtree"
+    MODULE = "module"
+    MODULE_SUBTREE = "module subtree"
+
+
+TRAINABLE = frozenset({Kind.PARAMETER, Kind.PARAMETER_SUBTREE})
+NON_TRAINABLE = frozenset(
+    {Kind.STATE, Kind.STATE_SUBTREE, Kind.FROZEN_PARAMETER, Kind.FROZEN_PARAMETER_SUBTREE}
+)
+MODULE_KINDS = frozenset({Kind.MODULE, Kind.MODULE_SUBTREE})
+LEAF_KINDS = frozenset({Kind.PARAMETER, Kind.STATE, Kind.FROZEN_PARAMETER})
+FREEZE = {
+    Kind.PARAMETER: Kind.FROZEN_PARAMETER,
+    Kind.PARAMETER_SUBTREE: Kind.FROZEN_PARAMETER_SUBTREE,
+}
+UNFREEZE = {v: k for k, v in FREEZE.items()}
+
+# Kinds that may be registered again under another name of the same family.
+FAMILY = {
+    Kind.PARAMETER: "parameter",
+    Kind.FROZEN_PARAMETER: "parameter",
+    Kind.STATE: "state",
+    Kind.PARAMETER_SUBTREE: "parameter subtree",
+    Kind.FROZEN_PARAMETER_SUBTREE: "parameter subtree",
+    Kind.STATE_SUBTREE: "state subtree",
+    Kind.MODULE: "module",
+    Kind.MODULE_SUBTREE: "module subtree",
+}
+
+
+def _make_getter(names: tuple[str, ...]) -> Callable[[dict], tuple]:
+    if not names:
+        return lambda d: ()
+    if len(names) == 1:
+        (name,) = names
+        return lambda d: (d[name],)
+    return operator.itemgetter(*names)
+
+
+class Layout:
+    """Interned, immutable description of a module's attributes.
+
+    Attributes:
+      children: names of pytree children, in flatten order.
+      kinds: the `Kind` of each child.
+      static: names of static attributes (aux data), in assignment order.
+      keys: `GetAttrKey` of each child, for key paths.
+      get_children: ``get_children(obj.__dict__)`` returns the children as a tuple.
+    """
+
+    __slots__ = ("children", "get_children", "keys", "kind_of", "kinds", "static")
+
+    _table: dict[tuple, Layout] = {}
+    _lock = threading.Lock()
+
+    children: tuple[str, ...]
+    kinds: tuple[Kind, ...]
+    static: tuple[str, ...]
+    keys: tuple[GetAttrKey, ...]
+    get_children: Callable[[dict], tuple]
+    kind_of: dict[str, Kind]
+
+    @classmethod
+    def intern(
+        cls, children: tuple[str, ...], kinds: tuple[Kind, ...], static: tuple[str, ...]
+    ) -> Layout:
+        key = (children, kinds, static)
+        layout = cls._table.get(key)
+        if layout is None:
+            with cls._lock:
+                layout = cls._table.get(key)
+                if layout is None:
+                    layout = object.__new__(cls)
+                    set_ = object.__setattr__
+                    set_(layout, "children", children)
+                    set_(layout, "kinds", kinds)
+                    set_(layout, "static", static)
+                    set_(layout, "keys", tuple(GetAttrKey(n) for n in children))
+                    set_(layout, "get_children", _make_getter(children))
+                    set_(layout, "kind_of", dict(zip(children, kinds)))
+                    cls._table[key] = layout
+        return layout
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Layout is immutable")
+
+    def __reduce__(self):
+        return (Layout.intern, (self.children, self.kinds, self.static))
+
+    def __copy__(self) -> Layout:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Layout:
+        return self
+
+    def __repr__(self) -> str:
+        kids = ", ".join(f"{n}: {k.value}" for n, k in zip(self.children, self.kinds))
+        return f"Layout(children=({kids}), static={self.static})"
+
+    # --- derived layouts -------------------------------------------------------------------
+
+    def with_child(self, name: str, kind: Kind) -> Layout:
+        """Returns this layout with `name` registered as a child of `kind`."""
+        static = tuple(s for s in self.static if s != name)
+        if name in self.kind_of:
+            kinds = tuple(kind if n == name else k for n, k in zip(self.children, self.kinds))
+            return Layout.intern(self.children, kinds, static)
+        return Layout.intern(self.children + (name,), self.kinds + (kind,), static)
+
+    def with_static(self, name: str) -> Layout:
+        """Returns this layout with `name` as a static attribute (and not a child)."""
+        if name in self.static and name not in self.kind_of:
+            return self
+        pairs = [(n, k) for n, k in zip(self.children, self.kinds) if n != name]
+        return Layout.intern(
+            tuple(n for n, _ in pairs), tuple(k for _, k in pairs), self.static + (name,)
+        )
+
+    def without(self, name: str) -> Layout:
+        """Returns this layout with `name` removed."""
+        pairs = [(n, k) for n, k in zip(self.children, self.kinds) if n != name]
+        return Layout.intern(
+            tuple(n for n, _ in pairs),
+            tuple(k for _, k in pairs),
+            tuple(s for s in self.static if s != name),
+        )
+
+    def map_kinds(self, mapping: dict[Kind, Kind]) -> Layout:
+        """Returns this layout with each kind replaced through `mapping` (others kept)."""
+        kinds = tuple(mapping.get(k, k) for k in self.kinds)
+        if kinds == self.kinds:
+            return self
+        return Layout.intern(self.children, kinds, self.static)
+
+
+EMPTY = Layout.intern((), (), ())

@@ -1,0 +1,493 @@
+"""`pax.Module`: a stateful pytree whose children are decided by an explicit registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import jax
+import numpy as np
+
+from pax._src.core import layout as _layout
+from pax._src.core.layout import EMPTY, FAMILY, Kind, Layout
+from pax._src.core.static import Aux, freeze_static
+
+T = TypeVar("T", bound="Module")
+
+ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
+_NDARRAY_TYPES = (jax.Array, np.ndarray)
+_INTERNAL_PREFIX = "_pax_"
+
+_REGISTER_FIX = (
+    "self.register_parameter({name!r}, value) for a trainable array, or "
+    "self.register_state({name!r}, value) for a non-trainable one"
+)
+
+
+def is_module(x: Any) -> bool:
+    return isinstance(x, Module)
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, _NDARRAY_TYPES):
+        return f"{type(value).__name__}{tuple(value.shape)} {value.dtype}"
+    return type(value).__name__
+
+
+# --- flatten / unflatten: the hot path --------------------------------------------------------
+
+
+def _flatten(module: Module) -> tuple[tuple, Aux]:
+    d = module.__dict__
+    aux = d.get("_pax_aux")
+    if aux is None:
+        aux = _build_aux(module)
+    return aux[0].get_children(d), aux
+
+
+def _flatten_with_keys(module: Module) -> tuple[tuple, Aux]:
+    children, aux = _flatten(module)
+    return tuple(zip(aux[0].keys, children)), aux
+
+
+def _make_unflatten(cls: type) -> Callable[[Aux, Any], Module]:
+    new = object.__new__
+
+    def unflatten(aux: Aux, children: Any) -> Module:
+        module = new(cls)
+        d = module.__dict__
+        d.update(aux.template)
+        d.update(zip(aux[0].children, children))
+        d["_pax_aux"] = aux
+        return module
+
+    return unflatten
+
+
+def _build_aux(module: Module) -> Aux:
+    """Builds (and caches, when every static value is immutable) the aux data of `module`."""
+    d = module.__dict__
+    layout = d.get("_pax_layout", EMPTY)
+    statics = []
+    cacheable = True
+    for name in layout.static:
+        value = d[name]
+        try:
+            hash(value)
+        except TypeError:
+            cacheable = False
+            frozen = freeze_static(value)
+            if frozen.modules or frozen.arrays:
+                return _promote_static(module, name, value, frozen)
+            value = frozen
+        statics.append(value)
+    aux = Aux((layout, tuple(statics)))
+    template = {name: d[name] for name in layout.static}
+    template["_pax_layout"] = layout
+    aux.template = template
+    if cacheable:
+        d["_pax_aux"] = aux
+    return aux
+
+
+def _promote_static(module: Module, name: str, value: Any, frozen: Any) -> Aux:
+    """A static container (e.g. `self.layers = []` then `.append(...)`) now holds modules."""
+    cls = type(module).__name__
+    if frozen.arrays:
+        raise TypeError(
+            f"{cls}.{name}: this {type(value).__name__} is a static attribute but now holds a "
+            f"{frozen.arrays[0]}; arrays must never be static (they would be baked into the "
+            f"compiled program). Register it instead: self.register_parameter_subtree({name!r}, "
+            f"value) or self.register_state_subtree({name!r}, value)."
+        )
+    _check_module_subtree(module, name, value)
+    d = module.__dict__
+    d["_pax_layout"] = d.get("_pax_layout", EMPTY).with_child(name, Kind.MODULE_SUBTREE)
+    d.pop("_pax_aux", None)
+    return _build_aux(module)
+
+
+# --- value checks ------------------------------------------------------------------------------
+
+
+def _check_leaf(module: Module, name: str, kind: Kind, value: Any, allow_none: bool) -> None:
+    if isinstance(value, ARRAY_TYPES) or (allow_none and value is None):
+        return
+    cls = type(module).__name__
+    fix = (
+        f"self.register_{FAMILY[kind].replace(' ', '_')}({name!r}, jnp.asarray(value))"
+        if isinstance(value, (bool, int, float, complex))
+        else "store it as a plain attribute under another name, or wrap it in a pax.Module"
+    )
+    raise TypeError(
+        f"{cls}.{name}: a {kind.value} must be a jax or numpy array, got {value!r} of type "
+        f"{type(value).__name__}. Fix: {fix}."
+    )
+
+
+def _check_subtree(module: Module, name: str, kind: Kind, value: Any) -> None:
+    cls = type(module).__name__
+    if value is None:
+        raise TypeError(f"{cls}.{name}: cannot register None as a {kind.value}; pass a pytree.")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(value):
+        if not isinstance(leaf, ARRAY_TYPES):
+            raise TypeError(
+                f"{cls}.{name}{jax.tree_util.keystr(path)}: every leaf of a {kind.value} must be "
+                f"a jax or numpy array, got {leaf!r} of type {type(leaf).__name__}. Fix: convert "
+                f"it with jnp.asarray, or keep non-array values out of the subtree."
+            )
+
+
+def _check_module_subtree(module: Module, name: str, value: Any) -> None:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(value, is_leaf=is_module):
+        if not isinstance(leaf, Module):
+            where = f"{type(module).__name__}.{name}{jax.tree_util.keystr(path)}"
+            if isinstance(leaf, ARRAY_TYPES):
+                fix = "register arrays with register_parameter / register_state on a Module"
+            elif callable(leaf):
+                fix = "wrap functions in a module: pax.nn.Lambda(fn)"
+            else:
+                fix = "keep non-module values in a separate attribute"
+            raise TypeError(
+                f"{where}: a container of modules may hold only Modules (or None), found "
+                f"{_type_name(leaf)}. Fix: {fix}."
+            )
+
+
+def _scan_container(value: Any) -> tuple[bool, Any]:
+    """Returns (has a module, first array) among the leaves of a list/tuple/dict."""
+    has_module = False
+    for leaf in jax.tree_util.tree_leaves(value, is_leaf=is_module):
+        if isinstance(leaf, Module):
+            has_module = True
+        elif isinstance(leaf, _NDARRAY_TYPES):
+            return has_module, leaf
+    return has_module, None
+
+
+# --- the Module class --------------------------------------------------------------------------
+
+
+class Module:
+    """Base class of every pax module: a mutable Python object that is also a pytree.
+
+    A module keeps a registry of which attributes are its pytree children: parameters
+    (trainable arrays), states (non-trainable arrays), subtrees of either, and submodules.
+    Submodules assigned as attributes, directly or inside a list, tuple or dict, are registered
+    automatically; every other attribute is static and goes into the treedef.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, pax
+      >>> class Counter(pax.Module):
+      ...     def __init__(self, start: int = 0):
+      ...         super().__init__()
+      ...         self.register_state("count", jnp.array(start))
+      ...         self.register_parameter("bias", jnp.array(0.0))
+      ...     def __call__(self, x):
+      ...         self.count = self.count + 1
+      ...         return self.count * x + self.bias
+      >>> net = Counter(3)
+      >>> def loss_fn(params, model, x):
+      ...     model = model.update(params)
+      ...     y = model(x)
+      ...     loss = jnp.mean(jnp.square(x - y))
+      ...     return loss, (loss, model)
+      >>> grads, (loss, net) = jax.grad(loss_fn, has_aux=True)(net.parameters(), net, 10.0)
+      >>> print(grads.count, grads.bias)
+      None 60.0
+    """
+
+    training: bool = True
+
+    def __init__(self) -> None:
+        self._pax_init()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        jax.tree_util.register_pytree_with_keys(
+            cls, _flatten_with_keys, _make_unflatten(cls), _flatten
+        )
+
+    def _pax_init(self) -> Layout:
+        d = self.__dict__
+        layout = d.get("_pax_layout")
+        if layout is None:
+            layout = EMPTY.with_static("training")
+            d["_pax_layout"] = layout
+            d.setdefault("training", True)
+        return layout
+
+    # --- attribute assignment ----------------------------------------------------------------
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        d = self.__dict__
+        layout = d.get("_pax_layout") or self._pax_init()
+        kind = layout.kind_of.get(name)
+        if kind is None or kind in _layout.MODULE_KINDS:
+            if name.startswith(_INTERNAL_PREFIX):
+                d[name] = value
+                return
+            self._pax_assign_unregistered(name, value, layout, kind)
+        elif kind in _layout.LEAF_KINDS:
+            _check_leaf(self, name, kind, value, allow_none=True)
+            d[name] = value
+        else:
+            if value is not None:
+                _check_subtree(self, name, kind, value)
+            d[name] = value
+
+    def _pax_assign_unregistered(
+        self, name: str, value: Any, layout: Layout, kind: Kind | None
+    ) -> None:
+        d = self.__dict__
+        descriptor = getattr(type(self), name, None)
+        if hasattr(descriptor, "__set__"):
+            object.__setattr__(self, name, value)
+            return
+        if isinstance(value, Module):
+            new_layout = layout.with_child(name, Kind.MODULE)
+        elif value is None and kind is not None:
+            new_layout = layout
+        elif isinstance(value, (list, tuple, dict)):
+            has_module, array = _scan_container(value)
+            if array is not None:
+                raise TypeError(
+                    f"{type(self).__name__}.{name}: this {type(value).__name__} holds a "
+                    f"{_type_name(array)} but is not registered, so it would be static and baked "
+                    f"into the compiled program. Fix: self.register_parameter_subtree({name!r}, "
+                    f"value) or self.register_state_subtree({name!r}, value)."
+                )
+            if has_module:
+                _check_module_subtree(self, name, value)
+                new_layout = layout.with_child(name, Kind.MODULE_SUBTREE)
+            else:
+                new_layout = layout.with_static(name)
+        elif isinstance(value, _NDARRAY_TYPES):
+            raise TypeError(
+                f"{type(self).__name__}.{name}: cannot assign a {_type_name(value)} to an "
+                f"unregistered attribute; it would be static and baked into the compiled "
+                f"program. Fix: {_REGISTER_FIX.format(name=name)}."
+            )
+        else:
+            new_layout = layout.with_static(name)
+        d[name] = value
+        if new_layout is not layout or name in new_layout.static:
+            d["_pax_layout"] = new_layout
+            d.pop("_pax_aux", None)
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+        d = self.__dict__
+        layout = d.get("_pax_layout")
+        if layout is not None and (name in layout.kind_of or name in layout.static):
+            d["_pax_layout"] = layout.without(name)
+            d.pop("_pax_aux", None)
+
+    # --- registration ------------------------------------------------------------------------
+
+    def register_parameter(self, name: str, value: jax.Array) -> None:
+        """Registers `value` (an array) as a trainable parameter named `name`."""
+        self._pax_register(name, value, Kind.PARAMETER)
+
+    def register_state(self, name: str, value: jax.Array) -> None:
+        """Registers `value` (an array) as a non-trainable state named `name`."""
+        self._pax_register(name, value, Kind.STATE)
+
+    def register_parameter_subtree(self, name: str, tree: Any) -> None:
+        """Registers a pytree whose every leaf is a trainable parameter."""
+        self._pax_register(name, tree, Kind.PARAMETER_SUBTREE)
+
+    def register_state_subtree(self, name: str, tree: Any) -> None:
+        """Registers a pytree (modules included) whose every leaf is a non-trainable state."""
+        self._pax_register(name, tree, Kind.STATE_SUBTREE)
+
+    def register_module(self, name: str, module: Module) -> None:
+        """Registers a submodule (plain attribute assignment does the same)."""
+        self._pax_register(name, module, Kind.MODULE)
+
+    def register_module_subtree(self, name: str, tree: Any) -> None:
+        """Registers a list, tuple or dict (possibly nested) of submodules."""
+        self._pax_register(name, tree, Kind.MODULE_SUBTREE)
+
+    def _pax_register(self, name: str, value: Any, kind: Kind) -> None:
+        layout = self.__dict__.get("_pax_layout") or self._pax_init()
+        cls = type(self).__name__
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"{cls}: cannot register {name!r}: the name must be an identifier.")
+        if name.startswith(_INTERNAL_PREFIX):
+            raise ValueError(
+                f"{cls}.{name}: names starting with {_INTERNAL_PREFIX!r} are reserved."
+            )
+        attr = getattr(type(self), name, None)
+        if callable(attr) or isinstance(attr, (property, classmethod, staticmethod)):
+            raise ValueError(
+                f"{cls}.{name}: cannot register {name!r}: it would shadow the "
+                f"{type(attr).__name__} {cls}.{name}. Fix: choose another name, e.g. "
+                f"self.register_{FAMILY[kind].replace(' ', '_')}({name + '_'!r}, value)."
+            )
+        old = layout.kind_of.get(name)
+        if old is not None and FAMILY[old] != FAMILY[kind]:
+            raise ValueError(
+                f"{cls}.{name} is already registered as a {old.value}; cannot register it again "
+                f"as a {kind.value}. Fix: use another name, or `del self.{name}` first."
+            )
+        if kind in _layout.LEAF_KINDS:
+            _check_leaf(self, name, kind, value, allow_none=False)
+        elif kind is Kind.MODULE:
+            if not isinstance(value, Module):
+                raise TypeError(
+                    f"{cls}.{name}: register_module expects a pax.Module, got {_type_name(value)}."
+                )
+        elif kind is Kind.MODULE_SUBTREE:
+            _check_module_subtree(self, name, value)
+        else:
+            _check_subtree(self, name, kind, value)
+        if old is not None and old is not kind and FAMILY[old] == FAMILY[kind]:
+            kind = old  # re-registering a frozen parameter keeps it frozen
+        d = self.__dict__
+        d[name] = value
+        d["_pax_layout"] = layout.with_child(name, kind)
+        d.pop("_pax_aux", None)
+
+    # --- functional views --------------------------------------------------------------------
+
+    def parameters(self: T) -> T:
+        """Returns a copy whose non-parameter leaves (states, frozen parameters) are None."""
+        return _rebuild(self, _keep_only(_layout.TRAINABLE))
+
+    def states(self: T) -> T:
+        """Returns a copy whose parameter leaves are None (the converse of `parameters`)."""
+        return _rebuild(self, _keep_only(_layout.NON_TRAINABLE))
+
+    def update(self: T, other: T, *rest: T) -> T:
+        """Returns a copy of self where the non-None leaves of `other` (then `rest`) win.
+
+        Raises:
+          ValueError: if a tree's structure differs from self's, naming the first differing
+            key path.
+        """
+        from pax._src.core.structure import describe_difference
+
+        result = self
+        for tree in (other, *rest):
+            try:
+                result = jax.tree_util.tree_map(_pick, result, tree, is_leaf=_is_none)
+            except (ValueError, TypeError) as err:
+                diff = describe_difference(result, tree, none_is_wildcard=True) or str(err)
+                raise ValueError(
+                    f"{type(self).__name__}.update: the tree to merge has a different "
+                    f"structure: {diff}. Fix: build it from this module, e.g. "
+                    f"model.parameters() or a jax.tree_util.tree_map over it."
+                ) from None
+        return result
+
+    def freeze(self: T) -> T:
+        """Returns a copy where every parameter (recursively) is a non-trainable state."""
+        return _rebuild(self, _map_kinds(_layout.FREEZE))
+
+    def unfreeze(self: T) -> T:
+        """Returns a copy where the parameters frozen by `freeze` are trainable again."""
+        return _rebuild(self, _map_kinds(_layout.UNFREEZE))
+
+    def train(self: T) -> T:
+        """Returns a copy with `training = True` on every submodule."""
+        return _rebuild(self, _set_training(True))
+
+    def eval(self: T) -> T:
+        """Returns a copy with `training = False` on every submodule."""
+        return _rebuild(self, _set_training(False))
+
+    def copy(self: T) -> T:
+        """Returns a copy of the module tree (submodules and containers copied, arrays shared)."""
+        return jax.tree_util.tree_map(lambda x: x, self)
+
+    def submodules(self) -> list[Module]:
+        """Returns the direct submodules, in flatten order."""
+        d = self.__dict__
+        layout = d.get("_pax_layout", EMPTY)
+        out: list[Module] = []
+        for name, kind in zip(layout.children, layout.kinds):
+            if kind in _layout.MODULE_KINDS:
+                out.extend(jax.tree_util.tree_leaves(d[name], is_leaf=is_module))
+        return out
+
+    def summary(self) -> str:
+        """Returns a tree of submodules with their parameter and state counts."""
+        from pax._src.core.summary import summary
+
+        return summary(self)
+
+    def __repr__(self) -> str:
+        from pax._src.core.summary import module_repr
+
+        return module_repr(self)
+
+
+jax.tree_util.register_pytree_with_keys(
+    Module, _flatten_with_keys, _make_unflatten(Module), _flatten
+)
+
+
+def _pick(mine: Any, theirs: Any) -> Any:
+    return mine if theirs is None else theirs
+
+
+def _nonify(value: Any, kind: Kind) -> Any:
+    if kind in _layout.LEAF_KINDS or value is None:
+        return None
+    return jax.tree_util.tree_map(_to_none, value)
+
+
+def _to_none(_: Any) -> None:
+    return None
+
+
+def _keep_only(keep: frozenset) -> Callable[[dict, Layout], None]:
+    def visit(d: dict, layout: Layout) -> None:
+        for name, kind in zip(layout.children, layout.kinds):
+            if kind not in keep and kind not in _layout.MODULE_KINDS:
+                d[name] = _nonify(d[name], kind)
+
+    return visit
+
+
+def _map_kinds(mapping: dict) -> Callable[[dict, Layout], None]:
+    def visit(d: dict, layout: Layout) -> None:
+        new = layout.map_kinds(mapping)
+        if new is not layout:
+            d["_pax_layout"] = new
+            d.pop("_pax_aux", None)
+
+    return visit
+
+
+def _set_training(flag: bool) -> Callable[[dict, Layout], None]:
+    def visit(d: dict, layout: Layout) -> None:
+        if d.get("training") is not flag or "training" not in layout.static:
+            d["training"] = flag
+            d["_pax_layout"] = layout.with_static("training")
+            d.pop("_pax_aux", None)
+
+    return visit
+
+
+def _rebuild(module: T, visit: Callable[[dict, Layout], None]) -> T:
+    """Copies `module` and its submodules, letting `visit` edit each copy's attribute dict."""
+    d = dict(module.__dict__)
+    layout = d.get("_pax_layout", EMPTY)
+    for name, kind in zip(layout.children, layout.kinds):
+        if kind is Kind.MODULE:
+            if d[name] is not None:
+                d[name] = _rebuild(d[name], visit)
+        elif kind is Kind.MODULE_SUBTREE:
+            d[name] = jax.tree_util.tree_map(
+                lambda m: _rebuild(m, visit), d[name], is_leaf=is_module
+            )
+    visit(d, layout)
+    new = object.__new__(type(module))
+    new.__dict__.update(d)
+    return new

@@ -1,0 +1,62 @@
+"""A global, thread-safe RNG key for convenient eager initialization."""
+
+from __future__ import annotations
+
+import threading
+
+import jax
+
+_DEFAULT_SEED = 42
+_lock = threading.Lock()
+_key: jax.Array | None = None
+
+_TRACED_ERROR = (
+    "pax.next_rng_key() was called inside a JAX transformation (jax.jit, jax.grad, jax.vmap, "
+    "jax.lax.scan, ...). The global key would either leak a tracer or bake one constant key into "
+    "the compiled program. Fix: create the module outside the transformation, or pass a key "
+    "explicitly: Module(..., rng_key=key), with `key` split from a key you pass in."
+)
+
+
+def seed_rng_key(seed: int) -> None:
+    """Resets the global RNG key to ``jax.random.PRNGKey(seed)``.
+
+    Example:
+      >>> import pax
+      >>> pax.seed_rng_key(0)
+      >>> k1 = pax.next_rng_key()
+      >>> pax.seed_rng_key(0)
+      >>> bool((pax.next_rng_key() == k1).all())
+      True
+    """
+    global _key
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"pax.seed_rng_key expects an int seed, got {seed!r}.")
+    with _lock:
+        _key = jax.random.PRNGKey(seed)
+
+
+def next_rng_key() -> jax.Array:
+    """Splits the global RNG key and returns a fresh key (seeded with 42 until `seed_rng_key`).
+
+    Only for eager code: inside a JAX transformation it raises `RuntimeError`.
+
+    Example:
+      >>> import pax
+      >>> pax.seed_rng_key(1)
+      >>> pax.next_rng_key().shape
+      (2,)
+    """
+    global _key
+    with _lock:
+        key = jax.random.PRNGKey(_DEFAULT_SEED) if _key is None else _key
+        new_key, sub = jax.random.split(key)
+        if isinstance(sub, jax.core.Tracer):
+            raise RuntimeError(_TRACED_ERROR)
+        _key = new_key
+    return sub
+
+
+def resolve_rng_key(rng_key: jax.Array | None) -> jax.Array:
+    """Returns `rng_key`, or the next global key when it is None."""
+    return next_rng_key() if rng_key is None else rng_key

@@ -1,0 +1,108 @@
+"""Linear, Identity and Lambda layers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pax._src.core.module import Module
+from pax._src.core.rng import resolve_rng_key
+from pax._src.nn import initializers
+from pax._src.nn.initializers import Initializer
+
+
+class Linear(Module):
+    """A fully connected layer ``y = x @ weight + bias`` (Haiku's ``hk.Linear``).
+
+    Args:
+      in_dim: size of the last input axis.
+      out_dim: size of the last output axis.
+      with_bias: whether to add a bias.
+      w_init: weight initializer; default truncated normal with std ``1 / sqrt(in_dim)``.
+      b_init: bias initializer; default zeros.
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> fc = pax.nn.Linear(3, 4)
+      >>> fc(jnp.ones((2, 3))).shape
+      (2, 4)
+    """
+
+    weight: jax.Array
+    bias: jax.Array | None
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        with_bias: bool = True,
+        w_init: Initializer | None = None,
+        b_init: Initializer | None = None,
+        *,
+        rng_key: jax.Array | None = None,
+    ) -> None:
+        super().__init__()
+        for arg, value in (("in_dim", in_dim), ("out_dim", out_dim)):
+            if not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"Linear: {arg} must be a positive int, got {value!r}.")
+        self.in_dim = int(in_dim)
+        self.out_dim = int(out_dim)
+        self.with_bias = with_bias
+        w_init = w_init or initializers.truncated_normal(stddev=1.0 / np.sqrt(in_dim))
+        b_init = b_init or initializers.zeros
+        w_key, b_key = jax.random.split(resolve_rng_key(rng_key))
+        self.register_parameter("weight", w_init(w_key, (in_dim, out_dim), jnp.float32))
+        if with_bias:
+            self.register_parameter("bias", b_init(b_key, (out_dim,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if jnp.ndim(x) < 1 or x.shape[-1] != self.in_dim:
+            raise ValueError(
+                f"Linear: expected input of shape (..., {self.in_dim}), got {jnp.shape(x)}."
+            )
+        y = jnp.dot(x, self.weight)
+        if self.with_bias:
+            y = y + self.bias
+        return y
+
+
+class Identity(Module):
+    """Returns its input unchanged.
+
+    Example:
+      >>> import pax
+      >>> pax.nn.Identity()(3)
+      3
+    """
+
+    def __call__(self, x: Any) -> Any:
+        return x
+
+
+class Lambda(Module):
+    """Wraps a stateless function (such as `jax.nn.relu`) as a module.
+
+    Args:
+      fn: the function; it is static (part of the treedef).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, pax
+      >>> pax.nn.Lambda(jax.nn.relu)(jnp.array([-1.0, 2.0])).tolist()
+      [0.0, 2.0]
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        if not callable(fn):
+            raise TypeError(f"Lambda: fn must be callable, got {fn!r}.")
+        if isinstance(fn, Module):
+            raise TypeError("Lambda: fn is already a pax.Module; use it directly.")
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)

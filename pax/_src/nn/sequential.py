@@ -1,0 +1,97 @@
+"""Sequential and MLP containers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from pax._src.core.module import Module
+from pax._src.core.rng import resolve_rng_key
+from pax._src.nn.linear import Lambda, Linear
+
+
+class Sequential(Module):
+    """Calls its layers in order; plain functions are wrapped in `pax.nn.Lambda`.
+
+    The layers are kept in the list ``modules``, which can be indexed and replaced.
+
+    Args:
+      *layers: modules or functions.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, pax
+      >>> net = pax.nn.Sequential(pax.nn.Linear(4, 8), jax.nn.relu, pax.nn.Linear(8, 2))
+      >>> net.modules[2] = pax.nn.Linear(8, 3)
+      >>> net(jnp.ones((1, 4))).shape
+      (1, 3)
+    """
+
+    modules: list[Module]
+
+    def __init__(self, *layers: Module | Callable[..., Any]) -> None:
+        super().__init__()
+        self.register_module_subtree(
+            "modules", [m if isinstance(m, Module) else Lambda(m) for m in layers]
+        )
+
+    def __call__(self, x: Any) -> Any:
+        for module in self.modules:
+            x = module(x)
+        return x
+
+    def __getitem__(self, index: int) -> Module:
+        return self.modules[index]
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+
+class MLP(Module):
+    """A multi-layer perceptron: Linear layers with an activation between them.
+
+    Args:
+      features: sizes ``[in_dim, hidden..., out_dim]``.
+      activation: applied after every layer but the last.
+      activate_final: also apply it after the last layer.
+      with_bias: use biases.
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> mlp = pax.nn.MLP([3, 16, 16, 2])
+      >>> mlp(jnp.ones((5, 3))).shape
+      (5, 2)
+    """
+
+    layers: list[Linear]
+
+    def __init__(
+        self,
+        features: list[int] | tuple[int, ...],
+        activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
+        activate_final: bool = False,
+        with_bias: bool = True,
+        *,
+        rng_key: jax.Array | None = None,
+    ) -> None:
+        super().__init__()
+        if len(features) < 2:
+            raise ValueError(f"MLP: features needs at least [in_dim, out_dim], got {features!r}.")
+        keys = jax.random.split(resolve_rng_key(rng_key), len(features) - 1)
+        self.features = tuple(features)
+        self.activation = activation
+        self.activate_final = activate_final
+        self.layers = [
+            Linear(i, o, with_bias=with_bias, rng_key=k)
+            for i, o, k in zip(features[:-1], features[1:], keys)
+        ]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < last or self.activate_final:
+                x = self.activation(x)
+        return x
