@@ -415,6 +415,15 @@ class Module:
                 out.extend(jax.tree_util.tree_leaves(d[name], is_leaf=is_module))
         return out
 
+    def hk_init(self: T, *args: Any, enable_jit: bool = False, **kwargs: Any) -> T:
+        """Initializes every `pax.from_haiku` submodule by calling the model on dummy inputs.
+
+        Returns a new, initialized model; see `pax.from_haiku`.
+        """
+        from pax._src.haiku.init import hk_init
+
+        return hk_init(self, *args, enable_jit=enable_jit, **kwargs)
+
     def summary(self) -> str:
         """Returns a tree of submodules with their parameter and state counts."""
         from pax._src.core.summary import summary
