@@ -53,6 +53,16 @@ FAMILY = {
 }
 
 
+def _make_fill(names: tuple[str, ...]) -> Callable[[dict, Any], None]:
+    """Compiles ``fill(d, children)``: one unpacking assignment into the attribute dict."""
+    if not names:
+        return lambda d, children: None
+    targets = "".join(f"d[{name!r}], " for name in names)
+    namespace: dict[str, Any] = {}
+    exec(f"def fill(d, children):\n    {targets}= children\n", namespace)
+    return namespace["fill"]
+
+
 def _make_getter(names: tuple[str, ...]) -> Callable[[dict], tuple]:
     if not names:
         return lambda d: ()
@@ -71,9 +81,10 @@ class Layout:
       static: names of static attributes (aux data), in assignment order.
       keys: `GetAttrKey` of each child, for key paths.
       get_children: ``get_children(obj.__dict__)`` returns the children as a tuple.
+      fill: ``fill(obj.__dict__, children)`` stores the children (the inverse).
     """
 
-    __slots__ = ("children", "get_children", "keys", "kind_of", "kinds", "static")
+    __slots__ = ("children", "fill", "get_children", "keys", "kind_of", "kinds", "static")
 
     _table: dict[tuple, Layout] = {}
     _lock = threading.Lock()
@@ -83,6 +94,7 @@ class Layout:
     static: tuple[str, ...]
     keys: tuple[GetAttrKey, ...]
     get_children: Callable[[dict], tuple]
+    fill: Callable[[dict, Any], None]
     kind_of: dict[str, Kind]
 
     @classmethod
@@ -102,6 +114,7 @@ class Layout:
                     set_(layout, "static", static)
                     set_(layout, "keys", tuple(GetAttrKey(n) for n in children))
                     set_(layout, "get_children", _make_getter(children))
+                    set_(layout, "fill", _make_fill(children))
                     set_(layout, "kind_of", dict(zip(children, kinds)))
                     cls._table[key] = layout
         return layout

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
 import numpy as np
+from jax._src.core import trace_state_clean
 
 from pax._src.core import layout as _layout
 from pax._src.core.layout import EMPTY, FAMILY, Kind, Layout
 from pax._src.core.static import Aux, freeze_static
 
 T = TypeVar("T", bound="Module")
+Tracer = jax.core.Tracer
 
 ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 _NDARRAY_TYPES = (jax.Array, np.ndarray)
@@ -43,6 +46,8 @@ def _type_name(value: Any) -> str:
 
 def _flatten(module: Module) -> tuple[tuple, Aux]:
     d = module.__dict__
+    if "_pax_tracers" in d:
+        check_no_leaked_tracers(module)
     aux = d.get("_pax_aux")
     if aux is None:
         aux = _build_aux(module)
@@ -61,15 +66,19 @@ def _make_unflatten(cls: type) -> Callable[[Aux, Any], Module]:
         module = new(cls)
         d = module.__dict__
         d.update(aux.template)
-        d.update(zip(aux[0].children, children))
-        d["_pax_aux"] = aux
+        aux.fill(d, children)
         return module
 
     return unflatten
 
 
 def _build_aux(module: Module) -> Aux:
-    """Builds (and caches, when every static value is immutable) the aux data of `module`."""
+    """Builds (and caches, when every static value is immutable) the aux data of `module`.
+
+    The aux is ``(layout, static values)``. It also carries, outside equality, the `template`
+    dict that unflatten copies into a new module (static values, the layout and, when
+    cacheable, the aux itself) and the layout's compiled `fill`.
+    """
     d = module.__dict__
     layout = d.get("_pax_layout", EMPTY)
     statics = []
@@ -88,9 +97,12 @@ def _build_aux(module: Module) -> Aux:
     aux = Aux((layout, tuple(statics)))
     template = {name: d[name] for name in layout.static}
     template["_pax_layout"] = layout
-    aux.template = template
     if cacheable:
+        # A reference cycle made once per aux (not per call): unflattened modules reuse it.
+        template["_pax_aux"] = aux
         d["_pax_aux"] = aux
+    aux.template = template
+    aux.fill = layout.fill
     return aux
 
 
@@ -109,6 +121,48 @@ def _promote_static(module: Module, name: str, value: Any, frozen: Any) -> Aux:
     d["_pax_layout"] = d.get("_pax_layout", EMPTY).with_child(name, Kind.MODULE_SUBTREE)
     d.pop("_pax_aux", None)
     return _build_aux(module)
+
+
+# --- leaked tracers ----------------------------------------------------------------------------
+
+_LEAK_FIX = (
+    "A module changed inside a transformed function must be returned by it; the object you "
+    "passed in is not updated. Fix:\n"
+    "    @jax.jit\n"
+    "    def step(model, x):\n"
+    "        y = model(x)\n"
+    "        return y, model      # return the updated model\n"
+    "    y, model = step(model, x)"
+)
+
+
+def check_no_leaked_tracers(module: Module) -> None:
+    """Raises if `module` (touched inside a transform) still holds tracers outside of it."""
+    if not trace_state_clean():
+        return  # inside a transformation: tracers are legitimate here
+    d = module.__dict__
+    layout = d.get("_pax_layout", EMPTY)
+    for name in layout.children:
+        for path, leaf in jax.tree_util.tree_leaves_with_path(d[name]):
+            if isinstance(leaf, Tracer):
+                raise RuntimeError(
+                    f"{type(module).__name__}.{name}{jax.tree_util.keystr(path)} holds a JAX "
+                    f"tracer from a transformation (jax.jit, jax.grad, jax.vmap, ...) that has "
+                    f"already returned: the module was modified inside it and used afterwards. "
+                    f"{_LEAK_FIX}"
+                )
+    del d["_pax_tracers"]
+
+
+def _wrap_call(call: Callable) -> Callable:
+    @functools.wraps(call)
+    def __call__(self: Module, *args: Any, **kwargs: Any) -> Any:
+        if "_pax_tracers" in self.__dict__:
+            check_no_leaked_tracers(self)
+        return call(self, *args, **kwargs)
+
+    __call__._pax_wrapped = True  # type: ignore[attr-defined]
+    return __call__
 
 
 # --- value checks ------------------------------------------------------------------------------
@@ -211,6 +265,9 @@ class Module:
         jax.tree_util.register_pytree_with_keys(
             cls, _flatten_with_keys, _make_unflatten(cls), _flatten
         )
+        call = cls.__dict__.get("__call__")
+        if call is not None and not getattr(call, "_pax_wrapped", False):
+            cls.__call__ = _wrap_call(call)
 
     def _pax_init(self) -> Layout:
         d = self.__dict__
@@ -235,10 +292,14 @@ class Module:
         elif kind in _layout.LEAF_KINDS:
             _check_leaf(self, name, kind, value, allow_none=True)
             d[name] = value
+            if isinstance(value, Tracer):
+                d["_pax_tracers"] = True
         else:
             if value is not None:
                 _check_subtree(self, name, kind, value)
             d[name] = value
+            if not trace_state_clean():
+                d["_pax_tracers"] = True
 
     def _pax_assign_unregistered(
         self, name: str, value: Any, layout: Layout, kind: Kind | None
@@ -256,8 +317,8 @@ class Module:
             has_module, array = _scan_container(value)
             if array is not None:
                 raise TypeError(
-                    f"{type(self).__name__}.{name}: this {type(value).__name__} holds a "
-                    f"{_type_name(array)} but is not registered, so it would be static and baked "
+                    f"{type(self).__name__}.{name}: this {type(value).__name__} holds an array "
+                    f"({_type_name(array)}) but is not registered, so it would be static and baked "
                     f"into the compiled program. Fix: self.register_parameter_subtree({name!r}, "
                     f"value) or self.register_state_subtree({name!r}, value)."
                 )
@@ -275,6 +336,8 @@ class Module:
         else:
             new_layout = layout.with_static(name)
         d[name] = value
+        if kind is not None and not trace_state_clean():
+            d["_pax_tracers"] = True
         if new_layout is not layout or name in new_layout.static:
             d["_pax_layout"] = new_layout
             d.pop("_pax_aux", None)
@@ -318,6 +381,11 @@ class Module:
         cls = type(self).__name__
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"{cls}: cannot register {name!r}: the name must be an identifier.")
+        if name == "training":
+            raise ValueError(
+                f"{cls}.training: cannot register 'training': it is the train/eval mode flag "
+                f"(see train() and eval()). Fix: choose another name."
+            )
         if name.startswith(_INTERNAL_PREFIX):
             raise ValueError(
                 f"{cls}.{name}: names starting with {_INTERNAL_PREFIX!r} are reserved."
@@ -376,8 +444,10 @@ class Module:
         for tree in (other, *rest):
             try:
                 result = jax.tree_util.tree_map(_pick, result, tree, is_leaf=_is_none)
-            except (ValueError, TypeError) as err:
-                diff = describe_difference(result, tree, none_is_wildcard=True) or str(err)
+            except Exception:  # jax reports mismatches with several exception types
+                diff = describe_difference(result, tree, none_is_wildcard=True)
+                if diff is None:
+                    raise
                 raise ValueError(
                     f"{type(self).__name__}.update: the tree to merge has a different "
                     f"structure: {diff}. Fix: build it from this module, e.g. "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import jax
+from jax._src.core import trace_state_clean
 
 _DEFAULT_SEED = 42
 _lock = threading.Lock()
@@ -48,6 +49,8 @@ def next_rng_key() -> jax.Array:
       (2,)
     """
     global _key
+    if not trace_state_clean():
+        raise RuntimeError(_TRACED_ERROR)
     with _lock:
         key = jax.random.PRNGKey(_DEFAULT_SEED) if _key is None else _key
         new_key, sub = jax.random.split(key)
