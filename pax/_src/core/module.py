@@ -353,27 +353,81 @@ class Module:
     # --- registration ------------------------------------------------------------------------
 
     def register_parameter(self, name: str, value: jax.Array) -> None:
-        """Registers `value` (an array) as a trainable parameter named `name`."""
+        """Registers `value` (an array) as a trainable parameter named `name`.
+
+        Raises:
+          TypeError: if `value` is not a jax/numpy array.
+          ValueError: if `name` is registered with another kind or shadows a method.
+
+        Example:
+          >>> import jax.numpy as jnp, pax
+          >>> m = pax.Module()
+          >>> m.register_parameter("w", jnp.zeros((2,)))
+          >>> m.parameters().w.shape
+          (2,)
+        """
         self._pax_register(name, value, Kind.PARAMETER)
 
     def register_state(self, name: str, value: jax.Array) -> None:
-        """Registers `value` (an array) as a non-trainable state named `name`."""
+        """Registers `value` (an array) as a non-trainable state named `name`.
+
+        Example:
+          >>> import jax.numpy as jnp, pax
+          >>> m = pax.Module()
+          >>> m.register_state("count", jnp.array(0))
+          >>> print(m.parameters().count)
+          None
+        """
         self._pax_register(name, value, Kind.STATE)
 
     def register_parameter_subtree(self, name: str, tree: Any) -> None:
-        """Registers a pytree whose every leaf is a trainable parameter."""
+        """Registers a pytree whose every leaf is a trainable parameter.
+
+        Example:
+          >>> import jax, jax.numpy as jnp, pax
+          >>> m = pax.Module()
+          >>> m.register_parameter_subtree("params", {"w": jnp.ones(2), "b": jnp.zeros(1)})
+          >>> len(jax.tree_util.tree_leaves(m.parameters()))
+          2
+        """
         self._pax_register(name, tree, Kind.PARAMETER_SUBTREE)
 
     def register_state_subtree(self, name: str, tree: Any) -> None:
-        """Registers a pytree (modules included) whose every leaf is a non-trainable state."""
+        """Registers a pytree (modules included) whose every leaf is a non-trainable state.
+
+        Example:
+          >>> import jax, jax.numpy as jnp, pax
+          >>> net = pax.nn.Linear(2, 2)
+          >>> m = pax.Module()
+          >>> m.register_state_subtree("velocity", jax.tree_util.tree_map(jnp.zeros_like, net))
+          >>> jax.tree_util.tree_leaves(m.parameters())
+          []
+        """
         self._pax_register(name, tree, Kind.STATE_SUBTREE)
 
     def register_module(self, name: str, module: Module) -> None:
-        """Registers a submodule (plain attribute assignment does the same)."""
+        """Registers a submodule (plain attribute assignment does the same).
+
+        Example:
+          >>> import pax
+          >>> m = pax.Module()
+          >>> m.register_module("fc", pax.nn.Linear(2, 2))
+          >>> [type(s).__name__ for s in m.submodules()]
+          ['Linear']
+        """
         self._pax_register(name, module, Kind.MODULE)
 
     def register_module_subtree(self, name: str, tree: Any) -> None:
-        """Registers a list, tuple or dict (possibly nested) of submodules."""
+        """Registers a list, tuple or dict (possibly nested) of submodules.
+
+        Example:
+          >>> import pax
+          >>> m = pax.Module()
+          >>> blocks = {"a": pax.nn.Linear(1, 1), "b": [pax.nn.Identity()]}
+          >>> m.register_module_subtree("blocks", blocks)
+          >>> len(m.submodules())
+          2
+        """
         self._pax_register(name, tree, Kind.MODULE_SUBTREE)
 
     def _pax_register(self, name: str, value: Any, kind: Kind) -> None:
@@ -424,11 +478,26 @@ class Module:
     # --- functional views --------------------------------------------------------------------
 
     def parameters(self: T) -> T:
-        """Returns a copy whose non-parameter leaves (states, frozen parameters) are None."""
+        """Returns a copy whose non-parameter leaves (states, frozen parameters) are None.
+
+        Example:
+          >>> import jax, pax
+          >>> net = pax.nn.Linear(2, 3)
+          >>> [x.shape for x in jax.tree_util.tree_leaves(net.parameters())]
+          [(2, 3), (3,)]
+          >>> jax.tree_util.tree_leaves(net.freeze().parameters())
+          []
+        """
         return _rebuild(self, _keep_only(_layout.TRAINABLE))
 
     def states(self: T) -> T:
-        """Returns a copy whose parameter leaves are None (the converse of `parameters`)."""
+        """Returns a copy whose parameter leaves are None (the converse of `parameters`).
+
+        Example:
+          >>> import jax, pax
+          >>> jax.tree_util.tree_leaves(pax.nn.Linear(2, 3).states())
+          []
+        """
         return _rebuild(self, _keep_only(_layout.NON_TRAINABLE))
 
     def update(self: T, other: T, *rest: T) -> T:
@@ -437,6 +506,13 @@ class Module:
         Raises:
           ValueError: if a tree's structure differs from self's, naming the first differing
             key path.
+
+        Example:
+          >>> import jax, pax
+          >>> net = pax.nn.Linear(2, 3)
+          >>> zeros = jax.tree_util.tree_map(lambda x: 0 * x, net.parameters())
+          >>> float(net.update(zeros).weight.sum())
+          0.0
         """
         from pax._src.core.structure import describe_difference
 
@@ -456,27 +532,68 @@ class Module:
         return result
 
     def freeze(self: T) -> T:
-        """Returns a copy where every parameter (recursively) is a non-trainable state."""
+        """Returns a copy where every parameter (recursively) is a non-trainable state.
+
+        Example:
+          >>> import pax
+          >>> frozen = pax.nn.Linear(2, 3).freeze()
+          >>> print(frozen.parameters().weight)
+          None
+        """
         return _rebuild(self, _map_kinds(_layout.FREEZE))
 
     def unfreeze(self: T) -> T:
-        """Returns a copy where the parameters frozen by `freeze` are trainable again."""
+        """Returns a copy where the parameters frozen by `freeze` are trainable again.
+
+        States that were never parameters stay states.
+
+        Example:
+          >>> import pax
+          >>> pax.nn.Linear(2, 3).freeze().unfreeze().parameters().weight.shape
+          (2, 3)
+        """
         return _rebuild(self, _map_kinds(_layout.UNFREEZE))
 
     def train(self: T) -> T:
-        """Returns a copy with `training = True` on every submodule."""
+        """Returns a copy with `training = True` on every submodule.
+
+        Example:
+          >>> import pax
+          >>> pax.nn.Linear(2, 3).eval().train().training
+          True
+        """
         return _rebuild(self, _set_training(True))
 
     def eval(self: T) -> T:
-        """Returns a copy with `training = False` on every submodule."""
+        """Returns a copy with `training = False` on every submodule.
+
+        Example:
+          >>> import pax
+          >>> net = pax.nn.Sequential(pax.nn.Linear(2, 3))
+          >>> net.eval().modules[0].training, net.modules[0].training
+          (False, True)
+        """
         return _rebuild(self, _set_training(False))
 
     def copy(self: T) -> T:
-        """Returns a copy of the module tree (submodules and containers copied, arrays shared)."""
+        """Returns a copy of the module tree (submodules and containers copied, arrays shared).
+
+        Example:
+          >>> import pax
+          >>> net = pax.nn.Linear(2, 3)
+          >>> net.copy() is net, net.copy().weight is net.weight
+          (False, True)
+        """
         return jax.tree_util.tree_map(lambda x: x, self)
 
     def submodules(self) -> list[Module]:
-        """Returns the direct submodules, in flatten order."""
+        """Returns the direct submodules, in flatten order.
+
+        Example:
+          >>> import pax
+          >>> len(pax.nn.MLP([2, 4, 1]).submodules())
+          2
+        """
         d = self.__dict__
         layout = d.get("_pax_layout", EMPTY)
         out: list[Module] = []
@@ -495,7 +612,14 @@ class Module:
         return hk_init(self, *args, enable_jit=enable_jit, **kwargs)
 
     def summary(self) -> str:
-        """Returns a tree of submodules with their parameter and state counts."""
+        """Returns a table of the submodules with their parameter and state counts.
+
+        Example:
+          >>> import pax
+          >>> print(pax.nn.Linear(2, 3).summary())
+          module  type    params  states
+          Linear  Linear       9       0
+        """
         from pax._src.core.summary import summary
 
         return summary(self)
