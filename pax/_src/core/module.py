@@ -46,10 +46,10 @@ def _type_name(value: Any) -> str:
 
 def _flatten(module: Module) -> tuple[tuple, Aux]:
     d = module.__dict__
-    if "_pax_tracers" in d:
-        check_no_leaked_tracers(module)
     aux = d.get("_pax_aux")
-    if aux is None:
+    if aux is None:  # first flatten, changed static attributes, or tracers assigned
+        if "_pax_tracers" in d:
+            check_no_leaked_tracers(module)
         aux = _build_aux(module)
     return aux[0].get_children(d), aux
 
@@ -97,7 +97,7 @@ def _build_aux(module: Module) -> Aux:
     aux = Aux((layout, tuple(statics)))
     template = {name: d[name] for name in layout.static}
     template["_pax_layout"] = layout
-    if cacheable:
+    if cacheable and "_pax_tracers" not in d:
         # A reference cycle made once per aux (not per call): unflattened modules reuse it.
         template["_pax_aux"] = aux
         d["_pax_aux"] = aux
@@ -134,6 +134,12 @@ _LEAK_FIX = (
     "        return y, model      # return the updated model\n"
     "    y, model = step(model, x)"
 )
+
+
+def _mark_traced(d: dict) -> None:
+    """Flags a module given traced values; flatten then takes its slow, checking path."""
+    d["_pax_tracers"] = True
+    d.pop("_pax_aux", None)
 
 
 def check_no_leaked_tracers(module: Module) -> None:
@@ -293,13 +299,13 @@ class Module:
             _check_leaf(self, name, kind, value, allow_none=True)
             d[name] = value
             if isinstance(value, Tracer):
-                d["_pax_tracers"] = True
+                _mark_traced(d)
         else:
             if value is not None:
                 _check_subtree(self, name, kind, value)
             d[name] = value
             if not trace_state_clean():
-                d["_pax_tracers"] = True
+                _mark_traced(d)
 
     def _pax_assign_unregistered(
         self, name: str, value: Any, layout: Layout, kind: Kind | None
@@ -337,7 +343,7 @@ class Module:
             new_layout = layout.with_static(name)
         d[name] = value
         if kind is not None and not trace_state_clean():
-            d["_pax_tracers"] = True
+            _mark_traced(d)
         if new_layout is not layout or name in new_layout.static:
             d["_pax_layout"] = new_layout
             d.pop("_pax_aux", None)
