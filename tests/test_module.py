@@ -328,3 +328,14 @@ def test_module_without_attributes_and_without_super_init():
     assert leaves == []
     assert type(jax.tree_util.tree_unflatten(treedef, leaves)) is Bare
     assert not b.eval().training and b.training
+
+
+def test_sharding_device_put_and_jit():
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    net = jax.device_put(pax.nn.Linear(2, 3), NamedSharding(mesh, PartitionSpec()))
+    assert net.weight.sharding.is_fully_replicated
+    x = jax.device_put(jnp.ones((len(jax.devices()), 2)), NamedSharding(mesh, PartitionSpec("data")))
+    y = jax.jit(lambda m, x: m(x))(net, x)
+    np.testing.assert_allclose(y, jnp.ones((len(jax.devices()), 2)) @ net.weight + net.bias, rtol=1e-6)
