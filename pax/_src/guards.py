@@ -1,0 +1,148 @@
+"""Guards against stateful-JAX mistakes that fail silently: shared modules and arrays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from pax._src.core.module import Module
+
+_ARRAYS = (jax.Array, np.ndarray)
+
+_SHARING_EXPLANATION = (
+    "JAX transformations (jax.jit, jax.grad, jax.vmap, optimizer steps) flatten a pytree into "
+    "its leaves and rebuild it, so an object reachable twice comes back as two independent "
+    "copies: shared weights silently stop being shared (they are updated separately), and "
+    "donating the buffers fails."
+)
+_SHARING_FIX = (
+    "Fix: keep one reference and use it twice, e.g. self.block = Block(...) then "
+    "y = self.block(self.block(x)); to tie one weight (e.g. input and output embeddings), "
+    "register it once and read it from both places, e.g. logits = x @ self.embed.weight.T; "
+    "to keep two independent modules, build two of them (or module.copy() plus fresh arrays)."
+)
+
+
+class SharedObjectError(ValueError):
+    """The same module or array object is reachable twice in one pytree."""
+
+
+def _what(x: Any) -> str:
+    if isinstance(x, Module):
+        return f"{type(x).__name__} module"
+    return f"{type(x).__name__}{tuple(x.shape)} {x.dtype}"
+
+
+def _walk(node: Any, prefix: str, seen: dict[int, tuple[str, Any]], out: list) -> None:
+    root_seen = False
+
+    def is_leaf(x: Any) -> bool:
+        nonlocal root_seen
+        if not root_seen:  # the first call is on `node` itself: expand it one level
+            root_seen = True
+            return False
+        return isinstance(x, Module)
+
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(node, is_leaf=is_leaf)[0]:
+        if not isinstance(leaf, (Module, *_ARRAYS)):
+            continue
+        where = prefix + jax.tree_util.keystr(key_path)
+        first = seen.get(id(leaf))
+        if first is not None:
+            out.append((first[0], where, leaf))
+            continue
+        seen[id(leaf)] = (where, leaf)
+        if isinstance(leaf, Module):
+            _walk(leaf, where, seen, out)
+
+
+def _find(tree: Any) -> list[tuple[str, str, Any]]:
+    seen: dict[int, tuple[str, Any]] = {}  # the values keep the objects alive during the walk
+    out: list[tuple[str, str, Any]] = []
+    if isinstance(tree, Module):
+        seen[id(tree)] = ("", tree)
+    _walk(tree, "", seen, out)
+    return out
+
+
+def find_shared(tree: Any) -> list[tuple[str, str]]:
+    """Returns the key paths of every module or array object reachable twice in ``tree``.
+
+    Each pair is ``(first path, later path)`` as `jax.tree_util.keystr` strings, in flatten
+    order (the root itself is ``""``). Objects are compared by identity; the contents of a
+    module reported as shared are not reported again. The walk is one flatten per module.
+
+    Args:
+      tree: a module, optimizer, or any pytree of them.
+
+    Returns:
+      The list of pairs; empty if nothing is shared.
+
+    Example:
+      >>> import pax
+      >>> fc = pax.nn.Linear(2, 2)
+      >>> pax.find_shared(pax.nn.Sequential(fc, pax.nn.Linear(2, 2), fc))
+      [('.modules[0]', '.modules[2]')]
+    """
+    return [(first, second) for first, second, _ in _find(tree)]
+
+
+def describe_shared(tree: Any, *, who: str = "pax.check") -> str | None:
+    """The error message explaining the objects `find_shared` finds in ``tree``, or None.
+
+    Args:
+      tree: a module, optimizer, or any pytree of them.
+      who: the function named at the start of the message.
+
+    Returns:
+      A message listing both key paths of each shared object and how to share weights
+      explicitly, or None if nothing is shared.
+
+    Example:
+      >>> import pax
+      >>> print(describe_shared(pax.nn.Linear(2, 2)))
+      None
+    """
+    found = _find(tree)
+    if not found:
+        return None
+    root = type(tree).__name__ if isinstance(tree, Module) else "tree"
+    lines = [
+        f"  {root}{second} is the same {_what(obj)} as {root}{first}"
+        for first, second, obj in found
+    ]
+    count = f"{len(found)} object{'s are' if len(found) > 1 else ' is'}"
+    return (
+        f"{who}: {count} reachable twice in one {root}:\n"
+        + "\n".join(lines)
+        + f"\n{_SHARING_EXPLANATION} {_SHARING_FIX}"
+    )
+
+
+def check(tree: Any) -> None:
+    """Raises if a module or array object is reachable twice in ``tree`` (see `find_shared`).
+
+    A pytree cannot express sharing: after any JAX transformation the two places hold two
+    independent copies. Call ``pax.check(model)`` after building a model to catch it early.
+
+    Args:
+      tree: a module, optimizer, or any pytree of them.
+
+    Raises:
+      SharedObjectError: listing both key paths of every shared object, with the fix.
+
+    Example:
+      >>> import pax
+      >>> fc = pax.nn.Linear(2, 2)
+      >>> pax.check(pax.nn.Sequential(fc, fc))
+      Traceback (most recent call last):
+      ...
+      pax._src.guards.SharedObjectError: pax.check: 1 object is reachable twice in one Sequential:
+        Sequential.modules[1] is the same Linear module as Sequential.modules[0]
+      ...
+    """
+    message = describe_shared(tree)
+    if message is not None:
+        raise SharedObjectError(message)

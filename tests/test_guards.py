@@ -1,0 +1,107 @@
+"""`pax.check` / `pax.find_shared`: the same module or array reachable twice in one tree."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pax
+from pax._src.guards import describe_shared
+
+
+class Tied(pax.Module):
+    """Two attributes holding the same submodule: the mistake the guard catches."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = pax.nn.Linear(2, 2)
+        self.decoder = self.encoder
+
+
+class TwoWeights(pax.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.register_parameter("a", w)
+        self.register_state_subtree("cache", {"w": w})
+
+
+def test_shared_module_is_reported_with_both_paths_and_the_fix():
+    model = Tied()
+    assert pax.find_shared(model) == [(".encoder", ".decoder")]
+    with pytest.raises(
+        pax.SharedObjectError,
+        match=r"pax\.check: 1 object is reachable twice in one Tied:\n"
+        r"  Tied\.decoder is the same Linear module as Tied\.encoder\n",
+    ) as info:
+        pax.check(model)
+    message = str(info.value)
+    assert "jax.jit" in message and "two independent copies" in message
+    assert "self.block(self.block(x))" in message
+    assert "x @ self.embed.weight.T" in message
+
+
+def test_the_guard_is_needed_jax_splits_a_shared_module():
+    model = Tied()
+    assert model.decoder is model.encoder
+    out = jax.jit(lambda m: m)(model)
+    assert out.decoder is not out.encoder  # what the message warns about
+    assert pax.find_shared(out) == []
+
+
+def test_shared_module_inside_containers():
+    fc = pax.nn.Linear(2, 2)
+    net = pax.nn.Sequential(fc, pax.nn.Linear(2, 2), fc, fc)
+    # the shared module's own arrays are not reported again
+    assert pax.find_shared(net) == [(".modules[0]", ".modules[2]"), (".modules[0]", ".modules[3]")]
+    with pytest.raises(pax.SharedObjectError, match="2 objects are reachable twice"):
+        pax.check(net)
+
+
+def test_shared_array_is_reported():
+    w = jnp.ones((2, 3))
+    model = TwoWeights(w)
+    assert pax.find_shared(model) == [(".a", ".cache['w']")]
+    with pytest.raises(
+        pax.SharedObjectError,
+        match=r"TwoWeights\.cache\['w'\] is the same ArrayImpl\(2, 3\) float32 as TwoWeights\.a",
+    ):
+        pax.check(model)
+    numpy_model = TwoWeights(np.zeros(2, np.float32))
+    assert pax.find_shared(numpy_model) == [(".a", ".cache['w']")]
+
+
+def test_sharing_across_the_items_of_a_tuple():
+    model = pax.nn.Linear(2, 2)
+    pairs = pax.find_shared((model, {"ema": model}))
+    assert pairs == [("[0]", "[1]['ema']")]
+    message = describe_shared((model, {"ema": model}), who="pax.utils.build_update_fn")
+    assert message.startswith(
+        "pax.utils.build_update_fn: 1 object is reachable twice in one tree:\n"
+        "  tree[1]['ema'] is the same Linear module as tree[0]"
+    )
+    copy = model.copy()  # a new module that shares the (immutable) arrays
+    assert pax.find_shared((model, copy)) == [
+        ("[0].weight", "[1].weight"),
+        ("[0].bias", "[1].bias"),
+    ]
+
+
+def test_distinct_objects_are_not_reported():
+    net = pax.nn.Sequential(pax.nn.Linear(2, 3), pax.nn.Linear(3, 1))
+    pax.check(net)
+    pax.check(net.parameters())  # None leaves
+    pax.check((net, jax.tree_util.tree_map(jnp.zeros_like, net)))
+    scalar = np.float32(1.0)  # scalars and Python numbers are values, not shared buffers
+    pax.check({"a": scalar, "b": scalar, "c": 1, "d": 1})
+    assert describe_shared(net) is None
+    assert pax.find_shared(jnp.ones(2)) == []
+
+
+def test_a_module_reachable_from_itself_does_not_recurse_forever():
+    class Node(pax.Module):
+        pass
+
+    a, b = Node(), Node()
+    a.child = b
+    b.parent = a  # a back-reference: a cycle JAX cannot flatten; the guard must still answer
+    assert pax.find_shared(a) == [("", ".child.parent")]
