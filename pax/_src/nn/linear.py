@@ -11,6 +11,7 @@ import numpy as np
 
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
+from pax._src.nn import _validate as v
 from pax._src.nn import initializers
 from pax._src.nn.initializers import Initializer
 
@@ -22,9 +23,14 @@ class Linear(Module):
       in_dim: size of the last input axis.
       out_dim: size of the last output axis.
       with_bias: whether to add a bias.
-      w_init: weight initializer; default truncated normal with std ``1 / sqrt(in_dim)``.
+      w_init: weight initializer; default (as Haiku) a normal truncated at 2 std with std
+        parameter ``1 / sqrt(in_dim)``.
       b_init: bias initializer; default zeros.
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+
+    Raises:
+      ValueError: for a non-positive size, or (at call) an input whose last axis is not
+        `in_dim`.
 
     Example:
       >>> import jax.numpy as jnp, pax
@@ -47,26 +53,23 @@ class Linear(Module):
         rng_key: jax.Array | None = None,
     ) -> None:
         super().__init__()
-        for arg, value in (("in_dim", in_dim), ("out_dim", out_dim)):
-            if not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"Linear: {arg} must be a positive int, got {value!r}.")
-        self.in_dim = int(in_dim)
-        self.out_dim = int(out_dim)
-        self.with_bias = with_bias
+        cls = type(self).__name__
+        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.out_dim = v.positive_int(cls, "out_dim", out_dim)
+        self.with_bias = bool(with_bias)
         w_init = w_init or initializers.truncated_normal(stddev=1.0 / np.sqrt(in_dim))
         b_init = b_init or initializers.zeros
         w_key, b_key = jax.random.split(resolve_rng_key(rng_key))
         self.register_parameter("weight", w_init(w_key, (in_dim, out_dim), jnp.float32))
         if with_bias:
             self.register_parameter("bias", b_init(b_key, (out_dim,), jnp.float32))
+        else:
+            self.bias = None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if jnp.ndim(x) < 1 or x.shape[-1] != self.in_dim:
-            raise ValueError(
-                f"Linear: expected input of shape (..., {self.in_dim}), got {jnp.shape(x)}."
-            )
-        y = jnp.dot(x, self.weight)
-        if self.with_bias:
+    def __call__(self, x: jax.Array, *, precision: jax.lax.Precision | None = None) -> jax.Array:
+        v.check_last_dim(type(self).__name__, x, self.in_dim)
+        y = jnp.dot(x, self.weight, precision=precision)
+        if self.bias is not None:
             y = y + self.bias
         return y
 

@@ -9,6 +9,7 @@ import jax
 
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
+from pax._src.nn.initializers import Initializer
 from pax._src.nn.linear import Lambda, Linear
 
 
@@ -49,13 +50,15 @@ class Sequential(Module):
 
 
 class MLP(Module):
-    """A multi-layer perceptron: Linear layers with an activation between them.
+    """A multi-layer perceptron: Linear layers with an activation between them (``hk.nets.MLP``).
 
     Args:
       features: sizes ``[in_dim, hidden..., out_dim]``.
       activation: applied after every layer but the last.
       activate_final: also apply it after the last layer.
       with_bias: use biases.
+      w_init: weight initializer of every layer; default that of `Linear`.
+      b_init: bias initializer of every layer; default zeros.
       rng_key: key for the initializers; default `pax.next_rng_key()`.
 
     Example:
@@ -73,18 +76,25 @@ class MLP(Module):
         activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
         activate_final: bool = False,
         with_bias: bool = True,
+        w_init: Initializer | None = None,
+        b_init: Initializer | None = None,
         *,
         rng_key: jax.Array | None = None,
     ) -> None:
         super().__init__()
-        if len(features) < 2:
-            raise ValueError(f"MLP: features needs at least [in_dim, out_dim], got {features!r}.")
+        if isinstance(features, (str, int)) or len(features) < 2:
+            raise ValueError(
+                f"MLP: features needs at least [in_dim, out_dim], got {features!r}; e.g. "
+                "MLP([784, 128, 10])."
+            )
+        if not callable(activation):
+            raise TypeError(f"MLP: activation must be callable, got {activation!r}.")
         keys = jax.random.split(resolve_rng_key(rng_key), len(features) - 1)
         self.features = tuple(features)
         self.activation = activation
         self.activate_final = activate_final
         self.layers = [
-            Linear(i, o, with_bias=with_bias, rng_key=k)
+            Linear(i, o, with_bias, w_init, b_init, rng_key=k)
             for i, o, k in zip(features[:-1], features[1:], keys)
         ]
 

@@ -1,0 +1,138 @@
+"""Multi-head attention, numerically as Haiku's ``hk.MultiHeadAttention``."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pax._src.core.module import Module
+from pax._src.core.rng import resolve_rng_key
+from pax._src.nn import _validate as v
+from pax._src.nn import initializers
+from pax._src.nn.initializers import Initializer
+from pax._src.nn.linear import Linear
+
+
+class MultiHeadAttention(Module):
+    """Multi-head scaled dot-product attention (Vaswani et al., 2017).
+
+    Numerically Haiku's ``hk.MultiHeadAttention``: queries, keys and values are projected to
+    `num_heads` heads (``query_proj``, ``key_proj``, ``value_proj``), the logits
+    ``q . k / sqrt(key_size)`` are masked with ``-1e30`` where `mask` is False, and the
+    softmax-weighted values of all heads are concatenated and projected by ``out_proj``.
+
+    Args:
+      in_dim: feature size of the queries (and of keys and values unless given).
+      num_heads: number of heads.
+      key_size: size of each query/key head; default ``in_dim // num_heads``.
+      value_size: size of each value head; default `key_size`.
+      out_dim: output size; default ``num_heads * key_size`` (as Haiku's ``model_size``).
+      with_bias: projections with biases.
+      w_init: weight initializer of the four projections; default
+        ``variance_scaling(1.0)`` (Haiku makes you choose one).
+      b_init: bias initializer; default zeros.
+      key_in_dim: feature size of the keys; default `in_dim`.
+      value_in_dim: feature size of the values; default `key_in_dim`.
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
+    Call: ``mha(query, key=None, value=None, mask=None)`` with ``query`` ``(..., T, in_dim)``,
+    ``key`` and ``value`` ``(..., S, ·)`` (default: self-attention, ``key = value = query``)
+    and ``mask`` broadcastable to ``(..., num_heads, T, S)`` with the same rank, True where
+    attention is allowed. Returns ``(..., T, out_dim)``.
+
+    Raises:
+      ValueError: for bad sizes at construction; at call for inputs of the wrong feature size
+        or a mask of the wrong rank.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> mha = pax.nn.MultiHeadAttention(16, num_heads=4)
+      >>> x = jnp.ones((2, 5, 16))
+      >>> causal = jnp.tril(jnp.ones((5, 5), bool))[None, None]
+      >>> mha(x, mask=causal).shape
+      (2, 5, 16)
+    """
+
+    query_proj: Linear
+    key_proj: Linear
+    value_proj: Linear
+    out_proj: Linear
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_heads: int,
+        key_size: int | None = None,
+        value_size: int | None = None,
+        out_dim: int | None = None,
+        with_bias: bool = True,
+        w_init: Initializer | None = None,
+        b_init: Initializer | None = None,
+        *,
+        key_in_dim: int | None = None,
+        value_in_dim: int | None = None,
+        rng_key: jax.Array | None = None,
+    ) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.num_heads = v.positive_int(cls, "num_heads", num_heads)
+        if key_size is None:
+            if in_dim % num_heads:
+                raise ValueError(
+                    f"{cls}: in_dim={in_dim} is not divisible by num_heads={num_heads}; pass "
+                    f"key_size explicitly, e.g. key_size={max(1, in_dim // num_heads)}."
+                )
+            key_size = in_dim // num_heads
+        self.key_size = v.positive_int(cls, "key_size", key_size)
+        self.value_size = v.positive_int(cls, "value_size", value_size or self.key_size)
+        self.out_dim = v.positive_int(cls, "out_dim", out_dim or self.key_size * self.num_heads)
+        key_in_dim = v.positive_int(cls, "key_in_dim", key_in_dim or in_dim)
+        value_in_dim = v.positive_int(cls, "value_in_dim", value_in_dim or key_in_dim)
+        w_init = w_init or initializers.variance_scaling(1.0)
+        keys = jax.random.split(resolve_rng_key(rng_key), 4)
+        h = self.num_heads
+        kw = {"with_bias": with_bias, "w_init": w_init, "b_init": b_init}
+        self.query_proj = Linear(in_dim, h * self.key_size, **kw, rng_key=keys[0])
+        self.key_proj = Linear(key_in_dim, h * self.key_size, **kw, rng_key=keys[1])
+        self.value_proj = Linear(value_in_dim, h * self.value_size, **kw, rng_key=keys[2])
+        self.out_proj = Linear(h * self.value_size, self.out_dim, **kw, rng_key=keys[3])
+
+    def _heads(self, proj: Linear, x: jax.Array, size: int, what: str) -> jax.Array:
+        cls = type(self).__name__
+        if jnp.ndim(x) < 2 or jnp.shape(x)[-1] != proj.in_dim:
+            raise ValueError(
+                f"{cls}: expected {what} of shape (..., length, {proj.in_dim}), got shape "
+                f"{jnp.shape(x)}."
+            )
+        y = proj(x)
+        return y.reshape((*x.shape[:-1], self.num_heads, size))
+
+    def __call__(
+        self,
+        query: jax.Array,
+        key: jax.Array | None = None,
+        value: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> jax.Array:
+        key = query if key is None else key
+        value = key if value is None else value
+        q = self._heads(self.query_proj, query, self.key_size, "query")
+        k = self._heads(self.key_proj, key, self.key_size, "key")
+        val = self._heads(self.value_proj, value, self.value_size, "value")
+        logits = jnp.einsum("...thd,...Thd->...htT", q, k)
+        logits = logits / np.sqrt(self.key_size).astype(k.dtype)
+        if mask is not None:
+            mask = jnp.asarray(mask)
+            if mask.ndim != logits.ndim:
+                raise ValueError(
+                    f"{type(self).__name__}: the mask must have the rank of the logits "
+                    f"(..., num_heads, T, S) = {logits.shape}, got shape {mask.shape}. Fix: add "
+                    f"axes, e.g. mask[..., None, :, :] for one mask shared by the heads."
+                )
+            logits = jnp.where(mask, logits, -1e30)
+        weights = jax.nn.softmax(logits)
+        attn = jnp.einsum("...htT,...Thd->...thd", weights, val)
+        attn = attn.reshape((*query.shape[:-1], -1))
+        return self.out_proj(attn)

@@ -1,0 +1,192 @@
+"""Batch normalization with moving statistics, numerically as Haiku's ``hk.BatchNorm``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from pax._src.core.module import Module
+from pax._src.nn import _validate as v
+from pax._src.nn.ema import EMA
+from pax._src.nn.initializers import Initializer
+from pax._src.nn.norm import _scale_offset, channels_last_format
+
+
+class BatchNorm(Module):
+    """Batch normalization (Ioffe & Szegedy, 2015), numerically as Haiku's ``hk.BatchNorm``.
+
+    In training mode (``module.training``, the default) the input is normalized with the
+    statistics of the batch (all axes but the channel axis) and the moving averages
+    ``mean_ema`` and ``var_ema`` (`pax.nn.EMA` submodules with zero debiasing, as Haiku's) are
+    updated in place. In ``eval()`` mode the moving averages normalize and nothing changes.
+    Before the first training step the moving mean is 0 and the moving variance 1.
+
+    With `cross_replica_axis` the batch statistics are averaged over that named axis
+    (``jax.pmap``/``shard_map``), so that data-parallel replicas normalize with the statistics
+    of the global batch and keep identical moving averages.
+
+    Args:
+      in_features: number of channels.
+      create_scale: learn a per-channel scale (initialized to ones).
+      create_offset: learn a per-channel offset (initialized to zeros).
+      decay_rate: decay of the moving averages, in ``[0, 1)``.
+      eps: added to the variance.
+      scale_init: initializer of the scale.
+      offset_init: initializer of the offset.
+      data_format: ``"channels_last"`` (``N...C``, default) or ``"channels_first"`` (``NC...``).
+      cross_replica_axis: name of a mapped axis to average the batch statistics over.
+      cross_replica_axis_index_groups: optional replica groups for the averaging.
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
+    Raises:
+      ValueError: for bad arguments at construction; at call for an input of the wrong rank or
+        channel count.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> bn = pax.nn.BatchNorm(3)
+      >>> y = bn(jnp.arange(12.0).reshape(4, 3))  # training: batch statistics
+      >>> [round(float(m), 3) for m in bn.moving_mean]
+      [4.5, 5.5, 6.5]
+      >>> bn = bn.eval()  # eval: moving averages, states unchanged
+      >>> bn(jnp.ones((1, 3))).shape
+      (1, 3)
+    """
+
+    scale: jax.Array | None
+    offset: jax.Array | None
+    mean_ema: EMA
+    var_ema: EMA
+    _ranks: tuple[int, ...] | None = None
+
+    def __init__(
+        self,
+        in_features: int,
+        create_scale: bool = True,
+        create_offset: bool = True,
+        decay_rate: float = 0.9,
+        eps: float = 1e-5,
+        scale_init: Initializer | None = None,
+        offset_init: Initializer | None = None,
+        data_format: str = "channels_last",
+        cross_replica_axis: str | Sequence[str] | None = None,
+        cross_replica_axis_index_groups: Sequence[Sequence[int]] | None = None,
+        *,
+        rng_key: jax.Array | None = None,
+    ) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        self.in_features = v.positive_int(cls, "in_features", in_features)
+        self.decay_rate = v.rate_in_unit_interval(cls, "decay_rate", decay_rate)
+        self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
+        self.data_format = data_format
+        self.channels_last = channels_last_format(cls, data_format)
+        if cross_replica_axis is None and cross_replica_axis_index_groups is not None:
+            raise ValueError(
+                f"{cls}: cross_replica_axis_index_groups needs a cross_replica_axis, e.g. "
+                "cross_replica_axis='batch'."
+            )
+        if isinstance(cross_replica_axis, list):
+            cross_replica_axis = tuple(cross_replica_axis)
+        self.cross_replica_axis = cross_replica_axis
+        self.cross_replica_axis_index_groups = (
+            None
+            if cross_replica_axis_index_groups is None
+            else tuple(tuple(int(i) for i in g) for g in cross_replica_axis_index_groups)
+        )
+        shape = (self.in_features,)
+        _scale_offset(self, rng_key, shape, create_scale, create_offset, scale_init, offset_init)
+        self.mean_ema = EMA(jnp.zeros(shape, jnp.float32), self.decay_rate)
+        self.var_ema = EMA(jnp.ones(shape, jnp.float32), self.decay_rate)
+
+    @property
+    def moving_mean(self) -> jax.Array:
+        """The moving average of the batch means, shape ``(in_features,)``."""
+        return self.mean_ema.average
+
+    @property
+    def moving_var(self) -> jax.Array:
+        """The moving average of the batch variances, shape ``(in_features,)``."""
+        return self.var_ema.average
+
+    def _check_input(self, x: jax.Array) -> int:
+        cls = type(self).__name__
+        ranks = self._ranks
+        if (ranks is None and x.ndim < 2) or (ranks is not None and x.ndim not in ranks):
+            expected = "rank >= 2" if ranks is None else "rank " + " or ".join(map(str, ranks))
+            raise ValueError(
+                f"{cls}: expected an input of {expected} with {self.in_features} channels "
+                f"({'last' if self.channels_last else 'on axis 1'}), got shape {x.shape}."
+            )
+        channel_axis = x.ndim - 1 if self.channels_last else 1
+        if x.shape[channel_axis] != self.in_features:
+            raise ValueError(
+                f"{cls}: expected {self.in_features} channels on axis {channel_axis}, got shape "
+                f"{x.shape}."
+            )
+        return channel_axis
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jnp.asarray(x)
+        channel_axis = self._check_input(x)
+        axes = tuple(i for i in range(x.ndim) if i != channel_axis)
+        stat_shape = tuple(self.in_features if i == channel_axis else 1 for i in range(x.ndim))
+        if self.training:
+            mean = jnp.mean(x, axes, keepdims=True)
+            mean_of_squares = jnp.mean(jnp.square(x), axes, keepdims=True)
+            if self.cross_replica_axis:
+                groups = self.cross_replica_axis_index_groups
+                groups = None if groups is None else [list(g) for g in groups]
+                mean = jax.lax.pmean(mean, self.cross_replica_axis, axis_index_groups=groups)
+                mean_of_squares = jax.lax.pmean(
+                    mean_of_squares, self.cross_replica_axis, axis_index_groups=groups
+                )
+            var = mean_of_squares - jnp.square(mean)
+            self.mean_ema(mean.reshape(-1))
+            self.var_ema(var.reshape(-1))
+        else:
+            mean = self.mean_ema.average.astype(x.dtype).reshape(stat_shape)
+            var = self.var_ema.average.astype(x.dtype).reshape(stat_shape)
+        scale = (
+            jnp.ones((), x.dtype)
+            if self.scale is None
+            else self.scale.astype(x.dtype).reshape(stat_shape)
+        )
+        offset = (
+            jnp.zeros((), x.dtype)
+            if self.offset is None
+            else self.offset.astype(x.dtype).reshape(stat_shape)
+        )
+        eps = jax.lax.convert_element_type(self.eps, var.dtype)
+        inv = scale * jax.lax.rsqrt(var + eps)
+        return (x - mean) * inv + offset
+
+
+class BatchNorm1D(BatchNorm):
+    """`BatchNorm` for inputs ``(N, C)`` or sequences ``(N, L, C)`` (``(N, C, L)`` channels first).
+
+    Same arguments as `BatchNorm`; the input rank is checked.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> pax.nn.BatchNorm1D(3)(jnp.ones((4, 10, 3))).shape
+      (4, 10, 3)
+    """
+
+    _ranks = (2, 3)
+
+
+class BatchNorm2D(BatchNorm):
+    """`BatchNorm` for images ``(N, H, W, C)`` (``(N, C, H, W)`` channels first).
+
+    Same arguments as `BatchNorm`; the input rank is checked.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> pax.nn.BatchNorm2D(3)(jnp.ones((2, 4, 4, 3))).shape
+      (2, 4, 4, 3)
+    """
+
+    _ranks = (4,)

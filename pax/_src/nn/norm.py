@@ -1,0 +1,302 @@
+"""LayerNorm, RMSNorm and GroupNorm, numerically as Haiku's."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pax._src.core.module import Module
+from pax._src.core.rng import resolve_rng_key
+from pax._src.nn import _validate as v
+from pax._src.nn import initializers
+from pax._src.nn.initializers import Initializer
+
+
+def _axes_arg(cls: str, axis: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
+        return (int(axis),)
+    if (
+        isinstance(axis, Sequence)
+        and len(axis) > 0
+        and all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axis)
+    ):
+        return tuple(int(a) for a in axis)
+    raise ValueError(f"{cls}: axis must be an int or a non-empty sequence of ints, got {axis!r}.")
+
+
+def _abs_axes(cls: str, axes: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    ndim = len(shape)
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"{cls}: axis {a} is out of range for an input of shape {shape} (rank {ndim})."
+            )
+    return tuple(sorted({a % ndim for a in axes}))
+
+
+def _scale_offset(
+    module: Module,
+    key: jax.Array | None,
+    shape: tuple[int, ...],
+    create_scale: bool,
+    create_offset: bool,
+    scale_init: Initializer | None,
+    offset_init: Initializer | None,
+) -> None:
+    """Registers `scale` and `offset` (or sets them to None), checking the init arguments."""
+    cls = type(module).__name__
+    if not create_scale and scale_init is not None:
+        raise ValueError(f"{cls}: scale_init is set but create_scale=False; drop one of them.")
+    if not create_offset and offset_init is not None:
+        raise ValueError(f"{cls}: offset_init is set but create_offset=False; drop one of them.")
+    s_key, o_key = jax.random.split(resolve_rng_key(key))
+    if create_scale:
+        module.register_parameter("scale", (scale_init or initializers.ones)(s_key, shape))
+    else:
+        module.scale = None
+    if create_offset:
+        module.register_parameter("offset", (offset_init or initializers.zeros)(o_key, shape))
+    else:
+        module.offset = None
+
+
+class LayerNorm(Module):
+    """Layer normalization (Ba et al., 2016), numerically as Haiku's ``hk.LayerNorm``.
+
+    Normalizes over `axis` (by default the last one) and applies a learned `scale` and
+    `offset` of shape ``(in_dim,)`` along the last axis.
+
+    Args:
+      in_dim: size of the last input axis.
+      axis: the axis or axes to normalize over.
+      create_scale: learn a scale (initialized to ones).
+      create_offset: learn an offset (initialized to zeros).
+      eps: added to the variance.
+      scale_init: initializer of the scale.
+      offset_init: initializer of the offset.
+      use_fast_variance: compute the variance as ``E[x^2] - E[x]^2``.
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
+    Raises:
+      ValueError: for a non-positive `in_dim`, a bad `axis`, an init given without its
+        parameter, or (at call) an input whose last axis is not `in_dim`.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> ln = pax.nn.LayerNorm(4)
+      >>> y = ln(jnp.array([[1.0, 2.0, 3.0, 4.0]]))
+      >>> round(float(y.mean()), 4), round(float(y.std()), 2)
+      (0.0, 1.0)
+    """
+
+    scale: jax.Array | None
+    offset: jax.Array | None
+
+    def __init__(
+        self,
+        in_dim: int,
+        axis: int | Sequence[int] = -1,
+        create_scale: bool = True,
+        create_offset: bool = True,
+        eps: float = 1e-5,
+        scale_init: Initializer | None = None,
+        offset_init: Initializer | None = None,
+        use_fast_variance: bool = False,
+        *,
+        rng_key: jax.Array | None = None,
+    ) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.axis = _axes_arg(cls, axis)
+        self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
+        self.use_fast_variance = bool(use_fast_variance)
+        _scale_offset(
+            self, rng_key, (self.in_dim,), create_scale, create_offset, scale_init, offset_init
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cls = type(self).__name__
+        x = jnp.asarray(x)
+        v.check_last_dim(cls, x, self.in_dim)
+        axes = _abs_axes(cls, self.axis, x.shape)
+        mean = jnp.mean(x, axis=axes, keepdims=True)
+        if self.use_fast_variance:
+            variance = jnp.mean(jnp.square(x), axis=axes, keepdims=True) - jnp.square(mean)
+        else:
+            variance = jnp.var(x, axis=axes, keepdims=True)
+        scale = jnp.ones((), x.dtype) if self.scale is None else self.scale.astype(x.dtype)
+        offset = jnp.zeros((), x.dtype) if self.offset is None else self.offset.astype(x.dtype)
+        eps = jax.lax.convert_element_type(self.eps, variance.dtype)
+        inv = scale * jax.lax.rsqrt(variance + eps)
+        return inv * (x - mean) + offset
+
+
+class RMSNorm(Module):
+    """Root-mean-square normalization (Zhang & Sennrich, 2019), as Haiku's ``hk.RMSNorm``.
+
+    ``y = x * scale / sqrt(mean(x^2) + eps)``, the mean over `axis`.
+
+    Args:
+      in_dim: size of the last input axis.
+      axis: the axis or axes to normalize over.
+      eps: added to the mean square.
+      create_scale: learn a scale of shape ``(in_dim,)`` (initialized to ones).
+      scale_init: initializer of the scale.
+      rng_key: key for the initializer; default `pax.next_rng_key()`.
+
+    Raises:
+      ValueError: for a non-positive `in_dim`, a bad `axis`, `scale_init` without
+        `create_scale`, or (at call) an input whose last axis is not `in_dim`.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> [round(float(y), 3) for y in pax.nn.RMSNorm(2)(jnp.array([3.0, 4.0]))]
+      [0.849, 1.131]
+    """
+
+    scale: jax.Array | None
+
+    def __init__(
+        self,
+        in_dim: int,
+        axis: int | Sequence[int] = -1,
+        eps: float = 1e-5,
+        create_scale: bool = True,
+        scale_init: Initializer | None = None,
+        *,
+        rng_key: jax.Array | None = None,
+    ) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.axis = _axes_arg(cls, axis)
+        self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
+        _scale_offset(self, rng_key, (self.in_dim,), create_scale, False, scale_init, None)
+        del self.offset
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cls = type(self).__name__
+        x = jnp.asarray(x)
+        v.check_last_dim(cls, x, self.in_dim)
+        axes = _abs_axes(cls, self.axis, x.shape)
+        mean_squared = jnp.mean(jnp.square(x), axis=axes, keepdims=True)
+        scale = 1.0 if self.scale is None else self.scale.astype(x.dtype)
+        return x * scale * jax.lax.rsqrt(mean_squared + self.eps)
+
+
+_LAST = re.compile(r"^N[A-Z]*C$")
+_FIRST = re.compile(r"^NC[A-Z]*$")
+
+
+def channels_last_format(cls: str, data_format: str) -> bool:
+    """True for ``channels_last`` / ``N...C`` formats, False for ``channels_first`` / ``NC...``."""
+    if data_format == "channels_last" or (
+        isinstance(data_format, str) and _LAST.match(data_format) and data_format != "NC"
+    ):
+        return True
+    if data_format == "channels_first" or (
+        isinstance(data_format, str) and _FIRST.match(data_format)
+    ):
+        return False
+    raise ValueError(
+        f"{cls}: unknown data_format {data_format!r}; use 'channels_last' (or e.g. 'NHWC') or "
+        "'channels_first' (or e.g. 'NCHW')."
+    )
+
+
+class GroupNorm(Module):
+    """Group normalization (Wu & He, 2018), numerically as Haiku's ``hk.GroupNorm``.
+
+    Channels are split into `groups`; each example is normalized over its spatial axes and
+    the channels of each group. The first axis is the batch axis.
+
+    Args:
+      in_features: number of channels.
+      groups: number of groups; must divide `in_features`.
+      create_scale: learn a per-channel scale (initialized to ones).
+      create_offset: learn a per-channel offset (initialized to zeros).
+      eps: added to the variance.
+      scale_init: initializer of the scale.
+      offset_init: initializer of the offset.
+      data_format: ``"channels_last"`` (``N...C``, default) or ``"channels_first"`` (``NC...``).
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
+    Raises:
+      ValueError: for bad sizes or formats at construction; at call for an input of rank < 2
+        or with the wrong number of channels.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> gn = pax.nn.GroupNorm(4, groups=2)
+      >>> gn(jnp.ones((2, 5, 5, 4))).shape
+      (2, 5, 5, 4)
+    """
+
+    scale: jax.Array | None
+    offset: jax.Array | None
+
+    def __init__(
+        self,
+        in_features: int,
+        groups: int,
+        create_scale: bool = True,
+        create_offset: bool = True,
+        eps: float = 1e-5,
+        scale_init: Initializer | None = None,
+        offset_init: Initializer | None = None,
+        data_format: str = "channels_last",
+        *,
+        rng_key: jax.Array | None = None,
+    ) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        self.in_features = v.positive_int(cls, "in_features", in_features)
+        self.groups = v.positive_int(cls, "groups", groups)
+        if self.in_features % self.groups:
+            raise ValueError(
+                f"{cls}: in_features={in_features} must be divisible by groups={groups}."
+            )
+        self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
+        self.data_format = data_format
+        self.channels_last = channels_last_format(cls, data_format)
+        _scale_offset(
+            self, rng_key, (self.in_features,), create_scale, create_offset, scale_init, offset_init
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cls = type(self).__name__
+        x = jnp.asarray(x)
+        if x.ndim < 2:
+            raise ValueError(
+                f"{cls}: expected an input of rank >= 2 with a leading batch axis, got shape "
+                f"{x.shape}."
+            )
+        rank = x.ndim
+        channels = x.shape[-1] if self.channels_last else x.shape[1]
+        if channels != self.in_features:
+            raise ValueError(
+                f"{cls}: expected {self.in_features} channels on axis "
+                f"{-1 if self.channels_last else 1}, got shape {x.shape}."
+            )
+        per_group = channels // self.groups
+        if self.channels_last:
+            group_shape = (-1, *x.shape[1:-1], self.groups, per_group)
+            axes = (*range(1, rank - 1), rank)
+        else:
+            group_shape = (-1, self.groups, per_group, *x.shape[2:])
+            axes = tuple(range(2, rank + 1))
+        y = x.reshape(group_shape)
+        mean = jnp.mean(y, axes, keepdims=True)
+        var = jnp.var(y, axes, keepdims=True)
+        y = ((y - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
+        param_shape = (-1,) if self.channels_last else (-1,) + (1,) * (rank - 2)
+        if self.scale is not None:
+            y = y * self.scale.astype(y.dtype).reshape(param_shape)
+        if self.offset is not None:
+            y = y + self.offset.astype(y.dtype).reshape(param_shape)
+        return y

@@ -1,0 +1,326 @@
+"""Recurrent cells (LSTM, GRU, VanillaRNN) and `dynamic_unroll`, numerically as Haiku's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pax._src.core.checks import check_same_structure
+from pax._src.core.module import Module
+from pax._src.core.rng import resolve_rng_key
+from pax._src.nn import _validate as v
+from pax._src.nn import initializers
+from pax._src.nn.initializers import Initializer
+
+State = TypeVar("State")
+
+
+class LSTMState(NamedTuple):
+    """The state of an `LSTM`: ``(hidden, cell)``, the order of ``hk.LSTMState``.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> pax.nn.LSTMState(jnp.zeros(2), jnp.ones(2)).cell.tolist()
+      [1.0, 1.0]
+    """
+
+    hidden: jax.Array
+    cell: jax.Array
+
+
+def _zeros(hidden_dim: int, batch_size: int | None) -> jax.Array:
+    if batch_size is None:
+        return jnp.zeros((hidden_dim,))
+    return jnp.zeros((v.positive_int("initial_state", "batch_size", batch_size), hidden_dim))
+
+
+def _check(cls: str, x: jax.Array, in_dim: int, state: jax.Array, hidden_dim: int) -> None:
+    v.check_last_dim(cls, x, in_dim, what="input features")
+    if jnp.shape(state)[-1:] != (hidden_dim,) or jnp.ndim(state) != jnp.ndim(x):
+        raise ValueError(
+            f"{cls}: expected a state of shape {(*jnp.shape(x)[:-1], hidden_dim)} for an input "
+            f"of shape {jnp.shape(x)}, got {jnp.shape(state)}. Fix: start from "
+            f"cell.initial_state(batch_size)."
+        )
+
+
+class LSTM(Module):
+    """A long short-term memory cell, numerically as Haiku's ``hk.LSTM``.
+
+    ``gates = x @ weight_ih + h @ weight_hh + bias`` is split into the input, candidate,
+    forget and output gates (in that order, the forget gate gets ``+1``), and
+    ``c' = sigmoid(f + 1) * c + sigmoid(i) * tanh(g)``, ``h' = sigmoid(o) * tanh(c')``.
+    Haiku's single weight over ``concat([x, h])`` is ``concat([weight_ih, weight_hh])``.
+
+    Args:
+      in_dim: size of the input vectors.
+      hidden_dim: size of the hidden and cell states.
+      w_init: initializer of both weights; default (as Haiku) a normal truncated at 2 std
+        with std parameter ``1 / sqrt(in_dim + hidden_dim)``.
+      b_init: bias initializer; default zeros.
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
+    Call: ``cell(x, state) -> (h', LSTMState(h', c'))`` for ``x`` of shape ``(..., in_dim)``.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> lstm = pax.nn.LSTM(3, 8)
+      >>> out, state = lstm(jnp.ones((2, 3)), lstm.initial_state(2))
+      >>> out.shape, state.cell.shape
+      ((2, 8), (2, 8))
+    """
+
+    weight_ih: jax.Array
+    weight_hh: jax.Array
+    bias: jax.Array
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        w_init: Initializer | None = None,
+        b_init: Initializer | None = None,
+        *,
+        rng_key: jax.Array | None = None,
+    ) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.hidden_dim = v.positive_int(cls, "hidden_dim", hidden_dim)
+        w_init = w_init or initializers.truncated_normal(1.0 / np.sqrt(in_dim + hidden_dim))
+        b_init = b_init or initializers.zeros
+        k1, k2, k3 = jax.random.split(resolve_rng_key(rng_key), 3)
+        self.register_parameter("weight_ih", w_init(k1, (in_dim, 4 * hidden_dim), jnp.float32))
+        self.register_parameter("weight_hh", w_init(k2, (hidden_dim, 4 * hidden_dim), jnp.float32))
+        self.register_parameter("bias", b_init(k3, (4 * hidden_dim,), jnp.float32))
+
+    def __call__(self, x: jax.Array, state: LSTMState) -> tuple[jax.Array, LSTMState]:
+        h, c = state
+        _check(type(self).__name__, x, self.in_dim, h, self.hidden_dim)
+        gates = jnp.dot(x, self.weight_ih) + jnp.dot(h, self.weight_hh) + self.bias
+        i, g, f, o = jnp.split(gates, 4, axis=-1)
+        f = jax.nn.sigmoid(f + 1)
+        c = f * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return h, LSTMState(h, c)
+
+    def initial_state(self, batch_size: int | None) -> LSTMState:
+        """Zeros of shape ``(batch_size, hidden_dim)``, or ``(hidden_dim,)`` for None."""
+        zeros = _zeros(self.hidden_dim, batch_size)
+        return LSTMState(zeros, zeros)
+
+
+class GRU(Module):
+    """A gated recurrent unit (Cho et al., 2014), numerically as Haiku's ``hk.GRU``.
+
+    The weights are ``weight_ih`` ``(in_dim, 3 * hidden_dim)``, ``weight_hh``
+    ``(hidden_dim, 3 * hidden_dim)`` and ``bias`` ``(3 * hidden_dim,)`` (Haiku's ``w_i``,
+    ``w_h``, ``b``), the columns ordered update, reset, candidate.
+
+    Args:
+      in_dim: size of the input vectors.
+      hidden_dim: size of the state.
+      w_i_init: initializer of ``weight_ih``; default ``variance_scaling()`` (as Haiku).
+      w_h_init: initializer of ``weight_hh``; default ``variance_scaling()``.
+      b_init: bias initializer; default zeros.
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
+    Call: ``cell(x, state) -> (h', h')``.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> gru = pax.nn.GRU(3, 8)
+      >>> out, state = gru(jnp.ones((2, 3)), gru.initial_state(2))
+      >>> out.shape
+      (2, 8)
+    """
+
+    weight_ih: jax.Array
+    weight_hh: jax.Array
+    bias: jax.Array
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        w_i_init: Initializer | None = None,
+        w_h_init: Initializer | None = None,
+        b_init: Initializer | None = None,
+        *,
+        rng_key: jax.Array | None = None,
+    ) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.hidden_dim = v.positive_int(cls, "hidden_dim", hidden_dim)
+        w_i_init = w_i_init or initializers.variance_scaling()
+        w_h_init = w_h_init or initializers.variance_scaling()
+        b_init = b_init or initializers.zeros
+        k1, k2, k3 = jax.random.split(resolve_rng_key(rng_key), 3)
+        self.register_parameter("weight_ih", w_i_init(k1, (in_dim, 3 * hidden_dim), jnp.float32))
+        self.register_parameter(
+            "weight_hh", w_h_init(k2, (hidden_dim, 3 * hidden_dim), jnp.float32)
+        )
+        self.register_parameter("bias", b_init(k3, (3 * hidden_dim,), jnp.float32))
+
+    def __call__(self, x: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
+        _check(type(self).__name__, x, self.in_dim, state, self.hidden_dim)
+        n = 2 * self.hidden_dim
+        w_h_z, w_h_a = jnp.split(self.weight_hh, [n], axis=1)
+        b_z, b_a = jnp.split(self.bias, [n], axis=0)
+        zr_x, a_x = jnp.split(jnp.matmul(x, self.weight_ih), [n], axis=-1)
+        zr_h = jnp.matmul(state, w_h_z)
+        z, r = jnp.split(jax.nn.sigmoid(zr_x + zr_h + b_z), 2, axis=-1)
+        a = jnp.tanh(a_x + jnp.matmul(r * state, w_h_a) + b_a)
+        new_state = (1 - z) * state + z * a
+        return new_state, new_state
+
+    def initial_state(self, batch_size: int | None) -> jax.Array:
+        """Zeros of shape ``(batch_size, hidden_dim)``, or ``(hidden_dim,)`` for None."""
+        return _zeros(self.hidden_dim, batch_size)
+
+
+class VanillaRNN(Module):
+    """A simple RNN ``h' = activation(x @ weight_ih + bias + h @ weight_hh [+ bias_hh])``.
+
+    Numerically Haiku's ``hk.VanillaRNN`` (relu, two biases by default).
+
+    Args:
+      in_dim: size of the input vectors.
+      hidden_dim: size of the state.
+      double_bias: also learn a bias ``bias_hh`` on the hidden-to-hidden path (as Haiku).
+      activation: the nonlinearity; default ``jax.nn.relu`` (as Haiku).
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
+    Call: ``cell(x, state) -> (h', h')``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, pax
+      >>> rnn = pax.nn.VanillaRNN(3, 8, activation=jnp.tanh)
+      >>> out, state = rnn(jnp.ones((2, 3)), rnn.initial_state(2))
+      >>> out.shape
+      (2, 8)
+    """
+
+    weight_ih: jax.Array
+    bias: jax.Array
+    weight_hh: jax.Array
+    bias_hh: jax.Array | None
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        double_bias: bool = True,
+        activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
+        *,
+        rng_key: jax.Array | None = None,
+    ) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.hidden_dim = v.positive_int(cls, "hidden_dim", hidden_dim)
+        if not callable(activation):
+            raise TypeError(f"{cls}: activation must be callable, got {activation!r}.")
+        self.activation = activation
+        self.double_bias = bool(double_bias)
+        k1, k2 = jax.random.split(resolve_rng_key(rng_key))
+        w_ih = initializers.truncated_normal(1.0 / np.sqrt(in_dim))(k1, (in_dim, hidden_dim))
+        w_hh = initializers.truncated_normal(1.0 / np.sqrt(hidden_dim))(
+            k2, (hidden_dim, hidden_dim)
+        )
+        self.register_parameter("weight_ih", w_ih)
+        self.register_parameter("bias", jnp.zeros((hidden_dim,)))
+        self.register_parameter("weight_hh", w_hh)
+        if self.double_bias:
+            self.register_parameter("bias_hh", jnp.zeros((hidden_dim,)))
+        else:
+            self.bias_hh = None
+
+    def __call__(self, x: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
+        _check(type(self).__name__, x, self.in_dim, state, self.hidden_dim)
+        hidden = jnp.dot(state, self.weight_hh)
+        if self.bias_hh is not None:
+            hidden = hidden + self.bias_hh
+        out = self.activation(jnp.dot(x, self.weight_ih) + self.bias + hidden)
+        return out, out
+
+    def initial_state(self, batch_size: int | None) -> jax.Array:
+        """Zeros of shape ``(batch_size, hidden_dim)``, or ``(hidden_dim,)`` for None."""
+        return _zeros(self.hidden_dim, batch_size)
+
+
+def _swap(tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), tree)
+
+
+def dynamic_unroll(
+    cell: Callable[[Any, State], tuple[Any, State]],
+    inputs: Any,
+    initial_state: State,
+    *,
+    time_major: bool = True,
+    reverse: bool = False,
+    unroll: int = 1,
+) -> tuple[Any, State]:
+    """Runs ``cell(x_t, state) -> (output_t, state)`` over time with `jax.lax.scan`.
+
+    The cell itself is carried through the scan, so a cell with state of its own (a
+    `pax.nn.Dropout` inside, a step counter) advances it at every step. Afterwards the scanned
+    cell's final state is written back into `cell` in place, as calling any pax module does;
+    inside ``jax.jit``/``jax.grad`` return the cell (or the model holding it) to keep it.
+
+    Args:
+      cell: a pax module (or any function) ``(x_t, state) -> (output_t, new_state)``.
+      inputs: an array or pytree of arrays with time on axis 0 (`time_major`) or 1.
+      initial_state: the state before the first step, e.g. ``cell.initial_state(batch)``.
+      time_major: inputs and outputs are ``(T, B, ...)``; with False, ``(B, T, ...)``.
+      reverse: run from the last step to the first (outputs keep their time order).
+      unroll: steps unrolled per scan iteration.
+
+    Returns:
+      ``(outputs, final_state)``, the outputs stacked along the time axis.
+
+    Raises:
+      StructureChangedError: if the cell changes its pytree structure during a step.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> lstm = pax.nn.LSTM(3, 8)
+      >>> xs = jnp.ones((5, 2, 3))  # (time, batch, features)
+      >>> ys, state = pax.nn.dynamic_unroll(lstm, xs, lstm.initial_state(2))
+      >>> ys.shape, state.hidden.shape
+      ((5, 2, 8), (2, 8))
+    """
+    if not time_major:
+        inputs = _swap(inputs)
+    if not isinstance(cell, Module):
+
+        def fn_step(state: State, x: Any) -> tuple[State, Any]:
+            output, state = cell(x, state)
+            return state, output
+
+        final_state, outputs = jax.lax.scan(
+            fn_step, initial_state, inputs, reverse=reverse, unroll=unroll
+        )
+    else:
+
+        def step(carry: tuple[Module, State], x: Any) -> tuple[tuple[Module, State], Any]:
+            module, state = carry
+            before = module.copy()
+            output, state = module(x, state)
+            what = f"{type(module).__name__} inside dynamic_unroll"
+            check_same_structure(before, module, what=what)
+            return (module, state), output
+
+        (new_cell, final_state), outputs = jax.lax.scan(
+            step, (cell, initial_state), inputs, reverse=reverse, unroll=unroll
+        )
+        cell.__dict__.update(new_cell.__dict__)
+    if not time_major:
+        outputs = _swap(outputs)
+    return outputs, final_state
