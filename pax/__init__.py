@@ -16,6 +16,7 @@ from pax._src.core.rng import seed_rng_key as seed_rng_key
 from pax._src.guards import SharedObjectError as SharedObjectError
 from pax._src.guards import check as check
 from pax._src.guards import find_shared as find_shared
+from pax._src.nn.recurrent import dynamic_unroll as dynamic_unroll
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "SharedObjectError",
     "StructureChangedError",
     "check",
+    "dynamic_unroll",
     "find_shared",
     "initializers",
     "load",
