@@ -1,0 +1,230 @@
+"""Train an LSTM language model on a text file, data-parallel over every visible device.
+
+The model reads bytes (UTF-8), so any text file works and nothing needs a vocabulary file: an
+embedding, an LSTM unrolled over time with `pax.dynamic_unroll`, and a linear head predicting the
+next byte.
+
+Data parallelism: a `jax.sharding.Mesh` spans the devices; each global batch is split along its
+leading axis, the model and the optimizer are replicated, and one jitted step updates them (the
+compiler adds the cross-device gradient sum). The same command runs on one CPU, on 8 simulated
+CPU devices, on a GPU or on a TPU pod slice:
+
+    python examples/char_rnn.py --steps 200 --batch-size 32            # the source of pax itself
+    python examples/char_rnn.py --data input.txt --steps 5000          # any text file
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python examples/char_rnn.py --steps 50
+
+Every `--sample-every` steps (and at the end) it prints text sampled from `--prompt`, and at the
+end it writes a checkpoint that `--resume` loads again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+import pax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _data_parallel as dp
+
+VOCAB_SIZE = 256  # bytes
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def default_corpus() -> bytes:
+    """The Python source of the installed pax package: a corpus that needs no download."""
+    root = Path(pax.__file__).parent
+    files = sorted(root.rglob("*.py"))
+    return b"\n\n".join(f.read_bytes() for f in files)
+
+
+def load_corpus(path: str | None) -> np.ndarray:
+    """Returns the corpus as a uint8 array of bytes (the file at `path`, or `default_corpus`)."""
+    if path is None:
+        data = default_corpus()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"--data {path!r}: no such file. Pass a text file, e.g. --data input.txt, or "
+                f"leave --data out to train on the source code of pax itself."
+            )
+        data = p.read_bytes()
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def batches(
+    corpus: np.ndarray, batch_size: int, seq_len: int, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields ``(inputs, targets)``: `batch_size` random windows of `seq_len` bytes each, the
+    targets shifted by one byte."""
+    if len(corpus) < seq_len + 2:
+        raise ValueError(
+            f"the corpus has {len(corpus)} bytes, fewer than --seq-len {seq_len} + 2. Fix: use a "
+            f"larger file or a smaller --seq-len, e.g. --seq-len {max(1, len(corpus) // 2)}."
+        )
+    rng = np.random.default_rng(seed)
+    window = np.arange(seq_len + 1)
+    while True:
+        starts = rng.integers(0, len(corpus) - seq_len - 1, size=batch_size)
+        chunk = corpus[starts[:, None] + window].astype(np.int32)
+        yield chunk[:, :-1], chunk[:, 1:]
+
+
+# --- model -------------------------------------------------------------------------------------
+
+
+class LanguageModel(pax.Module):
+    """Embedding -> LSTM -> linear head, over byte ids of shape ``[batch, time]``.
+
+    With ``use_haiku`` the three layers are Haiku's (``pax.haiku.embed``, ``lstm``, ``linear``)
+    instead of the native `pax.nn` ones; the rest of the program is the same.
+    """
+
+    def __init__(
+        self, vocab_size: int, embed_dim: int, hidden_dim: int, use_haiku: bool = False
+    ) -> None:
+        super().__init__()
+        if use_haiku:
+            self.embed = pax.haiku.embed(vocab_size, embed_dim)
+            self.lstm = pax.haiku.lstm(embed_dim, hidden_dim)
+            self.head = pax.haiku.linear(hidden_dim, vocab_size)
+        else:
+            self.embed = pax.nn.Embed(vocab_size, embed_dim)
+            self.lstm = pax.nn.LSTM(embed_dim, hidden_dim)
+            self.head = pax.nn.Linear(hidden_dim, vocab_size)
+
+    def unroll(self, tokens: jax.Array, state):
+        """Runs over ``tokens[batch, time]`` from `state`; returns (logits, final state)."""
+        x = self.embed(tokens)
+        hs, state = pax.dynamic_unroll(self.lstm, x, state, time_major=False)
+        return self.head(hs), state
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        return self.unroll(tokens, self.lstm.initial_state(tokens.shape[0]))[0]
+
+
+def loss_fn(params: LanguageModel, model: LanguageModel, inputs):
+    model = model.update(params)
+    x, y = inputs
+    logits = model(x)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, (loss, model)
+
+
+@partial(jax.jit, static_argnames=("length",))
+def _generate(model: LanguageModel, prompt: jax.Array, key: jax.Array, temperature, length: int):
+    logits, state = model.unroll(prompt[None], model.lstm.initial_state(1))
+    logits = logits[:, -1]
+
+    def step(carry, key):
+        state, logits = carry
+        token = jax.random.categorical(key, logits / temperature, axis=-1)
+        logits, state = model.unroll(token[:, None], state)
+        return (state, logits[:, -1]), token[0]
+
+    _, tokens = jax.lax.scan(step, (state, logits), jax.random.split(key, length))
+    return tokens
+
+
+def generate(
+    model: LanguageModel, prompt: str, length: int, key: jax.Array, temperature: float = 0.8
+) -> str:
+    """Returns `prompt` followed by `length` sampled bytes (decoded as UTF-8)."""
+    prompt_ids = np.frombuffer(prompt.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+    if len(prompt_ids) == 0:
+        raise ValueError('--prompt must not be empty; e.g. --prompt "import jax"')
+    tokens = _generate(model.eval(), jnp.asarray(prompt_ids), key, temperature, length)
+    out = bytes(np.asarray(tokens).astype(np.uint8).tolist())
+    return prompt + out.decode("utf-8", errors="replace")
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=None, help="text file (default: pax's own source code)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64, help="global batch, split over devices")
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--embed-dim", type=int, default=64)
+    p.add_argument("--hidden-dim", type=int, default=256)
+    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--prompt", default="import ")
+    p.add_argument("--sample-every", type=int, default=500, help="0: sample only at the end")
+    p.add_argument("--sample-length", type=int, default=300)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--use-haiku", action="store_true", help="build the model from pax.haiku")
+    p.add_argument("--checkpoint", default="checkpoints/char_rnn.npz", help="'' to skip saving")
+    p.add_argument("--resume", action="store_true", help="start from --checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -> dict:
+    """Trains as `args` says on `devices` (default: all); returns the model and the losses."""
+    mesh = dp.make_mesh(devices)
+    dp.check_batch_size(args.batch_size, mesh)
+    corpus = load_corpus(args.data)
+    data = batches(corpus, dp.local_batch_size(args.batch_size), args.seq_len, args.seed)
+
+    pax.seed_rng_key(args.seed)
+    model = LanguageModel(VOCAB_SIZE, args.embed_dim, args.hidden_dim, args.use_haiku)
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.learning_rate))
+    optimizer = pax.optim.from_optax(tx)(model.parameters())
+    if args.resume:
+        model, optimizer = pax.load(args.checkpoint, (model, optimizer))
+    model, optimizer = dp.replicate((model, optimizer), mesh)
+    update_fn = dp.jit_step(pax.utils.build_update_fn(loss_fn, jit=False), mesh, n_replicated=2)
+
+    print(
+        f"char_rnn: {len(corpus):,} bytes of text, {mesh.size} device(s) "
+        f"({mesh.devices.flat[0].platform}), global batch {args.batch_size} x {args.seq_len}",
+        file=sys.stderr,
+    )
+    sample_key = jax.random.PRNGKey(args.seed + 1)
+    losses = []
+    tokens_per_step = args.batch_size * args.seq_len
+    bar = tqdm(range(1, args.steps + 1), disable=args.no_progress, desc="train", unit="step")
+    last_time, last_step = time.perf_counter(), 0
+    for step in bar:
+        loss, model, optimizer = update_fn(model, optimizer, dp.shard_batch(next(data), mesh))
+        losses.append(loss)
+        if step % 20 == 0 or step == args.steps:
+            loss_value = float(loss)  # waits for the step to finish
+            now = time.perf_counter()
+            rate = (step - last_step) * tokens_per_step / (now - last_time)
+            last_time, last_step = now, step
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
+        if (args.sample_every and step % args.sample_every == 0) or step == args.steps:
+            sample_key, key = jax.random.split(sample_key)
+            text = generate(model, args.prompt, args.sample_length, key, args.temperature)
+            tqdm.write(f"--- sample at step {step} (loss {float(loss):.3f}) ---\n{text}\n---")
+    if args.checkpoint:
+        os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
+        pax.save(args.checkpoint, (model, optimizer))
+        print(f"checkpoint written to {args.checkpoint}", file=sys.stderr)
+    return {"model": model, "optimizer": optimizer, "losses": [float(x) for x in losses]}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
