@@ -1,0 +1,484 @@
+"""`pax.haiku.*`: Haiku layers built from shapes known from their arguments (no dummy input)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pax._src.core.rng import resolve_rng_key
+from pax._src.haiku.module import HaikuModule
+
+Initializer = Callable[..., jax.Array]
+IntOrSeq = int | Sequence[int]
+
+
+class _KeyedInitializer:
+    """Adapts a pax initializer ``init(key, shape, dtype)`` to Haiku's ``init(shape, dtype)``."""
+
+    __slots__ = ("init",)
+
+    def __init__(self, init: Initializer) -> None:
+        self.init = init
+
+    def __call__(self, shape: Sequence[int], dtype: Any) -> jax.Array:
+        return self.init(hk.next_rng_key(), shape, dtype)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _KeyedInitializer and other.init is self.init
+
+    def __hash__(self) -> int:
+        return hash(("keyed", id(self.init)))
+
+    def __repr__(self) -> str:
+        return getattr(self.init, "__name__", repr(self.init))
+
+
+def _initializer(fn: str, arg: str, init: Initializer | None) -> Initializer | None:
+    """Accepts both Haiku's ``init(shape, dtype)`` and pax's ``init(key, shape, dtype)``."""
+    if init is None:
+        return None
+    if not callable(init):
+        raise TypeError(f"pax.haiku.{fn}: {arg} must be an initializer, got {init!r}.")
+    try:
+        first = next(iter(inspect.signature(init).parameters), "")
+    except (TypeError, ValueError):
+        return init
+    return _KeyedInitializer(init) if first in ("key", "rng_key", "rng") else init
+
+
+def _positive(fn: str, arg: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"pax.haiku.{fn}: {arg} must be a positive int, got {value!r}.")
+    return int(value)
+
+
+def _build(
+    hk_cls: type[hk.Module],
+    kwargs: dict[str, Any],
+    dummy: tuple,
+    rng_key: jax.Array | None,
+    *,
+    pass_is_training: bool = False,
+    init_changes: dict[str, Any] | None = None,
+) -> HaikuModule:
+    module = HaikuModule(hk_cls, (), kwargs, pass_is_training=pass_is_training)
+    config = module.hk_config.replace(**init_changes) if init_changes else None
+    call_kwargs = module._with_is_training("__call__", {})
+    module._hk_initialize(resolve_rng_key(rng_key), dummy, call_kwargs, config)
+    return module
+
+
+def _channel_index(fn: str, data_format: str, rank: int) -> int:
+    if data_format == "channels_last" or (data_format[:1] == "N" and data_format[-1:] == "C"):
+        return rank - 1
+    if data_format == "channels_first" or data_format.startswith("NC"):
+        return 1
+    raise ValueError(
+        f"pax.haiku.{fn}: unknown data_format {data_format!r}; use a channels-last layout such "
+        f"as 'NHWC' or a channels-first one such as 'NCHW'."
+    )
+
+
+def _conv_dummy(fn: str, n: int, in_features: int, kernel: IntOrSeq, rate: IntOrSeq, fmt: str):
+    kernel = (kernel,) * n if isinstance(kernel, (int, np.integer)) else tuple(kernel)
+    rate = (rate,) * n if isinstance(rate, (int, np.integer)) else tuple(rate)
+    spatial = [max(1, (int(k) - 1) * int(r) + 1) for k, r in zip(kernel, rate)]
+    if len(spatial) != n:
+        raise ValueError(
+            f"pax.haiku.{fn}: kernel_shape must be an int or {n} ints, got {kernel!r}."
+        )
+    if _channel_index(fn, fmt, n + 2) == 1:
+        shape = [1, in_features, *spatial]
+    else:
+        shape = [1, *spatial, in_features]
+    return (jnp.zeros(shape, jnp.float32),)
+
+
+def linear(
+    in_dim: int,
+    out_dim: int,
+    with_bias: bool = True,
+    w_init: Initializer | None = None,
+    b_init: Initializer | None = None,
+    *,
+    name: str | None = None,
+    rng_key: jax.Array | None = None,
+) -> HaikuModule:
+    """``hk.Linear(out_dim)`` for inputs of size `in_dim`, initialized.
+
+    Initializers may follow Haiku's ``init(shape, dtype)`` (``hk.initializers.*``) or pax's
+    ``init(key, shape, dtype)`` convention. `name` is the Haiku module name (see
+    `load_haiku_params`); `rng_key` defaults to `pax.next_rng_key()`. The same holds for every
+    `pax.haiku` layer.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> fc = pax.haiku.linear(3, 4)
+      >>> fc(jnp.ones((2, 3))).shape
+      (2, 4)
+    """
+    kwargs = dict(output_size=_positive("linear", "out_dim", out_dim), with_bias=with_bias)
+    kwargs.update(w_init=_initializer("linear", "w_init", w_init))
+    kwargs.update(b_init=_initializer("linear", "b_init", b_init), name=name)
+    dummy = (jnp.zeros((1, _positive("linear", "in_dim", in_dim)), jnp.float32),)
+    return _build(hk.Linear, kwargs, dummy, rng_key)
+
+
+def layer_norm(
+    in_dim: int,
+    axis: int | Sequence[int] = -1,
+    create_scale: bool = True,
+    create_offset: bool = True,
+    eps: float = 1e-5,
+    scale_init: Initializer | None = None,
+    offset_init: Initializer | None = None,
+    *,
+    name: str | None = None,
+    rng_key: jax.Array | None = None,
+) -> HaikuModule:
+    """``hk.LayerNorm`` normalizing over `axis`, with scale and offset of shape ``(in_dim,)``.
+
+    The scale and offset apply to the last axis, of size `in_dim` (Haiku's default
+    ``param_axis=-1``).
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> ln = pax.haiku.layer_norm(4)
+      >>> ln(jnp.arange(8.0).reshape(2, 4)).std(axis=-1).round(2).tolist()
+      [1.0, 1.0]
+    """
+    in_dim = _positive("layer_norm", "in_dim", in_dim)
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    if not axes or not all(isinstance(a, (int, np.integer)) for a in axes):
+        raise ValueError(f"pax.haiku.layer_norm: axis must be an int or ints, got {axis!r}.")
+    rank = max(2, *(a + 1 if a >= 0 else -a for a in axes))
+    kwargs = dict(axis=axis, create_scale=create_scale, create_offset=create_offset, eps=eps)
+    kwargs.update(scale_init=_initializer("layer_norm", "scale_init", scale_init))
+    kwargs.update(offset_init=_initializer("layer_norm", "offset_init", offset_init), name=name)
+    dummy = (jnp.zeros((1,) * (rank - 1) + (in_dim,), jnp.float32),)
+    return _build(hk.LayerNorm, kwargs, dummy, rng_key)
+
+
+def batch_norm_2d(
+    in_features: int,
+    create_scale: bool = True,
+    create_offset: bool = True,
+    decay_rate: float = 0.9,
+    eps: float = 1e-5,
+    scale_init: Initializer | None = None,
+    offset_init: Initializer | None = None,
+    data_format: str = "NHWC",
+    cross_replica_axis: str | Sequence[str] | None = None,
+    *,
+    name: str | None = None,
+    rng_key: jax.Array | None = None,
+) -> HaikuModule:
+    """``hk.BatchNorm`` for 4-D inputs with `in_features` channels (``is_training`` from the mode).
+
+    The moving averages are Haiku state, updated in training mode only (``model.eval()``
+    freezes them).
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> bn = pax.haiku.batch_norm_2d(3)
+      >>> bn(jnp.ones((2, 5, 5, 3))).shape
+      (2, 5, 5, 3)
+    """
+    in_features = _positive("batch_norm_2d", "in_features", in_features)
+    shape = [1, 1, 1, 1]
+    shape[_channel_index("batch_norm_2d", data_format, 4)] = in_features
+    kwargs = dict(create_scale=create_scale, create_offset=create_offset, decay_rate=decay_rate)
+    kwargs.update(eps=eps, scale_init=_initializer("batch_norm_2d", "scale_init", scale_init))
+    kwargs.update(offset_init=_initializer("batch_norm_2d", "offset_init", offset_init))
+    kwargs.update(data_format=data_format, cross_replica_axis=cross_replica_axis, name=name)
+    init_changes = {"cross_replica_axis": None} if cross_replica_axis is not None else None
+    dummy = (jnp.zeros(shape, jnp.float32),)
+    return _build(
+        hk.BatchNorm, kwargs, dummy, rng_key, pass_is_training=True, init_changes=init_changes
+    )
+
+
+def _rnn(
+    fn: str, hk_cls: type, in_dim: int, kwargs: dict, rng_key: jax.Array | None
+) -> HaikuModule:
+    in_dim = _positive(fn, "in_dim", in_dim)
+    module = HaikuModule(hk_cls, (), kwargs)
+    x = jnp.zeros((1, in_dim), jnp.float32)
+    module._hk_initialize(resolve_rng_key(rng_key), (x, module.initial_state(1)), {})
+    return module
+
+
+def lstm(
+    in_dim: int, hidden_dim: int, *, name: str | None = None, rng_key: jax.Array | None = None
+) -> HaikuModule:
+    """``hk.LSTM(hidden_dim)`` for inputs of size `in_dim`, initialized.
+
+    Call it as ``output, state = cell(x, state)`` with ``state = cell.initial_state(batch)``;
+    unroll it over time with `pax.dynamic_unroll`.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> cell = pax.haiku.lstm(3, 8)
+      >>> out, state = cell(jnp.ones((2, 3)), cell.initial_state(2))
+      >>> out.shape, state.cell.shape
+      ((2, 8), (2, 8))
+    """
+    kwargs = dict(hidden_size=_positive("lstm", "hidden_dim", hidden_dim), name=name)
+    return _rnn("lstm", hk.LSTM, in_dim, kwargs, rng_key)
+
+
+def gru(
+    in_dim: int,
+    hidden_dim: int,
+    w_i_init: Initializer | None = None,
+    w_h_init: Initializer | None = None,
+    b_init: Initializer | None = None,
+    *,
+    name: str | None = None,
+    rng_key: jax.Array | None = None,
+) -> HaikuModule:
+    """``hk.GRU(hidden_dim)`` for inputs of size `in_dim`, initialized.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> cell = pax.haiku.gru(3, 8)
+      >>> out, state = cell(jnp.ones((2, 3)), cell.initial_state(2))
+      >>> out.shape
+      (2, 8)
+    """
+    kwargs = dict(hidden_size=_positive("gru", "hidden_dim", hidden_dim), name=name)
+    kwargs.update(w_i_init=_initializer("gru", "w_i_init", w_i_init))
+    kwargs.update(w_h_init=_initializer("gru", "w_h_init", w_h_init))
+    kwargs.update(b_init=_initializer("gru", "b_init", b_init))
+    return _rnn("gru", hk.GRU, in_dim, kwargs, rng_key)
+
+
+def embed(
+    vocab_size: int,
+    embed_dim: int,
+    w_init: Initializer | None = None,
+    lookup_style: str = "ARRAY_INDEX",
+    *,
+    name: str | None = None,
+    rng_key: jax.Array | None = None,
+) -> HaikuModule:
+    """``hk.Embed(vocab_size, embed_dim)``, initialized.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> emb = pax.haiku.embed(10, 4)
+      >>> emb(jnp.array([[1, 2, 3]])).shape
+      (1, 3, 4)
+    """
+    kwargs = dict(
+        vocab_size=_positive("embed", "vocab_size", vocab_size),
+        embed_dim=_positive("embed", "embed_dim", embed_dim),
+        w_init=_initializer("embed", "w_init", w_init),
+        lookup_style=lookup_style,
+        name=name,
+    )
+    return _build(hk.Embed, kwargs, (jnp.zeros((1,), jnp.int32),), rng_key)
+
+
+def _conv(
+    fn: str,
+    hk_cls: type,
+    n: int,
+    in_features: int,
+    out_features: int,
+    kernel_shape: IntOrSeq,
+    data_format: str,
+    rate: IntOrSeq,
+    kwargs: dict,
+    rng_key: jax.Array | None,
+    init_changes: dict | None = None,
+) -> HaikuModule:
+    in_features = _positive(fn, "in_features", in_features)
+    kwargs = dict(
+        output_channels=_positive(fn, "out_features", out_features),
+        kernel_shape=kernel_shape,
+        data_format=data_format,
+        **kwargs,
+    )
+    kwargs["w_init"] = _initializer(fn, "w_init", kwargs["w_init"])
+    kwargs["b_init"] = _initializer(fn, "b_init", kwargs["b_init"])
+    dummy = _conv_dummy(fn, n, in_features, kernel_shape, rate, data_format)
+    return _build(hk_cls, kwargs, dummy, rng_key, init_changes=init_changes)
+
+
+def conv_1d(
+    in_features: int,
+    out_features: int,
+    kernel_shape: IntOrSeq,
+    stride: IntOrSeq = 1,
+    rate: IntOrSeq = 1,
+    padding: str | Sequence[tuple[int, int]] = "SAME",
+    with_bias: bool = True,
+    w_init: Initializer | None = None,
+    b_init: Initializer | None = None,
+    data_format: str = "NWC",
+    feature_group_count: int = 1,
+    mask: jax.Array | None = None,
+    *,
+    name: str | None = None,
+    rng_key: jax.Array | None = None,
+) -> HaikuModule:
+    """``hk.Conv1D`` from `in_features` to `out_features` channels, initialized.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> pax.haiku.conv_1d(3, 5, kernel_shape=3)(jnp.ones((2, 7, 3))).shape
+      (2, 7, 5)
+    """
+    kwargs = dict(stride=stride, rate=rate, padding=padding, with_bias=with_bias, w_init=w_init)
+    kwargs.update(b_init=b_init, feature_group_count=feature_group_count, mask=mask, name=name)
+    return _conv(
+        "conv_1d", hk.Conv1D, 1, in_features, out_features, kernel_shape, data_format, rate,
+        kwargs, rng_key,
+    )  # fmt: skip
+
+
+def conv_2d(
+    in_features: int,
+    out_features: int,
+    kernel_shape: IntOrSeq,
+    stride: IntOrSeq = 1,
+    rate: IntOrSeq = 1,
+    padding: str | Sequence[tuple[int, int]] = "SAME",
+    with_bias: bool = True,
+    w_init: Initializer | None = None,
+    b_init: Initializer | None = None,
+    data_format: str = "NHWC",
+    feature_group_count: int = 1,
+    mask: jax.Array | None = None,
+    *,
+    name: str | None = None,
+    rng_key: jax.Array | None = None,
+) -> HaikuModule:
+    """``hk.Conv2D`` from `in_features` to `out_features` channels, initialized.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> pax.haiku.conv_2d(3, 5, kernel_shape=3, stride=2)(jnp.ones((2, 8, 8, 3))).shape
+      (2, 4, 4, 5)
+    """
+    kwargs = dict(stride=stride, rate=rate, padding=padding, with_bias=with_bias, w_init=w_init)
+    kwargs.update(b_init=b_init, feature_group_count=feature_group_count, mask=mask, name=name)
+    return _conv(
+        "conv_2d", hk.Conv2D, 2, in_features, out_features, kernel_shape, data_format, rate,
+        kwargs, rng_key,
+    )  # fmt: skip
+
+
+def conv_1d_transpose(
+    in_features: int,
+    out_features: int,
+    kernel_shape: IntOrSeq,
+    stride: IntOrSeq = 1,
+    output_shape: IntOrSeq | None = None,
+    padding: str | Sequence[tuple[int, int]] = "SAME",
+    with_bias: bool = True,
+    w_init: Initializer | None = None,
+    b_init: Initializer | None = None,
+    data_format: str = "NWC",
+    mask: jax.Array | None = None,
+    *,
+    name: str | None = None,
+    rng_key: jax.Array | None = None,
+) -> HaikuModule:
+    """``hk.Conv1DTranspose`` from `in_features` to `out_features` channels, initialized.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> pax.haiku.conv_1d_transpose(3, 5, 3, stride=2)(jnp.ones((2, 4, 3))).shape
+      (2, 8, 5)
+    """
+    kwargs = dict(stride=stride, output_shape=output_shape, padding=padding)
+    kwargs.update(with_bias=with_bias, w_init=w_init, b_init=b_init, mask=mask, name=name)
+    return _conv(
+        "conv_1d_transpose", hk.Conv1DTranspose, 1, in_features, out_features, kernel_shape,
+        data_format, 1, kwargs, rng_key, {"output_shape": None},
+    )  # fmt: skip
+
+
+def conv_2d_transpose(
+    in_features: int,
+    out_features: int,
+    kernel_shape: IntOrSeq,
+    stride: IntOrSeq = 1,
+    output_shape: IntOrSeq | None = None,
+    padding: str | Sequence[tuple[int, int]] = "SAME",
+    with_bias: bool = True,
+    w_init: Initializer | None = None,
+    b_init: Initializer | None = None,
+    data_format: str = "NHWC",
+    mask: jax.Array | None = None,
+    *,
+    name: str | None = None,
+    rng_key: jax.Array | None = None,
+) -> HaikuModule:
+    """``hk.Conv2DTranspose`` from `in_features` to `out_features` channels, initialized.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> pax.haiku.conv_2d_transpose(3, 5, 3, stride=2)(jnp.ones((2, 4, 4, 3))).shape
+      (2, 8, 8, 5)
+    """
+    kwargs = dict(stride=stride, output_shape=output_shape, padding=padding)
+    kwargs.update(with_bias=with_bias, w_init=w_init, b_init=b_init, mask=mask, name=name)
+    return _conv(
+        "conv_2d_transpose", hk.Conv2DTranspose, 2, in_features, out_features, kernel_shape,
+        data_format, 1, kwargs, rng_key, {"output_shape": None},
+    )  # fmt: skip
+
+
+def _pool(hk_cls: type, kwargs: dict) -> HaikuModule:
+    module = HaikuModule(hk_cls, (), kwargs)
+    module._hk_set({}, {}, None)  # pooling creates no parameter and no state
+    return module
+
+
+def avg_pool(
+    window_shape: IntOrSeq,
+    strides: IntOrSeq,
+    padding: str,
+    channel_axis: int | None = -1,
+    *,
+    name: str | None = None,
+) -> HaikuModule:
+    """``hk.AvgPool``: average pooling (no parameters).
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> pool = pax.haiku.avg_pool((1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+      >>> pool(jnp.ones((1, 4, 4, 3))).shape
+      (1, 2, 2, 3)
+    """
+    kwargs = dict(window_shape=window_shape, strides=strides, padding=padding)
+    return _pool(hk.AvgPool, dict(kwargs, channel_axis=channel_axis, name=name))
+
+
+def max_pool(
+    window_shape: IntOrSeq,
+    strides: IntOrSeq,
+    padding: str,
+    channel_axis: int | None = -1,
+    *,
+    name: str | None = None,
+) -> HaikuModule:
+    """``hk.MaxPool``: max pooling (no parameters).
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> pool = pax.haiku.max_pool(2, 2, "SAME")
+      >>> pool(jnp.arange(16.0).reshape(1, 4, 4, 1))[0, :, :, 0].tolist()
+      [[5.0, 7.0], [13.0, 15.0]]
+    """
+    kwargs = dict(window_shape=window_shape, strides=strides, padding=padding)
+    return _pool(hk.MaxPool, dict(kwargs, channel_axis=channel_axis, name=name))
