@@ -1,5 +1,6 @@
 """pax: a stateful pytree module library for JAX."""
 
+from pax import haiku as haiku
 from pax import initializers as initializers
 from pax import nn as nn
 from pax import utils as utils
@@ -16,6 +17,7 @@ from pax._src.core.rng import seed_rng_key as seed_rng_key
 from pax._src.guards import SharedObjectError as SharedObjectError
 from pax._src.guards import check as check
 from pax._src.guards import find_shared as find_shared
+from pax._src.haiku.module import from_haiku as from_haiku
 from pax._src.nn.recurrent import dynamic_unroll as dynamic_unroll
 
 __version__ = "0.1.0"
@@ -31,6 +33,8 @@ __all__ = [
     "check",
     "dynamic_unroll",
     "find_shared",
+    "from_haiku",
+    "haiku",
     "initializers",
     "load",
     "next_rng_key",
