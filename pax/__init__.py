@@ -3,6 +3,7 @@
 from pax import haiku as haiku
 from pax import initializers as initializers
 from pax import nn as nn
+from pax import optim as optim
 from pax import utils as utils
 from pax._src.checkpoint import CheckpointError as CheckpointError
 from pax._src.checkpoint import CheckpointMismatchError as CheckpointMismatchError
@@ -19,6 +20,7 @@ from pax._src.guards import check as check
 from pax._src.guards import find_shared as find_shared
 from pax._src.haiku.module import from_haiku as from_haiku
 from pax._src.nn.recurrent import dynamic_unroll as dynamic_unroll
+from pax._src.optim.base import Optimizer as Optimizer
 
 __version__ = "0.1.0"
 
@@ -28,6 +30,7 @@ __all__ = [
     "Kind",
     "LoadReport",
     "Module",
+    "Optimizer",
     "SharedObjectError",
     "StructureChangedError",
     "check",
@@ -39,6 +42,7 @@ __all__ = [
     "load",
     "next_rng_key",
     "nn",
+    "optim",
     "save",
     "seed_rng_key",
     "utils",

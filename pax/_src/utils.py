@@ -6,34 +6,114 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
 from pax._src.core.checks import check_same_structure
+from pax._src.core.layout import EMPTY
+from pax._src.core.module import Module
+from pax._src.core.structure import describe_difference
 
-LossFn = Callable[[Any, Any, Any], tuple[jax.Array, tuple[jax.Array, Any]]]
+LossFn = Callable[[Any, Any, Any], tuple[Any, tuple[Any, Any]]]
+UpdateFn = Callable[[Any, Any, Any], tuple[Any, Any, Any]]
+
+_LOSS_FN_FORM = (
+    "def loss_fn(params, model, inputs):\n"
+    "    model = model.update(params)\n"
+    "    loss = ...\n"
+    "    return loss, (loss, model)"
+)
 
 
-def build_update_fn(
-    loss_fn: LossFn, *, jit: bool = True, donate: bool = False
-) -> Callable[[Any, Any, Any], tuple[jax.Array, Any, Any]]:
+def _check_arguments(model: Any, optimizer: Any) -> None:
+    from pax._src.optim.base import Optimizer
+
+    if isinstance(model, Optimizer) and not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            "update_fn: the first argument is an optimizer and the second is not; the order is "
+            "update_fn(model, optimizer, inputs). Fix: loss, model, opt = "
+            "update_fn(model, opt, inputs)."
+        )
+    if not isinstance(model, Module):
+        raise TypeError(
+            f"update_fn: model must be a pax.Module, got {type(model).__name__}. Fix: "
+            f"loss, model, opt = update_fn(model, opt, inputs)."
+        )
+    if not isinstance(optimizer, Module) or not callable(getattr(optimizer, "step", None)):
+        raise TypeError(
+            f"update_fn: optimizer must be a pax.Optimizer (a module with a "
+            f"step(grads, model) method), got {type(optimizer).__name__}. Fix: "
+            f"opt = pax.optim.adam(model.parameters(), 1e-3)."
+        )
+
+
+def _unpack(out: Any) -> tuple[Any, Any, Any]:
+    """Checks the ``(loss, (aux, model))`` form of `loss_fn`'s output."""
+    ok = isinstance(out, tuple) and len(out) == 2
+    ok = ok and isinstance(out[1], (tuple, list)) and len(out[1]) == 2
+    if not ok or not isinstance(out[1][1], Module):
+        got = type(out).__name__
+        if isinstance(out, tuple):
+            got = f"a tuple of {len(out)}: ({', '.join(type(x).__name__ for x in out)})"
+        raise TypeError(
+            f"build_update_fn: loss_fn must return (loss, (loss, model)) with the updated "
+            f"pax.Module last, got {got}. Fix:\n{_LOSS_FN_FORM}"
+        )
+    return out[0], out[1][0], out[1][1]
+
+
+def _shape_difference(a: Any, b: Any) -> str | None:
+    pairs_a = jax.tree_util.tree_leaves_with_path(a)
+    for (path, x), y in zip(pairs_a, jax.tree_util.tree_leaves(b)):
+        if np.shape(x) != np.shape(y):
+            return f"at {jax.tree_util.keystr(path)}: shape {np.shape(x)} vs {np.shape(y)}"
+    return None
+
+
+def _check_optimizer_state(optimizer: Module, grads: Module) -> None:
+    """Checks per-parameter states of `optimizer` that mirror the model (e.g. a velocity)."""
+    d = optimizer.__dict__
+    cls = type(optimizer).__name__
+    for name in d.get("_pax_layout", EMPTY).children:
+        state = d[name]
+        if type(state) is not type(grads):
+            continue
+        diff = describe_difference(state, grads, names=(f"{cls}.{name}", "the gradients"))
+        diff = diff or _shape_difference(state, grads)
+        if diff:
+            raise ValueError(
+                f"update_fn: {cls}.{name} does not match the gradients of this model: {diff}. "
+                f"The optimizer was built for another model, or before the model's structure "
+                f"changed. Fix: build it from this model, e.g. opt = {cls}(model.parameters())."
+            )
+
+
+def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) -> UpdateFn:
     """Builds ``update_fn(model, optimizer, inputs) -> (loss, model, optimizer)``.
 
     ``loss_fn(params, model, inputs)`` must return ``(loss, (loss, model))`` and call
     ``model = model.update(params)`` before using the model. The step takes gradients with
     respect to ``model.parameters()``, checks that the model returned by ``loss_fn`` has the
-    same structure as the one that went in, and applies ``optimizer.step(grads, model)``.
+    same structure as the one that went in, and applies ``optimizer.step(grads, model)``. The
+    checks run while tracing, so a jitted step pays nothing for them.
 
     Args:
       loss_fn: the loss function.
       jit: compile the step with `jax.jit`.
       donate: donate the buffers of `model` and `optimizer` to the step (saves memory; the
-        arrays passed in are invalid afterwards).
+        model and optimizer passed in cannot be used afterwards).
 
     Returns:
-      The update function.
+      The update function; the loss it returns is the first element of ``loss_fn``'s
+      auxiliary output.
 
     Raises:
-      StructureChangedError: (when tracing) if `loss_fn` returned a model whose static
-        attributes or registry changed, naming the attribute.
+      TypeError: if `loss_fn` is not callable, or (when called) it does not return
+        ``(loss, (loss, model))``, or the arguments are not ``(model, optimizer, inputs)``.
+      StructureChangedError: (when called) if `loss_fn` returned a model whose static
+        attributes or registry changed (e.g. a Python int counter incremented in
+        ``__call__``), naming the attribute.
+      ValueError: (when called) if the optimizer was built for another model, naming the first
+        differing key path.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, pax
@@ -48,15 +128,31 @@ def build_update_fn(
       >>> x = jnp.ones((4, 1)); y = 2 * x
       >>> loss, net, opt = update_fn(net, opt, (x, y))
     """
-
-    def update_fn(model: Any, optimizer: Any, inputs: Any) -> tuple[jax.Array, Any, Any]:
-        grads, (loss, new_model) = jax.grad(loss_fn, has_aux=True)(
-            model.parameters(), model, inputs
+    if not callable(loss_fn):
+        raise TypeError(
+            f"build_update_fn: loss_fn must be a function, got {type(loss_fn).__name__}. "
+            f"Fix:\n{_LOSS_FN_FORM}"
         )
+
+    def checked_loss(params: Any, model: Module, inputs: Any) -> tuple[Any, tuple[Any, Any]]:
+        loss, aux, new_model = _unpack(loss_fn(params, model, inputs))
         check_same_structure(model, new_model, what="the model returned by loss_fn")
+        return loss, (aux, new_model)
+
+    grad_fn = jax.grad(checked_loss, has_aux=True)
+
+    def update_fn(model: Any, optimizer: Any, inputs: Any) -> tuple[Any, Any, Any]:
+        _check_arguments(model, optimizer)
+        grads, (loss, new_model) = grad_fn(model.parameters(), model, inputs)
+        _check_optimizer_state(optimizer, grads)
         optimizer_def = jax.tree_util.tree_structure(optimizer)
         before = optimizer.copy()
         new_model = optimizer.step(grads, new_model)
+        if not isinstance(new_model, Module):
+            raise TypeError(
+                f"update_fn: {type(optimizer).__name__}.step must return the updated model, got "
+                f"{type(new_model).__name__}. Fix: end step with `return model.update(new_params)`."
+            )
         check_same_structure(model, new_model, what="the model returned by optimizer.step")
         if jax.tree_util.tree_structure(optimizer) != optimizer_def:
             check_same_structure(before, optimizer, what="the optimizer after step")
