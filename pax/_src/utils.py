@@ -39,11 +39,19 @@ def _check_arguments(model: Any, optimizer: Any) -> None:
             f"loss, model, opt = update_fn(model, opt, inputs)."
         )
     if not isinstance(optimizer, Module) or not callable(getattr(optimizer, "step", None)):
+        fix = "opt = pax.optim.adam(model.parameters(), 1e-3)"
+        if hasattr(optimizer, "init") and hasattr(optimizer, "update"):
+            fix = "wrap the optax transform: opt = pax.optim.from_optax(tx)(model.parameters())"
         raise TypeError(
             f"update_fn: optimizer must be a pax.Optimizer (a module with a "
-            f"step(grads, model) method), got {type(optimizer).__name__}. Fix: "
-            f"opt = pax.optim.adam(model.parameters(), 1e-3)."
+            f"step(grads, model) method), got {type(optimizer).__name__}. Fix: {fix}."
         )
+
+
+def _kind(x: Any) -> str:
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f"array{list(x.shape)}"
+    return type(x).__name__
 
 
 def _unpack(out: Any) -> tuple[Any, Any, Any]:
@@ -53,7 +61,7 @@ def _unpack(out: Any) -> tuple[Any, Any, Any]:
     if not ok or not isinstance(out[1][1], Module):
         got = type(out).__name__
         if isinstance(out, tuple):
-            got = f"a tuple of {len(out)}: ({', '.join(type(x).__name__ for x in out)})"
+            got = f"a tuple of {len(out)}: ({', '.join(_kind(x) for x in out)})"
         raise TypeError(
             f"build_update_fn: loss_fn must return (loss, (loss, model)) with the updated "
             f"pax.Module last, got {got}. Fix:\n{_LOSS_FN_FORM}"
