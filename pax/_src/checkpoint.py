@@ -416,6 +416,11 @@ def _mismatch_message(
     if mismatched:
         parts.append(_listing(f"{len(mismatched)} with another shape or dtype", mismatched))
     fixes = []
+    if saved_root != like_root:
+        fixes.append(
+            f"pass a `like` with the structure of the saved {saved_root}, e.g. "
+            f"pax.load(path, (model, optimizer)) for pax.save(path, (model, optimizer))"
+        )
     if strict and (missing or unexpected):
         fixes.append(
             "to load only the common leaves (fine-tuning), call "
