@@ -151,16 +151,20 @@ def flatten(x: jax.Array) -> jax.Array:
 
 def conv_net(use_haiku: bool = False, width: int = 32, hidden: int = 128) -> pax.nn.Sequential:
     """Two conv blocks (3x3 conv, BatchNorm, ReLU, 2x2 max-pool), then a hidden layer and a
-    10-way head; built from `pax.nn` layers, or from the `pax.haiku` wrappers of Haiku's."""
+    10-way head; built from `pax.nn` layers, or from the `pax.haiku` wrappers of Haiku's.
+
+    The convolutions have no bias: the BatchNorm after each one subtracts the batch mean, so a
+    bias would get a zero gradient (and Adam would turn its rounding noise into updates).
+    """
     if use_haiku:
         hk = pax.haiku
-        conv = lambda cin, cout: hk.conv_2d(cin, cout, kernel_shape=3, padding="SAME")
+        conv = lambda cin, cout: hk.conv_2d(cin, cout, 3, padding="SAME", with_bias=False)
         norm = lambda c: hk.batch_norm_2d(c)
         pool = lambda: hk.max_pool(window_shape=2, strides=2, padding="VALID")
         linear = hk.linear
     else:
         nn = pax.nn
-        conv = lambda cin, cout: nn.Conv2D(cin, cout, kernel_shape=3, padding="SAME")
+        conv = lambda cin, cout: nn.Conv2D(cin, cout, 3, padding="SAME", with_bias=False)
         norm = lambda c: nn.BatchNorm2D(c)
         pool = lambda: nn.MaxPool(window_shape=2, strides=2, padding="VALID")
         linear = nn.Linear
