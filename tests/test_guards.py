@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 import pax
+from pax._src import guards
 from pax._src.guards import describe_shared
+
+
+@pytest.fixture(autouse=True, params=["one-pass", "recursive"])
+def _implementation(request, monkeypatch):
+    """Every test runs with both walks (the recursive one serves JAX without is_leaf paths)."""
+    if request.param == "one-pass" and not guards._PATH_IS_LEAF:
+        pytest.skip("this JAX has no is_leaf_takes_path")
+    monkeypatch.setattr(guards, "_PATH_IS_LEAF", request.param == "one-pass")
 
 
 class Tied(pax.Module):

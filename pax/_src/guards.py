@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
@@ -35,44 +36,90 @@ def _what(x: Any) -> str:
     return f"{type(x).__name__}{tuple(x.shape)} {x.dtype}"
 
 
-def _walk(node: Any, prefix: str, seen: dict[int, tuple[str, Any]], out: list) -> None:
-    root_seen = False
+# `is_leaf(path, x)` lets one flatten both find the modules and stop at repeated ones.
+_PATH_IS_LEAF = (
+    "is_leaf_takes_path" in inspect.signature(jax.tree_util.tree_flatten_with_path).parameters
+)
 
-    def is_leaf(x: Any) -> bool:
-        nonlocal root_seen
-        if not root_seen:  # the first call is on `node` itself: expand it one level
-            root_seen = True
+
+def _find_one_pass(tree: Any) -> tuple[list, list]:
+    seen: dict[int, tuple[Any, Any]] = {}  # the values keep the objects alive
+    modules: list[tuple[Any, Any, Any]] = []
+
+    def is_leaf(path: Any, x: Any) -> bool:
+        if not isinstance(x, Module):
             return False
-        return isinstance(x, Module)
+        first = seen.get(id(x))
+        if first is None:
+            seen[id(x)] = (path, x)
+            return False
+        modules.append((first[0], path, x))
+        return True  # do not walk into it again (and never loop on a cycle)
 
-    for key_path, leaf in jax.tree_util.tree_flatten_with_path(node, is_leaf=is_leaf)[0]:
-        if not isinstance(leaf, (Module, *_ARRAYS)):
-            continue
-        where = prefix + jax.tree_util.keystr(key_path)
-        first = seen.get(id(leaf))
-        if first is not None:
-            out.append((first[0], where, leaf))
-            continue
-        seen[id(leaf)] = (where, leaf)
-        if isinstance(leaf, Module):
-            _walk(leaf, where, seen, out)
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf, is_leaf_takes_path=True)
+    arrays = _repeated_arrays(leaves[0])
+    return [(_key(a), _key(b), x) for a, b, x in modules], arrays
+
+
+def _find_recursive(tree: Any) -> tuple[list, list]:
+    """The same walk for a JAX without `is_leaf_takes_path`: one flatten per module."""
+    seen: dict[int, tuple[str, Any]] = {}
+    modules: list[tuple[str, str, Any]] = []
+    leaves: list[tuple[str, Any]] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        started = False
+
+        def is_leaf(x: Any) -> bool:
+            nonlocal started
+            if not started:  # the first call is on `node` itself: expand it
+                started = True
+                return False
+            return isinstance(x, Module)
+
+        for key_path, leaf in jax.tree_util.tree_flatten_with_path(node, is_leaf=is_leaf)[0]:
+            where = prefix + jax.tree_util.keystr(key_path)
+            if not isinstance(leaf, Module):
+                leaves.append((where, leaf))
+            elif id(leaf) in seen:
+                modules.append((seen[id(leaf)][0], where, leaf))
+            else:
+                seen[id(leaf)] = (where, leaf)
+                walk(leaf, where)
+
+    if isinstance(tree, Module):
+        seen[id(tree)] = ("", tree)
+    walk(tree, "")
+    return modules, _repeated_arrays(leaves)
+
+
+def _repeated_arrays(leaves: list) -> list[tuple[str, str, Any]]:
+    seen: dict[int, Any] = {}
+    out = []
+    for path, leaf in leaves:
+        if isinstance(leaf, _ARRAYS):
+            first = seen.setdefault(id(leaf), path)
+            if first is not path:
+                out.append((_key(first), _key(path), leaf))
+    return out
+
+
+def _key(path: Any) -> str:
+    return path if isinstance(path, str) else jax.tree_util.keystr(path)
 
 
 def _find(tree: Any) -> list[tuple[str, str, Any]]:
-    seen: dict[int, tuple[str, Any]] = {}  # the values keep the objects alive during the walk
-    out: list[tuple[str, str, Any]] = []
-    if isinstance(tree, Module):
-        seen[id(tree)] = ("", tree)
-    _walk(tree, "", seen, out)
-    return out
+    modules, arrays = (_find_one_pass if _PATH_IS_LEAF else _find_recursive)(tree)
+    return modules + arrays
 
 
 def find_shared(tree: Any) -> list[tuple[str, str]]:
     """Returns the key paths of every module or array object reachable twice in ``tree``.
 
-    Each pair is ``(first path, later path)`` as `jax.tree_util.keystr` strings, in flatten
-    order (the root itself is ``""``). Objects are compared by identity; the contents of a
-    module reported as shared are not reported again. The walk is one flatten per module.
+    Each pair is ``(first path, later path)`` as `jax.tree_util.keystr` strings (the root
+    itself is ``""``): shared modules first, then shared arrays, each in flatten order. Objects
+    are compared by identity; the contents of a module reported as shared are not reported
+    again. The cost is about one ``jax.tree_util.tree_flatten_with_path`` of ``tree``.
 
     Args:
       tree: a module, optimizer, or any pytree of them.
