@@ -59,20 +59,21 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-    """Turns this process's share of the global batch (numpy arrays) into global jax arrays.
+    """Turns a global batch (numpy arrays) into global jax arrays split along axis 0.
 
-    With one process the share is the whole batch. With several (a pod slice) each process
-    passes its own ``global_batch // jax.process_count()`` rows.
+    With several processes (a pod slice) every process builds the same global batch (same data,
+    same seed) and hands over only its own rows, those that its devices hold.
     """
     sharding = batch_sharded(mesh)
-    return jax.tree_util.tree_map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
-    )
+    count, index = jax.process_count(), jax.process_index()
 
+    def put(x: Any) -> jax.Array:
+        x = np.asarray(x)
+        rows = x.shape[0] // count
+        local = x[index * rows : (index + 1) * rows]
+        return jax.make_array_from_process_local_data(sharding, local, x.shape)
 
-def local_batch_size(global_batch_size: int) -> int:
-    """The rows of the global batch that this process loads."""
-    return global_batch_size // jax.process_count()
+    return jax.tree_util.tree_map(put, batch)
 
 
 def jit_step(

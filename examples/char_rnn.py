@@ -147,6 +147,8 @@ def generate(
     prompt_ids = np.frombuffer(prompt.encode("utf-8"), dtype=np.uint8).astype(np.int32)
     if len(prompt_ids) == 0:
         raise ValueError('--prompt must not be empty; e.g. --prompt "import jax"')
+    if not temperature > 0:
+        raise ValueError(f"--temperature must be > 0, got {temperature}; e.g. --temperature 0.8")
     tokens = _generate(model.eval(), jnp.asarray(prompt_ids), key, temperature, length)
     out = bytes(np.asarray(tokens).astype(np.uint8).tolist())
     return prompt + out.decode("utf-8", errors="replace")
@@ -180,8 +182,13 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
     """Trains as `args` says on `devices` (default: all); returns the model and the losses."""
     mesh = dp.make_mesh(devices)
     dp.check_batch_size(args.batch_size, mesh)
+    if args.resume and not os.path.isfile(args.checkpoint):
+        raise FileNotFoundError(
+            f"--resume: no checkpoint at --checkpoint {args.checkpoint!r}. Fix: train once "
+            f"without --resume (it writes the checkpoint), or point --checkpoint at one."
+        )
     corpus = load_corpus(args.data)
-    data = batches(corpus, dp.local_batch_size(args.batch_size), args.seq_len, args.seed)
+    data = batches(corpus, args.batch_size, args.seq_len, args.seed)
 
     pax.seed_rng_key(args.seed)
     model = LanguageModel(VOCAB_SIZE, args.embed_dim, args.hidden_dim, args.use_haiku)
@@ -205,7 +212,10 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
     for step in bar:
         loss, model, optimizer = update_fn(model, optimizer, dp.shard_batch(next(data), mesh))
         losses.append(loss)
-        if step % 20 == 0 or step == args.steps:
+        if step == 1:  # the first step compiled the update; measure throughput from here
+            float(loss)
+            last_time, last_step = time.perf_counter(), 1
+        elif step % 20 == 0 or step == args.steps:
             loss_value = float(loss)  # waits for the step to finish
             now = time.perf_counter()
             rate = (step - last_step) * tokens_per_step / (now - last_time)
@@ -215,6 +225,7 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
             sample_key, key = jax.random.split(sample_key)
             text = generate(model, args.prompt, args.sample_length, key, args.temperature)
             tqdm.write(f"--- sample at step {step} (loss {float(loss):.3f}) ---\n{text}\n---")
+            last_time = time.perf_counter()  # leave sampling out of the throughput
     if args.checkpoint:
         os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
         pax.save(args.checkpoint, (model, optimizer))
@@ -223,7 +234,10 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    run(parse_args(argv))
+    try:
+        run(parse_args(argv))
+    except FileNotFoundError as err:
+        sys.exit(str(err))
 
 
 if __name__ == "__main__":

@@ -278,7 +278,10 @@ def run(
         last_time, last_step = start, 0
         for step, batch in enumerate(bar, 1):
             loss, model, optimizer = update_fn(model, optimizer, dp.shard_batch(batch, mesh))
-            if step % 20 == 0 or step == steps_per_epoch:
+            if step == 1:  # the first step may have compiled the update
+                float(loss)
+                last_time, last_step = time.perf_counter(), 1
+            elif step % 20 == 0 or step == steps_per_epoch:
                 loss_value = float(loss)  # waits for the step to finish
                 now = time.perf_counter()
                 rate = (step - last_step) * args.batch_size / (now - last_time)

@@ -150,6 +150,14 @@ def test_char_rnn_rejects_bad_batch_before_loading():
         char_rnn.run(args)
 
 
+def test_char_rnn_resume_needs_a_checkpoint(tmp_path):
+    argv = ["--resume", "--checkpoint", str(tmp_path / "none.npz"), "--data", __file__]
+    with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint at --checkpoint"):
+        char_rnn.run(char_rnn.parse_args(argv))
+    with pytest.raises(SystemExit, match="train once without --resume"):
+        char_rnn.main(argv)
+
+
 def test_shard_batch_splits_the_leading_axis():
     mesh = dp.make_mesh()
     x = np.arange(16 * 3).reshape(16, 3)
@@ -185,6 +193,8 @@ def test_generate_continues_the_prompt():
     assert same == text
     with pytest.raises(ValueError, match="--prompt must not be empty"):
         char_rnn.generate(model, "", 5, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="--temperature must be > 0, got 0"):
+        char_rnn.generate(model, "a", 5, jax.random.PRNGKey(0), temperature=0)
 
 
 # --- training runs (slow) -----------------------------------------------------------------------
