@@ -323,7 +323,7 @@ def test_another_root_type_is_explained(tmp_path):
     pax.save(path, (model, MomentumSGD(model.parameters())))
     with pytest.raises(
         pax.CheckpointMismatchError,
-        match=r"\(saved from a tuple\) does not match `like` \(a Linear\)(?s:.*)"
+        match=r"does not match `like` \(saved: tuple, like: Linear\)(?s:.*)"
         r"  \[0\]\.weight\n(?s:.*)Fix: pass a `like` with the structure of the saved tuple",
     ):
         pax.load(path, model)
@@ -502,6 +502,28 @@ def test_save_rejects_non_array_leaves(tmp_path):
     with pytest.raises(pax.CheckpointError, match=r"\['s'\] has dtype <U3.*astype"):
         pax.save(tmp_path / "x.npz", {"s": np.array(["abc"])})
     assert os.listdir(tmp_path) == []
+
+
+def test_save_explains_a_donated_array(tmp_path):
+    model = pax.nn.Linear(2, 2)
+    model.bias.delete()  # what donating the model to a jitted step does to its buffers
+    with pytest.raises(pax.CheckpointError, match=r"array at \.bias was deleted.*donated"):
+        pax.save(tmp_path / "x.npz", model)
+    assert os.listdir(tmp_path) == []
+
+
+def test_like_must_hold_arrays(tmp_path):
+    pax.save(tmp_path / "x.npz", {"w": jnp.ones(2)})
+    with pytest.raises(pax.CheckpointError, match=r"leaf of `like` at \['w'\] is a str"):
+        pax.load(tmp_path / "x.npz", {"w": "weights"})
+
+
+def test_non_native_byte_order_round_trips(tmp_path):
+    big_endian = np.arange(4, dtype=">f4")
+    pax.save(tmp_path / "x.npz", {"w": big_endian})
+    restored = pax.load(tmp_path / "x.npz", {"w": np.zeros(4, np.float32)})["w"]
+    np.testing.assert_array_equal(restored, big_endian)
+    assert restored.dtype == np.float32
 
 
 def test_save_and_load_inside_jit_explain_the_fix(tmp_path):

@@ -11,6 +11,7 @@ keys (``jax.random.key``) are stored as their key data plus the name of their im
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -77,11 +78,17 @@ def _encode(where: str, leaf: Any) -> tuple[np.ndarray, dict]:
             f"checkpoint stores only arrays. Fix: keep non-array values out of the saved tree, "
             f"e.g. pax.save(path, (model, optimizer)) and store other settings separately."
         )
+    if isinstance(leaf, jax.Array) and leaf.is_deleted():
+        raise CheckpointError(
+            f"pax.save: the array at {where} was deleted, most likely donated to a jitted step "
+            f"(donate_argnums / build_update_fn(..., donate=True)). Fix: save the model the "
+            f"step returned: loss, model, optimizer = update_fn(model, optimizer, batch)."
+        )
     array = np.asarray(leaf)
     dtype = array.dtype
     meta = {"dtype": dtype.name, "shape": list(array.shape)}
-    if dtype.kind in _NATIVE_KINDS and dtype.isbuiltin:
-        return array, {**meta, "encoding": "array"}
+    if dtype.kind in _NATIVE_KINDS:  # ml_dtypes (bfloat16, ...) are of kind "V"
+        return _native_order(array), {**meta, "encoding": "array"}
     if _extension_dtype(dtype.name) is None:
         raise CheckpointError(
             f"pax.save: the leaf at {where} has dtype {dtype}, which a checkpoint cannot store. "
@@ -89,6 +96,10 @@ def _encode(where: str, leaf: Any) -> tuple[np.ndarray, dict]:
         )
     bits = array.view(np.dtype(f"u{dtype.itemsize}"))
     return bits, {**meta, "encoding": "bits"}
+
+
+def _native_order(array: np.ndarray) -> np.ndarray:
+    return array.astype(array.dtype.newbyteorder("="), copy=False)
 
 
 def _extension_dtype(name: str) -> np.dtype | None:
@@ -104,15 +115,14 @@ def _decode(path: str, where: str, stored: np.ndarray, meta: Any) -> Any:
     try:
         encoding, name, shape = meta["encoding"], meta["dtype"], tuple(meta["shape"])
         if encoding == "array":
-            dtype = np.dtype(name)
-            if dtype.kind not in _NATIVE_KINDS or not dtype.isbuiltin:
+            if np.dtype(name).kind not in _NATIVE_KINDS:
                 raise ValueError(f"dtype {name!r} is not a numeric dtype")
-            value = stored
+            value = _native_order(stored)
         elif encoding == "bits":
             dtype = _extension_dtype(name)
             if dtype is None:
                 raise ValueError(f"unknown dtype {name!r}")
-            value = stored.view(dtype)
+            value = _native_order(stored).view(dtype)
         elif encoding == "key":
             value = jax.random.wrap_key_data(stored, impl=meta["impl"])
         else:
@@ -200,26 +210,15 @@ def _atomic_write(path: str, entries: dict[str, np.ndarray]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Makes the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
+    with contextlib.suppress(OSError):  # makes the rename durable; not possible everywhere
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -242,6 +241,8 @@ def _read(path: str) -> tuple[dict, dict[str, Any]]:
     with open(path, "rb") as f:  # missing file, permissions: the usual OSError
         try:
             raw = _read_members(f)
+        except MemoryError:
+            raise
         except Exception as err:  # anything a damaged zip or .npy header can raise
             raise CheckpointError(
                 f"pax.load: {path} is truncated or corrupted ({type(err).__name__}: {err}). "
@@ -303,10 +304,6 @@ def _place(value: Any, like: Any) -> Any:
     if isinstance(sharding, jax.sharding.Sharding):
         return jax.device_put(value, sharding)
     return jax.device_put(value)
-
-
-def _spec_text(shape: tuple, dtype: str) -> str:
-    return f"{dtype}{list(shape)}"
 
 
 def _listing(title: str, items: list[str]) -> str:
@@ -371,16 +368,26 @@ def load(path: PathLike, like: T, *, strict: bool = True) -> T | tuple[T, LoadRe
                 "function (jax.jit, jax.grad, ...). Fix: load outside it and pass the loaded "
                 "model in as an argument."
             )
-        expected[jax.tree_util.keystr(key_path)] = leaf
+        where = jax.tree_util.keystr(key_path)
+        if not isinstance(leaf, (bool, int, float, complex)) and not (
+            hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+        ):
+            raise CheckpointError(
+                f"pax.load: the leaf of `like` at {where or 'the root'} is a "
+                f"{type(leaf).__name__}, not an array; `like` must have the structure of the "
+                f"saved tree, with arrays (or jax.ShapeDtypeStruct) as leaves."
+            )
+        expected[where] = leaf
     specs = {r["path"]: (tuple(r["shape"]), r["dtype"]) for r in metadata["leaves"]}
     missing = [k for k in expected if k not in values]
     unexpected = [k for k in values if k not in expected]
     mismatched = []
     for where, leaf in expected.items():
         if where in specs and _like_spec(leaf) != specs[where]:
+            (shape, dtype), (like_shape, like_dtype) = specs[where], _like_spec(leaf)
             mismatched.append(
-                f"{where or '<root>'}: checkpoint {_spec_text(*specs[where])}, "
-                f"like {_spec_text(*_like_spec(leaf))}"
+                f"{where or '<root>'}: checkpoint {dtype}{list(shape)}, "
+                f"like {like_dtype}{list(like_shape)}"
             )
     if mismatched or (strict and (missing or unexpected)):
         raise CheckpointMismatchError(
@@ -406,7 +413,7 @@ def _mismatch_message(
 ) -> str:
     saved_root, like_root = metadata.get("root"), type(like).__name__
     parts = [
-        f"pax.load: {path} (saved from a {saved_root}) does not match `like` (a {like_root}). "
+        f"pax.load: {path} does not match `like` (saved: {saved_root}, like: {like_root}). "
         f"Nothing was loaded."
     ]
     if strict and missing:
