@@ -1,7 +1,7 @@
 """Cost of a pax optimizer in a jitted training step, against plain JAX + optax, in one process.
 
 Workload: a deep narrow MLP (64 `pax.nn.Linear(32, 32)` layers, batch 8) trained with adam.
-Systems, interleaved round by round (medians reported, ratio to plain JAX):
+Systems, interleaved round by round in a shuffled order (medians, ratio to plain JAX):
 
 - plain:           nested dicts of arrays, `tx.update` + `optax.apply_updates`.
 - pax + optax:     a pax model with optax state mirroring the module tree (no pax optimizer).
@@ -15,6 +15,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -77,13 +78,15 @@ def build(depth: int) -> dict[str, tuple[Callable, tuple]]:
     }
 
 
-def run(fn: Callable, state: tuple, n: int) -> tuple[float, tuple]:
+def run(fn: Callable, state: tuple, n: int) -> tuple[float, float, tuple]:
+    """Runs `n` steps; returns (wall seconds, process CPU seconds) per step and the new state."""
     a, b, inputs = state
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n):
         loss, a, b = fn(a, b, inputs)
     loss.block_until_ready()
-    return (time.perf_counter() - t0) / n, (a, b, inputs)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return wall / n, cpu / n, (a, b, inputs)
 
 
 def round_trip(state: tuple, n: int) -> float:
@@ -106,13 +109,19 @@ def main() -> None:
     systems = build(args.depth)
     states = {}
     for name, (fn, state) in systems.items():  # compile and warm up
-        _, states[name] = run(fn, state, 5)
-    samples: dict[str, list[float]] = {name: [] for name in systems}
+        *_, states[name] = run(fn, state, 5)
+    walls: dict[str, list[float]] = {name: [] for name in systems}
+    cpus: dict[str, list[float]] = {name: [] for name in systems}
     trips: dict[str, list[float]] = {name: [] for name in systems}
+    order = list(systems)
+    rng = random.Random(0)
     for _ in range(args.rounds):
-        for name, (fn, _) in systems.items():
-            dt, states[name] = run(fn, states[name], args.steps)
-            samples[name].append(dt)
+        rng.shuffle(order)
+        for name in order:
+            fn = systems[name][0]
+            wall, cpu, states[name] = run(fn, states[name], args.steps)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
             trips[name].append(round_trip(states[name], 20))
 
     print(
@@ -120,16 +129,19 @@ def main() -> None:
         f"{args.depth} x Linear({WIDTH}, {WIDTH}), batch {BATCH}, adam; medians of "
         f"{args.rounds} interleaved rounds x {args.steps} steps"
     )
-    base = statistics.median(samples["plain"])
-    base_trip = statistics.median(trips["plain"])
-    print(f"{'train step':<20}{'us/step':>10}{'ratio':>8}{'pytree us':>12}{'ratio':>8}")
-    for name, values in samples.items():
-        med, trip = statistics.median(values), statistics.median(trips[name])
-        print(
-            f"{name:<20}{med * 1e6:>10.1f}{med / base:>8.3f}{trip * 1e6:>12.1f}"
-            f"{trip / base_trip:>8.2f}"
+    columns = (("wall", walls, 10), ("cpu", cpus, 10), ("pytree", trips, 12))
+    med = {k: {n: statistics.median(v) for n, v in d.items()} for k, d, _ in columns}
+    print(f"{'train step':<20}" + "".join(f"{k + ' us':>{w}}{'ratio':>8}" for k, _, w in columns))
+    for name in systems:
+        cells = "".join(
+            f"{med[k][name] * 1e6:>{w}.1f}{med[k][name] / med[k]['plain']:>8.3f}"
+            for k, _, w in columns
         )
-    print("pytree us: flatten of (model, optimizer, inputs) + unflatten, per call")
+        print(f"{name:<20}{cells}")
+    print(
+        "wall: per step; cpu: process CPU time per step (all threads; steadier on a busy\n"
+        "machine); pytree: flatten of (model, optimizer, inputs) + unflatten, per call"
+    )
 
 
 if __name__ == "__main__":

@@ -113,6 +113,7 @@ def test_from_optax_is_bit_identical_to_optax(name):
 
 def test_ready_made_optimizers_match_optax():
     net = make_net()
+    schedule = optax.linear_schedule(1e-2, 1e-3, 2)
     cases = [
         (pax.optim.sgd(net.parameters(), 0.1), optax.sgd(0.1)),
         (
@@ -120,6 +121,7 @@ def test_ready_made_optimizers_match_optax():
             optax.sgd(0.1, momentum=0.9, nesterov=True),
         ),
         (pax.optim.adam(net.parameters(), 1e-2, b1=0.8), optax.adam(1e-2, b1=0.8)),
+        (pax.optim.adam(net.parameters(), schedule), optax.adam(schedule)),
         (
             pax.optim.adamw(net.parameters(), 1e-2, weight_decay=0.1),
             optax.adamw(1e-2, weight_decay=0.1),
@@ -384,3 +386,14 @@ def test_repr_is_short():
     text = repr(opt)
     assert text.startswith("OptaxOptimizer(parameters=5, opt_state=InjectStatefulHyperparams")
     assert "mu={5 parameters}" in text
+
+
+def test_checkpoint_round_trip(tmp_path):
+    net = make_net()
+    opt = pax.optim.adam(net.parameters(), 1e-2)
+    net = opt.step(random_grads(net.parameters(), 0), net)
+    pax.save(tmp_path / "opt", opt)
+    restored = pax.load(tmp_path / "opt", pax.optim.adam(make_net().parameters(), 1e-2))
+    assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(opt)
+    for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(opt)):
+        np.testing.assert_array_equal(a, b)

@@ -61,6 +61,7 @@ class OptaxOptimizer(Optimizer):
     Attributes:
       transform: the optax transformation.
       key_paths: key-path strings of the parameters, in order.
+      param_specs: ``(shape, dtype name)`` of each parameter, checked by `step`.
       opt_state: the optax state (a registered state subtree).
 
     Example:
@@ -207,7 +208,11 @@ class OptaxOptimizer(Optimizer):
 
     @property
     def learning_rate(self) -> jax.Array:
-        """The injected learning rate (``optax.inject_hyperparams``); assignable in place."""
+        """The injected learning rate (``optax.inject_hyperparams``); assignable in place.
+
+        With a schedule it holds the value used in the last step; assigning it then has no
+        effect, since the schedule recomputes it at every step.
+        """
         return self._inject_state("learning_rate").hyperparams["learning_rate"]
 
     @learning_rate.setter
