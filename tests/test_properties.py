@@ -251,6 +251,28 @@ def test_update_with_own_parameters_is_the_identity(spec, seed):
 
 
 @SETTINGS
+@given(node_specs, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+def test_two_builds_share_a_treedef_and_update_takes_the_other_parameters(spec, seed, other):
+    model, oracle = make(spec, seed)
+    twin, _ = make(spec, other)
+    assert jax.tree_util.tree_structure(twin) == jax.tree_util.tree_structure(model)
+    mixed = model.update(twin.parameters())
+    for (path, leaf), mine, theirs in zip(
+        jax.tree_util.tree_leaves_with_path(mixed),
+        jax.tree_util.tree_leaves(model),
+        jax.tree_util.tree_leaves(twin),
+    ):
+        assert leaf is (theirs if oracle.trainable[jax.tree_util.keystr(path)] else mine)
+    before = jax.tree_util.tree_leaves(model)
+    copy = model.copy()
+    names = [n for n in vars(copy) if n[:1] in "ps" and n[1:].isdigit()]  # p0, s1, ...
+    for name in names:
+        setattr(copy, name, twin.__dict__[name])  # mutate the copy in place
+    assert all(x is y for x, y in zip(jax.tree_util.tree_leaves(model), before))
+    assert all(getattr(copy, n) is twin.__dict__[n] for n in names)
+
+
+@SETTINGS
 @given(node_specs, st.integers(0, 2**32 - 1))
 def test_parameters_and_states_partition_the_leaves(spec, seed):
     model, oracle = make(spec, seed)
