@@ -335,7 +335,15 @@ def test_model_whose_structure_changed_is_rejected():
         r"when the optimizer was built.*frozen",
     ):
         opt.step(grads, net)
+    old_grads = random_grads(make_net().parameters(), 0)
     net.modules.append(pax.nn.Linear(2, 2))
+    opt = pax.optim.adam(net.parameters(), 1e-3)
+    with pytest.raises(
+        ValueError,
+        match=r"`grads` does not have the structure of model.parameters\(\): at \.modules: "
+        r"list of length 5 \(model.parameters\(\)\) vs list of length 4 \(grads\)",
+    ):
+        opt.step(old_grads, net)
     opt = pax.optim.adam(make_net().parameters(), 1e-3)
     with pytest.raises(
         ValueError,

@@ -142,6 +142,8 @@ def test_loss_fn_with_a_wrong_output_is_explained():
         update_fn(net, opt, (jnp.ones((1, 2)), None))
     with pytest.raises(TypeError, match=r"build_update_fn: loss_fn must be a function, got int"):
         pax.utils.build_update_fn(3)
+    with pytest.raises(ValueError, match=r"donate=True needs jit=True"):
+        pax.utils.build_update_fn(mse_loss, jit=False, donate=True)
 
 
 def test_bad_arguments_are_explained():

@@ -85,8 +85,11 @@ def _check_optimizer_state(optimizer: Module, grads: Module) -> None:
         state = d[name]
         if type(state) is not type(grads):
             continue
-        diff = describe_difference(state, grads, names=(f"{cls}.{name}", "the gradients"))
-        diff = diff or _shape_difference(state, grads)
+        diff = describe_difference(
+            state, grads, none_is_wildcard=True, names=(f"{cls}.{name}", "the gradients")
+        )
+        same_def = jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(grads)
+        diff = diff or (_shape_difference(state, grads) if same_def else None)
         if diff:
             raise ValueError(
                 f"update_fn: {cls}.{name} does not match the gradients of this model: {diff}. "
@@ -115,6 +118,7 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
       auxiliary output.
 
     Raises:
+      ValueError: if `donate` is set without `jit`.
       TypeError: if `loss_fn` is not callable, or (when called) it does not return
         ``(loss, (loss, model))``, or the arguments are not ``(model, optimizer, inputs)``.
       StructureChangedError: (when called) if `loss_fn` returned a model whose static
@@ -140,6 +144,11 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
         raise TypeError(
             f"build_update_fn: loss_fn must be a function, got {type(loss_fn).__name__}. "
             f"Fix:\n{_LOSS_FN_FORM}"
+        )
+    if donate and not jit:
+        raise ValueError(
+            "build_update_fn: donate=True needs jit=True (buffers are donated to the compiled "
+            "step). Fix: build_update_fn(loss_fn, jit=True, donate=True)."
         )
 
     def checked_loss(params: Any, model: Module, inputs: Any) -> tuple[Any, tuple[Any, Any]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
@@ -278,7 +277,7 @@ class OptaxBuilder:
         return f"pax.optim.from_optax({type(self.transform).__name__}(...))"
 
 
-def from_optax(transform: optax.GradientTransformation) -> Callable[[Module], OptaxOptimizer]:
+def from_optax(transform: optax.GradientTransformation) -> OptaxBuilder:
     """Turns an optax gradient transformation into a pax optimizer builder.
 
     ``from_optax(tx)(model.parameters())`` returns an `OptaxOptimizer`; its
