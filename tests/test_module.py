@@ -339,3 +339,11 @@ def test_sharding_device_put_and_jit():
     x = jax.device_put(jnp.ones((len(jax.devices()), 2)), NamedSharding(mesh, PartitionSpec("data")))
     y = jax.jit(lambda m, x: m(x))(net, x)
     np.testing.assert_allclose(y, jnp.ones((len(jax.devices()), 2)) @ net.weight + net.bias, rtol=1e-6)
+
+
+def test_summary_warns_about_shared_submodule():
+    block = pax.nn.Linear(2, 2)
+    net = pax.nn.Sequential(block, block)
+    last = net.summary().splitlines()[-1]
+    assert last.startswith("warning: .modules[1] is the same object as .modules[0]")
+    assert "warning" not in pax.nn.Sequential(block, pax.nn.Linear(2, 2)).summary()

@@ -125,4 +125,11 @@ def summary(module: Module) -> str:
     lines = [f"{header[0]:<{w0}}  {header[1]:<{w1}}  {header[2]:>{w2}}  {header[3]:>{w3}}"]
     for path, cls, n_params, n_states in rows:
         lines.append(f"{path:<{w0}}  {cls:<{w1}}  {n_params:>{w2},}  {n_states:>{w3},}")
+    from pax._src.guards import find_shared
+
+    for first, later in find_shared(module):
+        lines.append(
+            f"warning: {later or '<root>'} is the same object as {first or '<root>'}; JAX "
+            f"transforms would turn it into two copies (see pax.check)."
+        )
     return "\n".join(lines)
