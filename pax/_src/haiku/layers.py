@@ -85,15 +85,25 @@ def _channel_index(fn: str, data_format: str, rank: int) -> int:
     )
 
 
-def _conv_dummy(fn: str, n: int, in_features: int, kernel: IntOrSeq, rate: IntOrSeq, fmt: str):
-    kernel = (kernel,) * n if isinstance(kernel, (int, np.integer)) else tuple(kernel)
-    rate = (rate,) * n if isinstance(rate, (int, np.integer)) else tuple(rate)
-    spatial = [max(1, (int(k) - 1) * int(r) + 1) for k, r in zip(kernel, rate)]
-    if len(spatial) != n:
-        raise ValueError(
-            f"pax.haiku.{fn}: kernel_shape must be an int or {n} ints, got {kernel!r}."
-        )
-    if _channel_index(fn, fmt, n + 2) == 1:
+def _per_axis(fn: str, arg: str, value: IntOrSeq, n: int) -> tuple[int, ...]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return (int(value),) * n
+    values = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else ()
+    if len(values) == 1:
+        values = values * n
+    if len(values) != n or not all(isinstance(v, (int, np.integer)) for v in values):
+        raise ValueError(f"pax.haiku.{fn}: {arg} must be an int or {n} ints, got {value!r}.")
+    return tuple(int(v) for v in values)
+
+
+def _conv_dummy(
+    fn: str, n: int, in_features: int, kernel: IntOrSeq, rate: IntOrSeq, data_format: str
+) -> tuple[jax.Array]:
+    """A zero input whose spatial size fits one kernel application (any padding)."""
+    kernel = _per_axis(fn, "kernel_shape", kernel, n)
+    rate = _per_axis(fn, "rate", rate, n)
+    spatial = [max(1, (k - 1) * r + 1) for k, r in zip(kernel, rate)]
+    if _channel_index(fn, data_format, n + 2) == 1:
         shape = [1, in_features, *spatial]
     else:
         shape = [1, *spatial, in_features]
