@@ -1,0 +1,237 @@
+"""Bad constructor arguments raise at construction; bad inputs name the layer and both shapes."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import pax
+from pax import nn
+
+CONSTRUCTION = [
+    (lambda: nn.Linear(0, 3), "Linear: in_dim must be a positive int, got 0"),
+    (lambda: nn.Linear(3, -2), "Linear: out_dim must be a positive int, got -2"),
+    (lambda: nn.Linear(3.0, 2), "Linear: in_dim must be a positive int, got 3.0"),
+    (lambda: nn.MLP([3]), r"MLP: features needs at least \[in_dim, out_dim\]"),
+    (
+        lambda: nn.Conv2D(3, 4, kernel_shape=(3, 3, 3)),
+        "Conv2D: kernel_shape must be a positive int or a sequence of 2",
+    ),
+    (lambda: nn.Conv1D(3, 4, kernel_shape=0), "Conv1D: kernel_shape must be a positive int"),
+    (lambda: nn.Conv2D(3, 4, 3, stride=-1), "Conv2D: stride must be"),
+    (
+        lambda: nn.Conv2D(3, 4, 3, padding="FULL"),
+        "Conv2D: unknown padding 'FULL'; use 'SAME', 'VALID'",
+    ),
+    (
+        lambda: nn.Conv2D(3, 4, 3, padding=((1, 1),)),
+        r"Conv2D: unknown padding .*2 \(low, high\) pairs",
+    ),
+    (
+        lambda: nn.Conv2D(3, 4, 3, data_format="NHCW"),
+        "Conv2D: unknown data_format 'NHCW'; use 'NHWC'",
+    ),
+    (
+        lambda: nn.Conv1D(3, 4, 3, data_format="NHWC"),
+        "Conv1D: unknown data_format 'NHWC'; use 'NWC'",
+    ),
+    (
+        lambda: nn.Conv2D(3, 4, 3, feature_group_count=2),
+        "Conv2D: in_features=3 must be divisible by feature_group_count=2",
+    ),
+    (
+        lambda: nn.Conv2DTranspose(4, 3, 3, feature_group_count=2),
+        "out_features=3 must be divisible",
+    ),
+    (
+        lambda: nn.LayerNorm(3, axis="last"),
+        "LayerNorm: axis must be an int or a non-empty sequence",
+    ),
+    (
+        lambda: nn.LayerNorm(3, create_scale=False, scale_init=pax.initializers.ones),
+        "LayerNorm: scale_init is set but create_scale=False",
+    ),
+    (lambda: nn.LayerNorm(3, eps=-1.0), "LayerNorm: eps must be a number >= 0"),
+    (lambda: nn.RMSNorm(0), "RMSNorm: in_dim must be a positive int"),
+    (lambda: nn.GroupNorm(6, groups=4), "GroupNorm: in_features=6 must be divisible by groups=4"),
+    (lambda: nn.GroupNorm(6, 3, data_format="HWC"), "GroupNorm: unknown data_format 'HWC'"),
+    (lambda: nn.BatchNorm(3, decay_rate=1.0), r"BatchNorm: decay_rate must be in \[0, 1\)"),
+    (
+        lambda: nn.BatchNorm(3, create_offset=False, offset_init=pax.initializers.zeros),
+        "offset_init is set but create_offset=False",
+    ),
+    (
+        lambda: nn.BatchNorm(3, cross_replica_axis_index_groups=[[0, 1]]),
+        "BatchNorm: cross_replica_axis_index_groups needs a cross_replica_axis",
+    ),
+    (lambda: nn.Dropout(1.0), r"Dropout: rate must be in \[0, 1\), got 1.0"),
+    (lambda: nn.Dropout("0.5"), r"Dropout: rate must be a float in \[0, 1\)"),
+    (
+        lambda: nn.Dropout(0.5, broadcast_dims=1),
+        "Dropout: broadcast_dims must be a sequence of ints",
+    ),
+    (lambda: nn.Embed(0, 3), "Embed: vocab_size must be a positive int"),
+    (lambda: nn.LSTM(3, 0), "LSTM: hidden_dim must be a positive int"),
+    (
+        lambda: nn.MultiHeadAttention(10, num_heads=3),
+        "MultiHeadAttention: in_dim=10 is not divisible by num_heads=3; pass key_size",
+    ),
+    (lambda: nn.MaxPool(2, padding="FULL"), "MaxPool: unknown padding 'FULL'"),
+    (lambda: nn.AvgPool(2, data_format="HWC"), "AvgPool: unknown data_format 'HWC'"),
+    (
+        lambda: nn.AvgPool((2, 2, 2)),
+        "AvgPool: window_shape must be a positive int or a sequence of 2",
+    ),
+    (lambda: nn.EMA(jnp.zeros(2), decay=1.5), r"EMA: decay must be in \[0, 1\)"),
+    (lambda: nn.EMA(jnp.zeros(2), 0.9, warmup_length=-1), "EMA: warmup_length must be >= 0"),
+    (
+        lambda: nn.EMA(jnp.zeros(2), 0.9, warmup_length=3),
+        "EMA: zero debiasing makes no sense with a warmup",
+    ),
+]
+
+
+@pytest.mark.parametrize("make, match", CONSTRUCTION, ids=[m for _, m in CONSTRUCTION])
+def test_invalid_constructor_arguments_raise_at_construction(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+CALLS = [
+    (
+        lambda: nn.Linear(3, 4)(jnp.ones((2, 5))),
+        r"Linear: expected input of shape \(\.\.\., 3\) .*got shape \(2, 5\)",
+    ),
+    (
+        lambda: nn.Linear(3, 4)(jnp.ones(())),
+        r"Linear: expected input of shape \(\.\.\., 3\) .*got shape \(\)",
+    ),
+    (
+        lambda: nn.Conv2D(3, 4, 3)(jnp.ones((8, 3))),
+        r"Conv2D: expected an input of rank 4 \(N, H, W, C\) or rank 3 \(H, W, C\) with C=3, got shape \(8, 3\)",
+    ),
+    (
+        lambda: nn.Conv2D(3, 4, 3)(jnp.ones((2, 8, 8, 5))),
+        r"Conv2D: expected 3 input channels \(NHWC layout\), got shape \(2, 8, 8, 5\) with 5 channels",
+    ),
+    (
+        lambda: nn.Conv1D(3, 4, 3, data_format="NCW")(jnp.ones((2, 8, 3))),
+        r"Conv1D: expected 3 input channels \(NCW layout\), got shape \(2, 8, 3\) with 8 channels",
+    ),
+    (
+        lambda: nn.Conv3DTranspose(3, 4, 3)(jnp.ones((8, 8, 3))),
+        r"Conv3DTranspose: expected an input of rank 5 \(N, D, H, W, C\) or rank 4",
+    ),
+    (
+        lambda: nn.LayerNorm(3)(jnp.ones((2, 4))),
+        r"LayerNorm: expected input of shape \(\.\.\., 3\) .*got shape \(2, 4\)",
+    ),
+    (
+        lambda: nn.LayerNorm(3, axis=2)(jnp.ones((2, 3))),
+        r"LayerNorm: axis 2 is out of range for an input of shape \(2, 3\)",
+    ),
+    (lambda: nn.RMSNorm(3)(jnp.ones((4,))), r"RMSNorm: expected input of shape \(\.\.\., 3\)"),
+    (
+        lambda: nn.GroupNorm(4, 2)(jnp.ones((4,))),
+        r"GroupNorm: expected an input of rank >= 2 .*got shape \(4,\)",
+    ),
+    (
+        lambda: nn.GroupNorm(4, 2)(jnp.ones((2, 3))),
+        r"GroupNorm: expected 4 channels on axis -1, got shape \(2, 3\)",
+    ),
+    (
+        lambda: nn.BatchNorm(3)(jnp.ones((2, 4))),
+        r"BatchNorm: expected 3 channels on axis 1, got shape \(2, 4\)",
+    ),
+    (
+        lambda: nn.BatchNorm(3)(jnp.ones((3,))),
+        r"BatchNorm: expected an input of rank >= 2 with 3 channels .*got shape \(3,\)",
+    ),
+    (
+        lambda: nn.BatchNorm2D(3)(jnp.ones((2, 3))),
+        r"BatchNorm2D: expected an input of rank 4 with 3 channels .*got shape \(2, 3\)",
+    ),
+    (
+        lambda: nn.BatchNorm1D(3)(jnp.ones((1, 2, 2, 3))),
+        r"BatchNorm1D: expected an input of rank 2 or 3",
+    ),
+    (
+        lambda: nn.Dropout(0.5, broadcast_dims=(3,))(jnp.ones((2, 3))),
+        r"Dropout: broadcast axis 3 does not exist for an input of shape \(2, 3\)",
+    ),
+    (
+        lambda: nn.Embed(5, 3)(jnp.ones((2,))),
+        r"Embed: ids must be integers, got an array of dtype float32 .*ids.astype\(jnp.int32\)",
+    ),
+    (
+        lambda: nn.Embed(5, 3).attend(jnp.ones((2, 4))),
+        r"Embed: expected input of shape \(\.\.\., 3\)",
+    ),
+    (
+        lambda: nn.LSTM(3, 4)(jnp.ones((2, 5)), nn.LSTM(3, 4).initial_state(2)),
+        r"LSTM: expected input of shape \(\.\.\., 3\)",
+    ),
+    (
+        lambda: nn.GRU(3, 4)(jnp.ones((2, 3)), jnp.zeros((2, 5))),
+        r"GRU: expected a state of shape \(2, 4\) for an input of shape \(2, 3\), got \(2, 5\)\. Fix: start from cell.initial_state",
+    ),
+    (
+        lambda: nn.VanillaRNN(3, 4).initial_state(0),
+        "initial_state: batch_size must be a positive int",
+    ),
+    (
+        lambda: nn.MultiHeadAttention(4, 2)(jnp.ones((2, 3, 5))),
+        r"MultiHeadAttention: expected query of shape \(\.\.\., length, 4\), got shape \(2, 3, 5\)",
+    ),
+    (
+        lambda: nn.MultiHeadAttention(4, 2)(jnp.ones((2, 3, 4)), mask=jnp.ones((3, 3), bool)),
+        r"MultiHeadAttention: the mask must have the rank of the logits .*\(2, 2, 3, 3\), got shape \(3, 3\)",
+    ),
+    (
+        lambda: nn.max_pool(jnp.ones((4, 3)), 2),
+        r"max_pool: expected an input of rank >= 3 \(NHWC with optional batch axes\), got shape \(4, 3\)",
+    ),
+    (
+        lambda: nn.avg_pool(jnp.ones((1, 4, 4, 3)), 2, padding="full"),
+        "avg_pool: unknown padding 'full'",
+    ),
+    (
+        lambda: nn.EMA(jnp.zeros(2), 0.9)(jnp.ones(3)),
+        r"EMA: the value does not match the initial value: at the root: shape \(2,\)",
+    ),
+]
+
+
+@pytest.mark.parametrize("call, match", CALLS, ids=[m[:40] for _, m in CALLS])
+def test_bad_inputs_name_the_layer_and_shapes(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_activations_must_be_callable():
+    with pytest.raises(TypeError, match="MLP: activation must be callable, got 'relu'"):
+        nn.MLP([3, 2], activation="relu")
+    with pytest.raises(TypeError, match="VanillaRNN: activation must be callable, got None"):
+        nn.VanillaRNN(3, 4, activation=None)
+
+
+def test_lambda_rejects_non_callables_and_modules():
+    with pytest.raises(TypeError, match="Lambda: fn must be callable"):
+        nn.Lambda(3)
+    with pytest.raises(TypeError, match=r"Lambda: fn is already a pax\.Module"):
+        nn.Lambda(nn.Identity())
+
+
+def test_dynamic_unroll_rejects_a_cell_that_changes_structure():
+    class Growing(pax.Module):
+        def __call__(self, x, state):
+            self.extra = 1  # a new static attribute on every step
+            return x, state
+
+    with pytest.raises(pax.StructureChangedError, match=r"Growing inside dynamic_unroll.*extra"):
+        nn.dynamic_unroll(Growing(), jnp.ones((3, 2)), jnp.zeros(2))
+
+
+def test_errors_also_raise_under_jit():
+    conv = nn.Conv1D(3, 4, 3)
+    with pytest.raises(ValueError, match="Conv1D: expected 3 input channels"):
+        jax.jit(lambda m, x: m(x))(conv, jnp.ones((1, 5, 2)))
