@@ -165,7 +165,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--hidden-dim", type=int, default=256)
-    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--learning-rate", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--prompt", default="import ")
     p.add_argument("--sample-every", type=int, default=500, help="0: sample only at the end")
