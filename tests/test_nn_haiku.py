@@ -283,9 +283,12 @@ def test_batch_norm_without_scale_and_offset():
     np.testing.assert_allclose(bn(x), expected, **TOL)
 
 
-def test_ema_matches_haiku():
-    ema = pax.nn.EMA(jnp.zeros(3), decay=0.7)
-    f = hk.transform_with_state(lambda x: hk.ExponentialMovingAverage(0.7)(x))
+@pytest.mark.parametrize("zero_debias", [True, False])
+def test_ema_matches_haiku(zero_debias):
+    ema = pax.nn.EMA(jnp.zeros(3), decay=0.7, zero_debias=zero_debias)
+    f = hk.transform_with_state(
+        lambda x: hk.ExponentialMovingAverage(0.7, zero_debias=zero_debias)(x)
+    )
     _, state = f.init(None, jnp.zeros(3))
     for step in range(4):
         x = _x((3,), step)

@@ -19,8 +19,12 @@ class EMA(Module):
     ``average = hidden / (1 - decay ** counter)`` (otherwise ``average = hidden``). With
     `warmup_length` > 0 the decay is 0 for the first `warmup_length` calls.
 
-    The states are ``counter``, ``hidden`` (zeros) and ``average`` (`initial_value` until the
-    first update). Calling the module updates them in place and returns the new average.
+    The states are ``counter``, ``hidden`` and ``average``. ``average`` starts at
+    `initial_value`. ``hidden`` starts at zeros with `zero_debias` (the debiasing needs it) and
+    at `initial_value` without, so that e.g. ``EMA(model.parameters(), 0.999,
+    zero_debias=False)`` averages from the initial weights (Haiku starts from zeros: pass zeros
+    to reproduce it). Calling the module updates the states in place and returns the new
+    average.
 
     Args:
       initial_value: an array or pytree of arrays, the average before the first update (and
@@ -67,7 +71,8 @@ class EMA(Module):
         self.warmup_length = warmup_length
         average = jax.tree_util.tree_map(jnp.asarray, initial_value)
         self.register_state("counter", jnp.array(-warmup_length, jnp.int32))
-        self.register_state_subtree("hidden", jax.tree_util.tree_map(jnp.zeros_like, average))
+        hidden = jax.tree_util.tree_map(jnp.zeros_like, average) if zero_debias else average
+        self.register_state_subtree("hidden", hidden)
         self.register_state_subtree("average", average)
 
     def __call__(self, value: Any, update_stats: bool = True) -> Any:

@@ -1,0 +1,192 @@
+"""Layers with state: BatchNorm across replicas, Dropout keys, EMA, dynamic_unroll write-back."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import pax
+from pax import nn
+
+
+def _x(*shape, seed=0):
+    return jax.random.normal(jax.random.PRNGKey(seed), shape)
+
+
+# --- BatchNorm --------------------------------------------------------------------------------
+
+
+def test_cross_replica_batch_norm_equals_global_batch_norm():
+    """8 replicas with cross_replica_axis normalize as one BatchNorm over the whole batch."""
+    assert jax.device_count() == 8
+    mesh = jax.make_mesh((8,), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharded = nn.BatchNorm(3, decay_rate=0.5, cross_replica_axis="batch")
+    sharded.scale, sharded.offset = _x(3, seed=1), _x(3, seed=2)
+    single = nn.BatchNorm(3, decay_rate=0.5)
+    single.scale, single.offset = sharded.scale, sharded.offset
+
+    @jax.jit
+    def step(model, x):
+        def local(model, x):
+            return model(x), model
+
+        return jax.shard_map(
+            local, mesh=mesh, in_specs=(P(), P("batch")), out_specs=(P("batch"), P())
+        )(model, x)
+
+    for i in range(2):
+        x = _x(32, 5, 3, seed=10 + i) * (i + 1) + i
+        y_sharded, sharded = step(sharded, x)
+        y_single = single(x)
+        np.testing.assert_allclose(y_sharded, y_single, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sharded.moving_mean, single.moving_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sharded.moving_var, single.moving_var, rtol=1e-5, atol=1e-6)
+    # without the axis each replica would only see its own statistics
+    local = nn.BatchNorm(3)
+    local.scale, local.offset = sharded.scale, sharded.offset
+    assert not np.allclose(local(x[:4]), y_single[:4], atol=1e-3)
+
+
+def test_batch_norm_updates_moving_stats_only_in_training():
+    bn = nn.BatchNorm(2)
+    np.testing.assert_array_equal(bn.moving_mean, jnp.zeros(2))
+    np.testing.assert_array_equal(bn.moving_var, jnp.ones(2))
+    x = _x(16, 2) * 3 + 5
+    bn(x)
+    np.testing.assert_allclose(bn.moving_mean, x.mean(0), rtol=1e-5)  # zero-debiased: exact
+    np.testing.assert_allclose(bn.moving_var, x.var(0), rtol=1e-4)
+    frozen = bn.eval()
+    before = frozen.states()
+    frozen(_x(16, 2, seed=3))
+    for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(frozen.states())):
+        np.testing.assert_array_equal(a, b)
+
+
+# --- Dropout ----------------------------------------------------------------------------------
+
+
+def test_dropout_advances_its_key_inside_jit():
+    net = nn.Sequential(nn.Linear(4, 64), nn.Dropout(0.5))
+    step = jax.jit(lambda m, x: (m(x), m))
+    x = jnp.ones((2, 4))
+    y1, net = step(net, x)
+    y2, net = step(net, x)
+    assert not np.array_equal(y1 == 0, y2 == 0)  # a new mask each call
+    key = net.modules[1].rng_key
+    y3 = net.eval()(x)
+    np.testing.assert_array_equal(net.eval().modules[1].rng_key, key)
+    np.testing.assert_allclose(y3, net.modules[0](x), rtol=1e-6)  # identity in eval mode
+
+
+def test_dropout_keep_fraction_and_scaling():
+    drop = nn.Dropout(0.25)
+    y = drop(jnp.ones((100_000,)))
+    kept = y != 0
+    assert abs(float(kept.mean()) - 0.75) < 0.01
+    np.testing.assert_allclose(y[kept], 1 / 0.75, rtol=1e-6)
+    np.testing.assert_array_equal(nn.Dropout(0.0)(jnp.arange(3.0)), jnp.arange(3.0))
+
+
+# --- EMA --------------------------------------------------------------------------------------
+
+
+def test_ema_of_model_parameters():
+    net = nn.Linear(2, 2)
+    ema = nn.EMA(net.parameters(), decay=0.9, zero_debias=False)
+    target = net.parameters()
+    shifted = jax.tree_util.tree_map(lambda p: p + 1.0, target)
+    average = ema(shifted)
+    np.testing.assert_allclose(
+        average.weight, 0.9 * target.weight + 0.1 * shifted.weight, rtol=1e-6
+    )
+    assert ema.average.bias is not None and int(ema.counter) == 1
+    ema_no_update = ema.copy()
+    ema_no_update(target, update_stats=False)
+    assert int(ema_no_update.counter) == 1
+
+
+# --- dynamic_unroll ---------------------------------------------------------------------------
+
+
+class NoisyCounter(pax.Module):
+    """A cell with state of its own: a step counter and a dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_state("steps", jnp.array(0))
+        self.drop = nn.Dropout(0.5)
+
+    def __call__(self, x, state):
+        self.steps = self.steps + 1
+        state = state + self.drop(x) + self.steps
+        return state, state
+
+
+def test_dynamic_unroll_writes_the_cell_state_back():
+    cell = NoisyCounter()
+    key0 = cell.drop.rng_key
+    xs = jnp.ones((4, 3))
+    ys, final = pax.dynamic_unroll(cell, xs, jnp.zeros(3))
+    assert int(cell.steps) == 4
+    expected_key = key0
+    for _ in range(4):
+        expected_key = jax.random.split(expected_key)[0]
+    np.testing.assert_array_equal(cell.drop.rng_key, expected_key)
+
+    # the same as stepping by hand
+    manual = NoisyCounter()
+    manual.drop.rng_key = key0
+    state, outs = jnp.zeros(3), []
+    for x in xs:
+        out, state = manual(x, state)
+        outs.append(out)
+    np.testing.assert_allclose(ys, jnp.stack(outs), rtol=1e-6)
+    np.testing.assert_allclose(final, state, rtol=1e-6)
+
+
+def test_dynamic_unroll_inside_jit_returns_the_updated_cell():
+    @jax.jit
+    def run(cell, xs):
+        ys, _ = nn.dynamic_unroll(cell, xs, jnp.zeros(3))
+        return ys, cell
+
+    cell = NoisyCounter()
+    _, cell = run(cell, jnp.ones((5, 3)))
+    _, cell = run(cell, jnp.ones((5, 3)))
+    assert int(cell.steps) == 10
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_dynamic_unroll_batch_major_and_reverse(reverse):
+    gru = nn.GRU(3, 4)
+    xs = _x(2, 5, 3)  # (batch, time, features)
+    ys, final = nn.dynamic_unroll(gru, xs, gru.initial_state(2), time_major=False, reverse=reverse)
+    state, outs = gru.initial_state(2), {}
+    order = range(4, -1, -1) if reverse else range(5)
+    for t in order:
+        outs[t], state = gru(xs[:, t], state)
+    np.testing.assert_allclose(ys, jnp.stack([outs[t] for t in range(5)], 1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(final, state, rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_unroll_accepts_plain_functions_and_is_exported():
+    assert pax.dynamic_unroll is nn.dynamic_unroll
+    ys, total = nn.dynamic_unroll(lambda x, s: (s + x, s + x), jnp.arange(4.0), jnp.array(0.0))
+    np.testing.assert_allclose(ys, [0.0, 1.0, 3.0, 6.0])
+    assert float(total) == 6.0
+
+
+# --- Sequential fine-tuning (the seed's example) ----------------------------------------------
+
+
+def test_sequential_replace_and_freeze_layers():
+    net = nn.Sequential(nn.Linear(28 * 28, 64), jax.nn.relu, nn.Linear(64, 10))
+    net.modules[2] = nn.Linear(64, 2)
+    net.modules[0] = net.modules[0].freeze()
+    paths = {
+        jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(net.parameters())
+    }
+    assert paths == {".modules[2].weight", ".modules[2].bias"}
+    assert net(jnp.ones((3, 28 * 28))).shape == (3, 2)
+    assert isinstance(net[1], nn.Lambda) and len(net) == 3
