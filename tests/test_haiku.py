@@ -333,3 +333,12 @@ def test_hk_init_through_dynamic_unroll_explains_the_fix():
     model = Seq()
     model.cell = model.cell.hk_init(xs[0], model.cell.initial_state(2))
     assert model(xs).shape == (3, 2, 4)
+
+
+def test_config_pickles_and_keeps_equality():
+    import pickle
+
+    module = pax.from_haiku(hk.nets.MLP)([4, 2], w_init=hk.initializers.VarianceScaling(2.0))
+    again = pickle.loads(pickle.dumps(module))
+    assert again.hk_config == module.hk_config and hash(again.hk_config) == hash(module.hk_config)
+    assert jax.tree_util.tree_structure(again) == jax.tree_util.tree_structure(module)

@@ -40,15 +40,13 @@ def _cross_entropy(logits, labels):
     return -jnp.mean(jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(labels, 3), axis=-1))
 
 
-def test_ported_convnet_trains_like_haiku():
-    f = hk.transform_with_state(haiku_convnet)
-    x = jax.random.normal(jax.random.PRNGKey(1), (8, 8, 8, 1))
-    labels = jax.random.randint(jax.random.PRNGKey(2), (8,), 0, 3)
-    params, state = f.init(jax.random.PRNGKey(0), x, True)
+def _train_both(f, model, params, state, x, labels, opt, steps, rtol=1e-5):
+    """Trains the Haiku program and the pax model side by side with `opt`, comparing each step.
 
-    model = pax.haiku.load_haiku_params(pax_convnet(), params, state)
-    assert_trees_close(pax.haiku.to_haiku_params(model), (params, state))
-    opt = optax.adam(1e-2)
+    Returns the final pax model, Haiku params and state, the losses, and how many times the
+    pax step was traced.
+    """
+    traces = []
 
     @jax.jit
     def hk_step(params, state, opt_state):
@@ -62,24 +60,41 @@ def test_ported_convnet_trains_like_haiku():
 
     @jax.jit
     def pax_step(model, opt_state):
+        traces.append(1)
+
         def loss_fn(p, model):
             model = model.update(p)
             return _cross_entropy(model(x), labels), model
 
-        (loss, model), grads = jax.value_and_grad(loss_fn, has_aux=True)(model.parameters(), model)
-        params = model.parameters()
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return loss, model.update(optax.apply_updates(params, updates)), opt_state
+        grads_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, model), grads = grads_fn(model.parameters(), model)
+        updates, opt_state = opt.update(grads, opt_state, model.parameters())
+        return loss, model.update(optax.apply_updates(model.parameters(), updates)), opt_state
 
     hk_opt, pax_opt = opt.init(params), opt.init(model.parameters())
     losses = []
-    for _ in range(3):
+    for _ in range(steps):
         loss, params, state, hk_opt = hk_step(params, state, hk_opt)
         pax_loss, model, pax_opt = pax_step(model, pax_opt)
-        np.testing.assert_allclose(pax_loss, loss, rtol=1e-5)
-        assert_trees_close(pax.haiku.to_haiku_params(model), (params, state), rtol=1e-4)
+        np.testing.assert_allclose(pax_loss, loss, rtol=rtol)
+        assert_trees_close(pax.haiku.to_haiku_params(model), (params, state), rtol=10 * rtol)
         losses.append(float(loss))
+    return model, params, state, losses, len(traces)
+
+
+def test_ported_convnet_trains_like_haiku():
+    f = hk.transform_with_state(haiku_convnet)
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 8, 8, 1))
+    labels = jax.random.randint(jax.random.PRNGKey(2), (8,), 0, 3)
+    params, state = f.init(jax.random.PRNGKey(0), x, True)
+
+    model = pax.haiku.load_haiku_params(pax_convnet(), params, state)
+    assert_trees_close(pax.haiku.to_haiku_params(model), (params, state))
+    model, params, state, losses, traces = _train_both(
+        f, model, params, state, x, labels, optax.adam(1e-2), steps=3
+    )
     assert losses[-1] < losses[0]
+    assert traces == 1  # the updated model has the same treedef: no recompilation
     counter = state["batch_norm_1/~/mean_ema"]["counter"]
     assert (
         int(counter) == 3 and int(model.modules[4].state["batch_norm/~/mean_ema"]["counter"]) == 3
@@ -177,3 +192,22 @@ def test_load_errors_list_missing_unexpected_and_mismatched():
         pax.haiku.load_haiku_params(lazy, params)
     with pytest.raises(ValueError, match=r"is not initialized"):
         pax.haiku.to_haiku_params(lazy)
+
+
+@pytest.mark.slow
+def test_ported_resnet18_trains_like_haiku():
+    def forward(x, is_training):
+        return hk.nets.ResNet18(num_classes=3)(x, is_training)
+
+    f = hk.transform_with_state(forward)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    labels = jnp.array([0, 2])
+    params, state = f.init(jax.random.PRNGKey(0), x, True)
+    model = pax.from_haiku(hk.nets.ResNet18, pass_is_training=True)(num_classes=3)
+    model = model.hk_init(x[:1], enable_jit=True)
+    assert pax.haiku.haiku_module_names(model) == {"": "res_net18"}
+    model = pax.haiku.load_haiku_params(model, params, state)
+    opt = optax.sgd(0.05, momentum=0.9)
+    model, params, state, _, _ = _train_both(f, model, params, state, x, labels, opt, 2, rtol=1e-4)
+    want, _ = f.apply(params, state, None, x, False)
+    np.testing.assert_allclose(model.eval()(x), want, rtol=1e-3, atol=1e-4)

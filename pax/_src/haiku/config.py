@@ -107,15 +107,26 @@ def _signature(hk_cls: type) -> inspect.Signature | None:
 class HaikuConfig:
     """A Haiku class and its constructor arguments; hashable, compared by content.
 
-    Arguments are bound to the class's signature with defaults applied, so
+    Arguments are bound to the class's signature, and compared with defaults applied, so
     ``hk.Linear(3)``, ``hk.Linear(output_size=3)`` and ``hk.Linear(3, with_bias=True)`` give
-    equal configurations.
+    equal configurations. Pickling keeps only the class and the arguments (the hash is
+    recomputed, as string hashes differ between processes).
 
     Attributes:
       hk_cls: the Haiku module class.
       args: positional arguments for the constructor.
       kwargs: keyword arguments for the constructor.
       given: the names of the arguments the user passed (shown by `repr`).
+
+    Example:
+      >>> import haiku as hk, pax
+      >>> a = pax.haiku.HaikuConfig(hk.nets.MLP, ([8, 2],))
+      >>> a
+      hk.nets.MLP(output_sizes=[8, 2])
+      >>> a == pax.haiku.HaikuConfig(hk.nets.MLP, (), {"output_sizes": [8, 2], "with_bias": True})
+      True
+      >>> a == a.replace(activate_final=True)
+      False
     """
 
     __slots__ = ("_hash", "_key", "args", "given", "hk_cls", "kwargs")
@@ -136,8 +147,8 @@ class HaikuConfig:
                     f"Fix: pass what {name} takes: {name}{sig}."
                 ) from None
             given = tuple(bound.arguments)
-            bound.apply_defaults()
             args, kwargs = tuple(bound.args), dict(bound.kwargs)
+            bound.apply_defaults()  # equality counts defaults; the constructor gets what was given
             key_items = tuple(sorted(bound.arguments.items()))
         self.hk_cls = hk_cls
         self.args = tuple(args)
@@ -145,6 +156,9 @@ class HaikuConfig:
         self.given = given
         self._key = (hk_cls, tuple((name, freeze(value)) for name, value in key_items))
         self._hash = hash(self._key)
+
+    def __reduce__(self) -> tuple:
+        return (HaikuConfig, (self.hk_cls, self.args, self.kwargs))
 
     def build(self) -> hk.Module:
         """Constructs the Haiku module (only inside `hk.transform`)."""
@@ -159,8 +173,13 @@ class HaikuConfig:
         return dict(bound.arguments)
 
     def replace(self, **changes: Any) -> HaikuConfig:
-        """Returns a configuration with some arguments changed."""
-        return HaikuConfig(self.hk_cls, (), {**self.arguments(), **changes})
+        """Returns a configuration with some (named) arguments changed."""
+        sig = _signature(self.hk_cls)
+        if sig is None:
+            return HaikuConfig(self.hk_cls, self.args, {**self.kwargs, **changes})
+        bound = sig.bind(*self.args, **self.kwargs)
+        bound.arguments.update(changes)
+        return HaikuConfig(self.hk_cls, tuple(bound.args), dict(bound.kwargs))
 
     def __eq__(self, other: object) -> bool:
         return (
