@@ -46,7 +46,7 @@ def test_regression_trains_to_a_low_loss_without_recompiling():
     for _ in range(150):
         loss, net, opt = update_fn(net, opt, (x, y))
     assert float(loss) < 1e-3 < float(first)
-    assert update_fn._cache_size() == 1
+    assert update_fn.step._cache_size() == 1
 
 
 def test_classifier_trains_to_a_low_loss():
@@ -214,3 +214,21 @@ def test_step_that_forgets_to_return_the_model_is_explained():
         r"NoneType",
     ):
         update_fn(net, Forgetful(), (jnp.ones((1, 2)), jnp.zeros((1, 1))))
+
+
+def test_update_fn_rejects_shared_submodule_on_first_call():
+    block = pax.nn.Linear(1, 1)
+    net = pax.nn.Sequential(block, block)
+    opt = pax.optim.sgd(net.parameters(), 0.1)
+
+    def loss_fn(params, model, inputs):
+        model = model.update(params)
+        loss = jnp.mean(model(inputs) ** 2)
+        return loss, (loss, model)
+
+    update_fn = pax.utils.build_update_fn(loss_fn)
+    with pytest.raises(
+        pax.SharedObjectError,
+        match=r"\.modules\[1\].*\.modules\[0\]|\.modules\[0\].*\.modules\[1\]",
+    ):
+        update_fn(net, opt, jnp.ones((2, 1)))

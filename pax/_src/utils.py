@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -117,6 +118,9 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
       The update function; the loss it returns is the first element of ``loss_fn``'s
       auxiliary output.
 
+    The first call also runs `pax.check` on the model and optimizer: a module or array
+    reachable twice would silently become two copies under jit.
+
     Raises:
       ValueError: if `donate` is set without `jit`.
       TypeError: if `loss_fn` is not callable, or (when called) it does not return
@@ -175,6 +179,19 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
             check_same_structure(before, optimizer, what="the optimizer after step")
         return loss, new_model, optimizer
 
-    if jit:
-        return jax.jit(update_fn, donate_argnums=(0, 1) if donate else ())
-    return update_fn
+    step = jax.jit(update_fn, donate_argnums=(0, 1) if donate else ()) if jit else update_fn
+    checked: list[bool] = []
+
+    @functools.wraps(update_fn)
+    def first_call_checked(model: Any, optimizer: Any, inputs: Any) -> tuple[Any, Any, Any]:
+        # Sharing is invisible inside jit (the flattened copies are already independent), so
+        # look at the real arguments, once: models are built, and shared, before training.
+        if not checked:
+            from pax._src.guards import check
+
+            check((model, optimizer))
+            checked.append(True)
+        return step(model, optimizer, inputs)
+
+    first_call_checked.step = step  # type: ignore[attr-defined]
+    return first_call_checked
