@@ -13,6 +13,13 @@ import pax
 from pax import nn
 
 
+@pytest.fixture(autouse=True)
+def _strict_rank_promotion():
+    """Layers broadcast explicitly, so every check here runs with implicit rank promotion off."""
+    with jax.numpy_rank_promotion("raise"):
+        yield
+
+
 def _x(*shape):
     return jax.random.normal(jax.random.PRNGKey(1), shape)
 
@@ -257,5 +264,8 @@ def test_eval_of_batch_norm_after_training_uses_the_moving_statistics():
     for _ in range(3):
         bn(x)
     y = bn.eval()(x)
-    expected = (x - bn.moving_mean) / jnp.sqrt(bn.moving_var + bn.eps) * bn.scale + bn.offset
+    mean, var, scale, offset = (
+        v[None] for v in (bn.moving_mean, bn.moving_var, bn.scale, bn.offset)
+    )
+    expected = (x - mean) / jnp.sqrt(var + bn.eps) * scale + offset
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)

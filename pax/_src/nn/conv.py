@@ -134,7 +134,7 @@ class _ConvND(Module):
             bias = self.bias
             if not self.channels_last:
                 bias = bias.reshape((-1,) + (1,) * self._num_spatial)
-            y = y + bias.astype(y.dtype)
+            y = y + jnp.broadcast_to(bias.astype(y.dtype), y.shape)
         return y[0] if unbatched else y
 
 

@@ -70,7 +70,7 @@ class Linear(Module):
         v.check_last_dim(type(self).__name__, x, self.in_dim)
         y = jnp.dot(x, self.weight, precision=precision)
         if self.bias is not None:
-            y = y + self.bias
+            y = y + jnp.broadcast_to(self.bias, y.shape)
         return y
 
 

@@ -131,6 +131,7 @@ class LayerNorm(Module):
             variance = jnp.var(x, axis=axes, keepdims=True)
         scale = jnp.ones((), x.dtype) if self.scale is None else self.scale.astype(x.dtype)
         offset = jnp.zeros((), x.dtype) if self.offset is None else self.offset.astype(x.dtype)
+        scale, offset = jnp.broadcast_to(scale, x.shape), jnp.broadcast_to(offset, x.shape)
         eps = jax.lax.convert_element_type(self.eps, variance.dtype)
         inv = scale * jax.lax.rsqrt(variance + eps)
         return inv * (x - mean) + offset
@@ -185,7 +186,7 @@ class RMSNorm(Module):
         v.check_last_dim(cls, x, self.in_dim)
         axes = _abs_axes(cls, self.axis, x.shape)
         mean_squared = jnp.mean(jnp.square(x), axis=axes, keepdims=True)
-        scale = 1.0 if self.scale is None else self.scale.astype(x.dtype)
+        scale = 1.0 if self.scale is None else jnp.broadcast_to(self.scale.astype(x.dtype), x.shape)
         return x * scale * jax.lax.rsqrt(mean_squared + self.eps)
 
 
@@ -296,7 +297,7 @@ class GroupNorm(Module):
         y = ((y - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
         param_shape = (-1,) if self.channels_last else (-1,) + (1,) * (rank - 2)
         if self.scale is not None:
-            y = y * self.scale.astype(y.dtype).reshape(param_shape)
+            y = y * jnp.broadcast_to(self.scale.astype(y.dtype).reshape(param_shape), y.shape)
         if self.offset is not None:
-            y = y + self.offset.astype(y.dtype).reshape(param_shape)
+            y = y + jnp.broadcast_to(self.offset.astype(y.dtype).reshape(param_shape), y.shape)
         return y

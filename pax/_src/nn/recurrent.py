@@ -101,7 +101,8 @@ class LSTM(Module):
     def __call__(self, x: jax.Array, state: LSTMState) -> tuple[jax.Array, LSTMState]:
         h, c = state
         _check(type(self).__name__, x, self.in_dim, h, self.hidden_dim)
-        gates = jnp.dot(x, self.weight_ih) + jnp.dot(h, self.weight_hh) + self.bias
+        gates = jnp.dot(x, self.weight_ih) + jnp.dot(h, self.weight_hh)
+        gates = gates + jnp.broadcast_to(self.bias, gates.shape)
         i, g, f, o = jnp.split(gates, 4, axis=-1)
         f = jax.nn.sigmoid(f + 1)
         c = f * c + jax.nn.sigmoid(i) * jnp.tanh(g)
@@ -174,8 +175,9 @@ class GRU(Module):
         b_z, b_a = jnp.split(self.bias, [n], axis=0)
         zr_x, a_x = jnp.split(jnp.matmul(x, self.weight_ih), [n], axis=-1)
         zr_h = jnp.matmul(state, w_h_z)
-        z, r = jnp.split(jax.nn.sigmoid(zr_x + zr_h + b_z), 2, axis=-1)
-        a = jnp.tanh(a_x + jnp.matmul(r * state, w_h_a) + b_a)
+        z, r = jnp.split(jax.nn.sigmoid(zr_x + zr_h + jnp.broadcast_to(b_z, zr_h.shape)), 2, -1)
+        a_h = jnp.matmul(r * state, w_h_a)
+        a = jnp.tanh(a_x + a_h + jnp.broadcast_to(b_a, a_h.shape))
         new_state = (1 - z) * state + z * a
         return new_state, new_state
 
@@ -245,8 +247,9 @@ class VanillaRNN(Module):
         _check(type(self).__name__, x, self.in_dim, state, self.hidden_dim)
         hidden = jnp.dot(state, self.weight_hh)
         if self.bias_hh is not None:
-            hidden = hidden + self.bias_hh
-        out = self.activation(jnp.dot(x, self.weight_ih) + self.bias + hidden)
+            hidden = hidden + jnp.broadcast_to(self.bias_hh, hidden.shape)
+        inputs = jnp.dot(x, self.weight_ih)
+        out = self.activation(inputs + jnp.broadcast_to(self.bias, inputs.shape) + hidden)
         return out, out
 
     def initial_state(self, batch_size: int | None) -> jax.Array:
