@@ -43,6 +43,10 @@ CONSTRUCTION = [
         "out_features=3 must be divisible",
     ),
     (
+        lambda: nn.Conv1DTranspose(3, 4, 3, padding=1, output_shape=8),
+        "Conv1DTranspose: output_shape needs padding='SAME' or 'VALID'",
+    ),
+    (
         lambda: nn.LayerNorm(3, axis="last"),
         "LayerNorm: axis must be an int or a non-empty sequence",
     ),
@@ -120,6 +124,11 @@ CALLS = [
     (
         lambda: nn.Conv3DTranspose(3, 4, 3)(jnp.ones((8, 8, 3))),
         r"Conv3DTranspose: expected an input of rank 5 \(N, D, H, W, C\) or rank 4",
+    ),
+    (
+        lambda: nn.Conv1DTranspose(3, 4, 3, stride=2, output_shape=20)(jnp.ones((1, 5, 3))),
+        r"Conv1DTranspose: output_shape size 20 cannot come from an input of size 5 with stride 2 "
+        r"and SAME padding \(that needs an input of size 10\)",
     ),
     (
         lambda: nn.LayerNorm(3)(jnp.ones((2, 4))),

@@ -125,6 +125,20 @@ CONV_CASES = [
         (1, 5, 5, 4),
     ),
     (
+        "2d_transpose_output_shape",
+        pax.nn.Conv2DTranspose,
+        hk.Conv2DTranspose,
+        {"kernel_shape": 3, "stride": 2, "output_shape": (9, 10)},
+        (1, 5, 5, 4),
+    ),
+    (
+        "1d_transpose_valid_output_shape",
+        pax.nn.Conv1DTranspose,
+        hk.Conv1DTranspose,
+        {"kernel_shape": 4, "stride": 3, "padding": "VALID", "output_shape": 13},
+        (2, 4, 4),
+    ),
+    (
         "3d_transpose",
         pax.nn.Conv3DTranspose,
         hk.Conv3DTranspose,

@@ -154,13 +154,79 @@ class _Conv(_ConvND):
         return self._add_bias(y, unbatched)
 
 
+def _adjusted_padding(
+    cls: str, size: int, out: int, k: int, s: int, padding: str
+) -> tuple[int, int]:
+    """Padding that makes a transposed convolution produce `out` (Haiku's rule)."""
+    if padding == "VALID":
+        expected = (out - k + s) // s
+        before = 0
+    else:
+        expected = (out + s - 1) // s
+        before = max(0, (size - 1) * s + k - out) // 2
+    if size != expected:
+        raise ValueError(
+            f"{cls}: output_shape size {out} cannot come from an input of size {size} with "
+            f"stride {s} and {padding} padding (that needs an input of size {expected})."
+        )
+    pad_before = k - 1 - before
+    return pad_before, out + k - 1 - ((size - 1) * s + 1) - pad_before
+
+
 class _ConvTranspose(_ConvND):
     _transpose = True
 
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_shape: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        rate: int | Sequence[int] = 1,
+        padding: Padding = "SAME",
+        with_bias: bool = True,
+        w_init: Initializer | None = None,
+        b_init: Initializer | None = None,
+        data_format: str | None = None,
+        feature_group_count: int = 1,
+        *,
+        output_shape: int | Sequence[int] | None = None,
+        rng_key: jax.Array | None = None,
+    ) -> None:
+        super().__init__(
+            in_features,
+            out_features,
+            kernel_shape,
+            stride,
+            rate,
+            padding,
+            with_bias,
+            w_init,
+            b_init,
+            data_format,
+            feature_group_count,
+            rng_key=rng_key,
+        )
+        cls = type(self).__name__
+        if output_shape is not None:
+            output_shape = v.replicate(cls, "output_shape", output_shape, self._num_spatial)
+            if not isinstance(self.padding, str):
+                raise ValueError(
+                    f"{cls}: output_shape needs padding='SAME' or 'VALID', got explicit padding "
+                    f"{self.padding}."
+                )
+        self.output_shape = output_shape
+
     def __call__(self, x: jax.Array, *, precision: lax.Precision | None = None) -> jax.Array:
         x, unbatched = self._check_input(x)
-        if isinstance(self.padding, str):
-            effective = [(k - 1) * r + 1 for k, r in zip(self.kernel_shape, self.rate)]
+        effective = [(k - 1) * r + 1 for k, r in zip(self.kernel_shape, self.rate)]
+        if self.output_shape is not None:
+            sizes = x.shape[1:-1] if self.channels_last else x.shape[2:]
+            pads = [
+                _adjusted_padding(type(self).__name__, i, o, k, s, self.padding)
+                for i, o, k, s in zip(sizes, self.output_shape, effective, self.stride)
+            ]
+        elif isinstance(self.padding, str):
             pads = [_transpose_padding(k, s, self.padding) for k, s in zip(effective, self.stride)]
         else:
             pads = list(self.padding)
@@ -194,7 +260,7 @@ _ARGS_DOC = """
       data_format: {formats}.
       feature_group_count: number of groups; `in_features` and `out_features` must be divisible
         by it.
-      rng_key: key for the initializers; default `pax.next_rng_key()`.
+      rng_key: key for the initializers; default `pax.next_rng_key()`.{extra}
 
     The weight has shape ``{wshape}``
     and the bias ``(out_features,)``. Inputs may be batched (one leading batch axis) or not.
@@ -206,11 +272,17 @@ _ARGS_DOC = """
 """
 
 
+_OUTPUT_SHAPE_DOC = """
+      output_shape: (transposed only, keyword) the spatial output size, an int or one per
+        axis; with "SAME" or "VALID" padding the padding is adjusted to produce it (as Haiku)."""
+
+
 def _doc(cls: type, summary: str, formats: str, wshape: str, example: str) -> None:
+    extra = _OUTPUT_SHAPE_DOC if cls._transpose else ""
     cls.__doc__ = (
         summary
         + "\n"
-        + _ARGS_DOC.format(formats=formats, wshape=wshape)
+        + _ARGS_DOC.format(formats=formats, wshape=wshape, extra=extra)
         + "\n    Example:\n"
         + example
     )
