@@ -121,6 +121,13 @@ def test_batch_norm_training_updates_state_eval_does_not():
     with pytest.raises(TypeError, match=r"do not pass is_training.*model.eval\(\)"):
         bn(x, is_training=False)
 
+    # a model in eval mode initializes too (Haiku's init runs in training mode), stays in eval
+    lazy = pax.from_haiku(hk.BatchNorm, pass_is_training=True)(True, True, 0.9).eval()
+    ready = lazy.hk_init(x, rng_key=jax.random.PRNGKey(0))
+    assert not ready.training
+    want = hk.transform_with_state(forward).init(jax.random.PRNGKey(0), x, True)
+    assert_trees_close((ready.params, ready.state), want)
+
 
 def test_gru():
     gru = pax.from_haiku(hk.GRU)(hidden_size=5)
@@ -286,14 +293,19 @@ def test_builder_errors_and_delay_false():
         TypeError, match=r"expects a Haiku module class.*pax.from_haiku\(hk.Linear\)"
     ):
         pax.from_haiku(jax.nn.relu)
-    with pytest.raises(TypeError, match=r"the arguments do not fit hk.Linear.*output_size"):
-        pax.from_haiku(hk.Linear)(3, bad_kwarg=1)
+    with pytest.raises(
+        TypeError, match=r"unknown argument 'hidden_dim' \(did you mean 'hidden_size'\?\)"
+    ):
+        pax.from_haiku(hk.LSTM)(hidden_dim=8)
     with pytest.raises(AttributeError, match=r"hk.Linear has no initial_state method"):
         pax.from_haiku(hk.Linear)(3).initial_state(1)
     with pytest.raises(AttributeError, match=r"hk.Linear has no public method 'nope'"):
         pax.from_haiku(hk.Linear)(3).call_method("nope")
     with pytest.raises(RuntimeError, match=r"is not initialized"):
         pax.from_haiku(hk.Linear)(3).call_method("__call__", jnp.ones((1, 2)))
+
+    with pytest.raises(TypeError, match=r"a constructor argument is a traced value"):
+        jax.jit(lambda s: pax.from_haiku(hk.Linear)(3, w_init=hk.initializers.Constant(s)))(1.0)
 
     make = pax.from_haiku(hk.Linear, delay=False)(3)
     fc = make(jnp.ones((1, 2)), rng_key=jax.random.PRNGKey(0))
@@ -342,3 +354,10 @@ def test_config_pickles_and_keeps_equality():
     again = pickle.loads(pickle.dumps(module))
     assert again.hk_config == module.hk_config and hash(again.hk_config) == hash(module.hk_config)
     assert jax.tree_util.tree_structure(again) == jax.tree_util.tree_structure(module)
+
+
+def test_public_names_resolve_and_have_examples():
+    for name in pax.haiku.__all__:
+        obj = getattr(pax.haiku, name)
+        assert ">>>" in (obj.__doc__ or ""), f"pax.haiku.{name} has no runnable example"
+    assert pax.from_haiku is pax.haiku.from_haiku

@@ -8,6 +8,7 @@ such as lists or arrays, or Haiku initializer objects built twice.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 from typing import Any
@@ -17,6 +18,7 @@ import jax
 import numpy as np
 
 _MAX_DEPTH = 32
+_MAX_CONTENT_SIZE = 4096  # bigger arrays (e.g. an embedding_matrix) compare by identity
 
 
 class _ByIdentity:
@@ -47,7 +49,8 @@ def _compare_by_content(x: Any) -> bool:
 def freeze(x: Any, depth: int = 0) -> Any:
     """Returns a hashable snapshot of `x` that compares equal for equal content.
 
-    Containers and arrays are compared by content, Haiku objects (such as
+    Containers and small arrays are compared by content (arrays of more than 4096 elements,
+    such as a pretrained ``embedding_matrix``, by identity), Haiku objects (such as
     ``hk.initializers.VarianceScaling(2.0)``) by type and attributes, `functools.partial` by
     function and arguments; other hashable values as they are, unhashable ones by identity.
     """
@@ -69,6 +72,8 @@ def freeze(x: Any, depth: int = 0) -> Any:
             "build the module outside the transformed function."
         )
     if isinstance(x, (np.ndarray, np.generic, jax.Array)):
+        if np.size(x) > _MAX_CONTENT_SIZE:
+            return _ByIdentity(x)
         a = np.asarray(x)
         return ("array", a.shape, str(a.dtype), a.tobytes())
     if isinstance(x, functools.partial):
@@ -102,6 +107,21 @@ def _signature(hk_cls: type) -> inspect.Signature | None:
         return inspect.signature(hk_cls)
     except (TypeError, ValueError):
         return None
+
+
+def _bind_problem(sig: inspect.Signature, kwargs: dict, err: TypeError) -> str:
+    """Names unknown keyword arguments first (with the closest real name), else `err`."""
+    params = sig.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return str(err)
+    unknown = [k for k in kwargs if k not in params]
+    if not unknown:
+        return str(err)
+    hints = []
+    for k in unknown:
+        close = difflib.get_close_matches(k, list(params), n=1)
+        hints.append(f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k))
+    return f"unknown argument{'s' if len(hints) > 1 else ''} {', '.join(hints)}"
 
 
 class HaikuConfig:
@@ -143,8 +163,9 @@ class HaikuConfig:
             except TypeError as err:
                 name = haiku_class_name(hk_cls)
                 raise TypeError(
-                    f"pax.from_haiku({name}): the arguments do not fit {name}: {err}. "
-                    f"Fix: pass what {name} takes: {name}{sig}."
+                    f"pax.from_haiku({name}): the arguments do not fit {name}: "
+                    f"{_bind_problem(sig, kwargs, err)}. Fix: pass what {name} takes: "
+                    f"{name}{sig}."
                 ) from None
             given = tuple(bound.arguments)
             args, kwargs = tuple(bound.args), dict(bound.kwargs)

@@ -238,7 +238,14 @@ class HaikuModule(Module):
     def _hk_initialize(
         self, key: jax.Array, args: tuple, kwargs: dict, config: HaikuConfig | None = None
     ) -> None:
-        """Runs Haiku's ``init`` on the inputs and stores the result in place."""
+        """Runs Haiku's ``init`` on the inputs and stores the result in place.
+
+        With ``pass_is_training``, ``init`` always runs with ``is_training=True`` (as Haiku
+        programs do: ``hk.BatchNorm`` creates its moving averages in a training call), so a
+        model in ``eval()`` mode can be initialized too.
+        """
+        if self.pass_is_training:
+            kwargs = {**kwargs, "is_training": True}
         run_key = None
         if self.use_rng:
             key, run_key = jax.random.split(key)
@@ -325,7 +332,10 @@ def from_haiku(
         ``hk.BatchNorm``, ``hk.nets.ResNet``, ...).
 
     Returns:
-      ``builder(*args, **kwargs)``, taking the arguments of `hk_cls`.
+      ``builder(*args, **kwargs)``, taking the arguments of `hk_cls`. They reach Haiku
+      unchanged (initializers follow Haiku's ``init(shape, dtype)``; the `pax.haiku` layers
+      also accept pax's ``init(key, shape, dtype)``). They are static: part of the treedef,
+      compared by content, so they must not be traced values.
 
     Raises:
       TypeError: if `hk_cls` is not a Haiku module class, or (from the builder) if the
