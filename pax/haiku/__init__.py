@@ -1,13 +1,13 @@
 """Haiku interop: wrap Haiku modules (`pax.from_haiku`), ready Haiku layers, weight porting."""
 
 from pax._src.haiku.config import HaikuConfig as HaikuConfig
+from pax._src.haiku.conv import conv_1d as conv_1d
+from pax._src.haiku.conv import conv_1d_transpose as conv_1d_transpose
+from pax._src.haiku.conv import conv_2d as conv_2d
+from pax._src.haiku.conv import conv_2d_transpose as conv_2d_transpose
 from pax._src.haiku.init import hk_init as hk_init
 from pax._src.haiku.layers import avg_pool as avg_pool
 from pax._src.haiku.layers import batch_norm_2d as batch_norm_2d
-from pax._src.haiku.layers import conv_1d as conv_1d
-from pax._src.haiku.layers import conv_1d_transpose as conv_1d_transpose
-from pax._src.haiku.layers import conv_2d as conv_2d
-from pax._src.haiku.layers import conv_2d_transpose as conv_2d_transpose
 from pax._src.haiku.layers import embed as embed
 from pax._src.haiku.layers import gru as gru
 from pax._src.haiku.layers import layer_norm as layer_norm

@@ -39,7 +39,7 @@ class _KeyedInitializer:
         return getattr(self.init, "__name__", repr(self.init))
 
 
-def _initializer(fn: str, arg: str, init: Initializer | None) -> Initializer | None:
+def as_haiku_initializer(fn: str, arg: str, init: Initializer | None) -> Initializer | None:
     """Accepts both Haiku's ``init(shape, dtype)`` and pax's ``init(key, shape, dtype)``."""
     if init is None:
         return None
@@ -52,13 +52,13 @@ def _initializer(fn: str, arg: str, init: Initializer | None) -> Initializer | N
     return _KeyedInitializer(init) if first in ("key", "rng_key", "rng") else init
 
 
-def _positive(fn: str, arg: str, value: Any) -> int:
+def positive_int(fn: str, arg: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"pax.haiku.{fn}: {arg} must be a positive int, got {value!r}.")
     return int(value)
 
 
-def _build(
+def build_layer(
     hk_cls: type[hk.Module],
     kwargs: dict[str, Any],
     dummy: tuple,
@@ -74,7 +74,7 @@ def _build(
     return module
 
 
-def _channel_index(fn: str, data_format: str, rank: int) -> int:
+def channel_index(fn: str, data_format: str, rank: int) -> int:
     if data_format == "channels_last" or (data_format[:1] == "N" and data_format[-1:] == "C"):
         return rank - 1
     if data_format == "channels_first" or data_format.startswith("NC"):
@@ -83,31 +83,6 @@ def _channel_index(fn: str, data_format: str, rank: int) -> int:
         f"pax.haiku.{fn}: unknown data_format {data_format!r}; use a channels-last layout such "
         f"as 'NHWC' or a channels-first one such as 'NCHW'."
     )
-
-
-def _per_axis(fn: str, arg: str, value: IntOrSeq, n: int) -> tuple[int, ...]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return (int(value),) * n
-    values = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else ()
-    if len(values) == 1:
-        values = values * n
-    if len(values) != n or not all(isinstance(v, (int, np.integer)) for v in values):
-        raise ValueError(f"pax.haiku.{fn}: {arg} must be an int or {n} ints, got {value!r}.")
-    return tuple(int(v) for v in values)
-
-
-def _conv_dummy(
-    fn: str, n: int, in_features: int, kernel: IntOrSeq, rate: IntOrSeq, data_format: str
-) -> tuple[jax.Array]:
-    """A zero input whose spatial size fits one kernel application (any padding)."""
-    kernel = _per_axis(fn, "kernel_shape", kernel, n)
-    rate = _per_axis(fn, "rate", rate, n)
-    spatial = [max(1, (k - 1) * r + 1) for k, r in zip(kernel, rate)]
-    if _channel_index(fn, data_format, n + 2) == 1:
-        shape = [1, in_features, *spatial]
-    else:
-        shape = [1, *spatial, in_features]
-    return (jnp.zeros(shape, jnp.float32),)
 
 
 def linear(
@@ -133,11 +108,11 @@ def linear(
       >>> fc(jnp.ones((2, 3))).shape
       (2, 4)
     """
-    kwargs = dict(output_size=_positive("linear", "out_dim", out_dim), with_bias=with_bias)
-    kwargs.update(w_init=_initializer("linear", "w_init", w_init))
-    kwargs.update(b_init=_initializer("linear", "b_init", b_init), name=name)
-    dummy = (jnp.zeros((1, _positive("linear", "in_dim", in_dim)), jnp.float32),)
-    return _build(hk.Linear, kwargs, dummy, rng_key)
+    kwargs = dict(output_size=positive_int("linear", "out_dim", out_dim), with_bias=with_bias)
+    kwargs.update(w_init=as_haiku_initializer("linear", "w_init", w_init))
+    kwargs.update(b_init=as_haiku_initializer("linear", "b_init", b_init), name=name)
+    dummy = (jnp.zeros((1, positive_int("linear", "in_dim", in_dim)), jnp.float32),)
+    return build_layer(hk.Linear, kwargs, dummy, rng_key)
 
 
 def layer_norm(
@@ -163,16 +138,18 @@ def layer_norm(
       >>> ln(jnp.arange(8.0).reshape(2, 4)).std(axis=-1).round(2).tolist()
       [1.0, 1.0]
     """
-    in_dim = _positive("layer_norm", "in_dim", in_dim)
+    in_dim = positive_int("layer_norm", "in_dim", in_dim)
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     if not axes or not all(isinstance(a, (int, np.integer)) for a in axes):
         raise ValueError(f"pax.haiku.layer_norm: axis must be an int or ints, got {axis!r}.")
     rank = max(2, *(a + 1 if a >= 0 else -a for a in axes))
     kwargs = dict(axis=axis, create_scale=create_scale, create_offset=create_offset, eps=eps)
-    kwargs.update(scale_init=_initializer("layer_norm", "scale_init", scale_init))
-    kwargs.update(offset_init=_initializer("layer_norm", "offset_init", offset_init), name=name)
+    kwargs.update(scale_init=as_haiku_initializer("layer_norm", "scale_init", scale_init))
+    kwargs.update(
+        offset_init=as_haiku_initializer("layer_norm", "offset_init", offset_init), name=name
+    )
     dummy = (jnp.zeros((1,) * (rank - 1) + (in_dim,), jnp.float32),)
-    return _build(hk.LayerNorm, kwargs, dummy, rng_key)
+    return build_layer(hk.LayerNorm, kwargs, dummy, rng_key)
 
 
 def batch_norm_2d(
@@ -200,16 +177,18 @@ def batch_norm_2d(
       >>> bn(jnp.ones((2, 5, 5, 3))).shape
       (2, 5, 5, 3)
     """
-    in_features = _positive("batch_norm_2d", "in_features", in_features)
+    in_features = positive_int("batch_norm_2d", "in_features", in_features)
     shape = [1, 1, 1, 1]
-    shape[_channel_index("batch_norm_2d", data_format, 4)] = in_features
+    shape[channel_index("batch_norm_2d", data_format, 4)] = in_features
     kwargs = dict(create_scale=create_scale, create_offset=create_offset, decay_rate=decay_rate)
-    kwargs.update(eps=eps, scale_init=_initializer("batch_norm_2d", "scale_init", scale_init))
-    kwargs.update(offset_init=_initializer("batch_norm_2d", "offset_init", offset_init))
+    kwargs.update(
+        eps=eps, scale_init=as_haiku_initializer("batch_norm_2d", "scale_init", scale_init)
+    )
+    kwargs.update(offset_init=as_haiku_initializer("batch_norm_2d", "offset_init", offset_init))
     kwargs.update(data_format=data_format, cross_replica_axis=cross_replica_axis, name=name)
     init_changes = {"cross_replica_axis": None} if cross_replica_axis is not None else None
     dummy = (jnp.zeros(shape, jnp.float32),)
-    return _build(
+    return build_layer(
         hk.BatchNorm, kwargs, dummy, rng_key, pass_is_training=True, init_changes=init_changes
     )
 
@@ -217,7 +196,7 @@ def batch_norm_2d(
 def _rnn(
     fn: str, hk_cls: type, in_dim: int, kwargs: dict, rng_key: jax.Array | None
 ) -> HaikuModule:
-    in_dim = _positive(fn, "in_dim", in_dim)
+    in_dim = positive_int(fn, "in_dim", in_dim)
     module = HaikuModule(hk_cls, (), kwargs)
     x = jnp.zeros((1, in_dim), jnp.float32)
     module._hk_initialize(resolve_rng_key(rng_key), (x, module.initial_state(1)), {})
@@ -239,7 +218,7 @@ def lstm(
       >>> out.shape, state.cell.shape
       ((2, 8), (2, 8))
     """
-    kwargs = dict(hidden_size=_positive("lstm", "hidden_dim", hidden_dim), name=name)
+    kwargs = dict(hidden_size=positive_int("lstm", "hidden_dim", hidden_dim), name=name)
     return _rnn("lstm", hk.LSTM, in_dim, kwargs, rng_key)
 
 
@@ -262,10 +241,10 @@ def gru(
       >>> out.shape
       (2, 8)
     """
-    kwargs = dict(hidden_size=_positive("gru", "hidden_dim", hidden_dim), name=name)
-    kwargs.update(w_i_init=_initializer("gru", "w_i_init", w_i_init))
-    kwargs.update(w_h_init=_initializer("gru", "w_h_init", w_h_init))
-    kwargs.update(b_init=_initializer("gru", "b_init", b_init))
+    kwargs = dict(hidden_size=positive_int("gru", "hidden_dim", hidden_dim), name=name)
+    kwargs.update(w_i_init=as_haiku_initializer("gru", "w_i_init", w_i_init))
+    kwargs.update(w_h_init=as_haiku_initializer("gru", "w_h_init", w_h_init))
+    kwargs.update(b_init=as_haiku_initializer("gru", "b_init", b_init))
     return _rnn("gru", hk.GRU, in_dim, kwargs, rng_key)
 
 
@@ -287,165 +266,13 @@ def embed(
       (1, 3, 4)
     """
     kwargs = dict(
-        vocab_size=_positive("embed", "vocab_size", vocab_size),
-        embed_dim=_positive("embed", "embed_dim", embed_dim),
-        w_init=_initializer("embed", "w_init", w_init),
+        vocab_size=positive_int("embed", "vocab_size", vocab_size),
+        embed_dim=positive_int("embed", "embed_dim", embed_dim),
+        w_init=as_haiku_initializer("embed", "w_init", w_init),
         lookup_style=lookup_style,
         name=name,
     )
-    return _build(hk.Embed, kwargs, (jnp.zeros((1,), jnp.int32),), rng_key)
-
-
-def _conv(
-    fn: str,
-    hk_cls: type,
-    n: int,
-    in_features: int,
-    out_features: int,
-    kernel_shape: IntOrSeq,
-    data_format: str,
-    rate: IntOrSeq,
-    kwargs: dict,
-    rng_key: jax.Array | None,
-    init_changes: dict | None = None,
-) -> HaikuModule:
-    in_features = _positive(fn, "in_features", in_features)
-    kwargs = dict(
-        output_channels=_positive(fn, "out_features", out_features),
-        kernel_shape=kernel_shape,
-        data_format=data_format,
-        **kwargs,
-    )
-    kwargs["w_init"] = _initializer(fn, "w_init", kwargs["w_init"])
-    kwargs["b_init"] = _initializer(fn, "b_init", kwargs["b_init"])
-    dummy = _conv_dummy(fn, n, in_features, kernel_shape, rate, data_format)
-    return _build(hk_cls, kwargs, dummy, rng_key, init_changes=init_changes)
-
-
-def conv_1d(
-    in_features: int,
-    out_features: int,
-    kernel_shape: IntOrSeq,
-    stride: IntOrSeq = 1,
-    rate: IntOrSeq = 1,
-    padding: str | Sequence[tuple[int, int]] = "SAME",
-    with_bias: bool = True,
-    w_init: Initializer | None = None,
-    b_init: Initializer | None = None,
-    data_format: str = "NWC",
-    feature_group_count: int = 1,
-    mask: jax.Array | None = None,
-    *,
-    name: str | None = None,
-    rng_key: jax.Array | None = None,
-) -> HaikuModule:
-    """``hk.Conv1D`` from `in_features` to `out_features` channels, initialized.
-
-    Example:
-      >>> import jax.numpy as jnp, pax
-      >>> pax.haiku.conv_1d(3, 5, kernel_shape=3)(jnp.ones((2, 7, 3))).shape
-      (2, 7, 5)
-    """
-    kwargs = dict(stride=stride, rate=rate, padding=padding, with_bias=with_bias, w_init=w_init)
-    kwargs.update(b_init=b_init, feature_group_count=feature_group_count, mask=mask, name=name)
-    return _conv(
-        "conv_1d", hk.Conv1D, 1, in_features, out_features, kernel_shape, data_format, rate,
-        kwargs, rng_key,
-    )  # fmt: skip
-
-
-def conv_2d(
-    in_features: int,
-    out_features: int,
-    kernel_shape: IntOrSeq,
-    stride: IntOrSeq = 1,
-    rate: IntOrSeq = 1,
-    padding: str | Sequence[tuple[int, int]] = "SAME",
-    with_bias: bool = True,
-    w_init: Initializer | None = None,
-    b_init: Initializer | None = None,
-    data_format: str = "NHWC",
-    feature_group_count: int = 1,
-    mask: jax.Array | None = None,
-    *,
-    name: str | None = None,
-    rng_key: jax.Array | None = None,
-) -> HaikuModule:
-    """``hk.Conv2D`` from `in_features` to `out_features` channels, initialized.
-
-    Example:
-      >>> import jax.numpy as jnp, pax
-      >>> pax.haiku.conv_2d(3, 5, kernel_shape=3, stride=2)(jnp.ones((2, 8, 8, 3))).shape
-      (2, 4, 4, 5)
-    """
-    kwargs = dict(stride=stride, rate=rate, padding=padding, with_bias=with_bias, w_init=w_init)
-    kwargs.update(b_init=b_init, feature_group_count=feature_group_count, mask=mask, name=name)
-    return _conv(
-        "conv_2d", hk.Conv2D, 2, in_features, out_features, kernel_shape, data_format, rate,
-        kwargs, rng_key,
-    )  # fmt: skip
-
-
-def conv_1d_transpose(
-    in_features: int,
-    out_features: int,
-    kernel_shape: IntOrSeq,
-    stride: IntOrSeq = 1,
-    output_shape: IntOrSeq | None = None,
-    padding: str | Sequence[tuple[int, int]] = "SAME",
-    with_bias: bool = True,
-    w_init: Initializer | None = None,
-    b_init: Initializer | None = None,
-    data_format: str = "NWC",
-    mask: jax.Array | None = None,
-    *,
-    name: str | None = None,
-    rng_key: jax.Array | None = None,
-) -> HaikuModule:
-    """``hk.Conv1DTranspose`` from `in_features` to `out_features` channels, initialized.
-
-    Example:
-      >>> import jax.numpy as jnp, pax
-      >>> pax.haiku.conv_1d_transpose(3, 5, 3, stride=2)(jnp.ones((2, 4, 3))).shape
-      (2, 8, 5)
-    """
-    kwargs = dict(stride=stride, output_shape=output_shape, padding=padding)
-    kwargs.update(with_bias=with_bias, w_init=w_init, b_init=b_init, mask=mask, name=name)
-    return _conv(
-        "conv_1d_transpose", hk.Conv1DTranspose, 1, in_features, out_features, kernel_shape,
-        data_format, 1, kwargs, rng_key, {"output_shape": None},
-    )  # fmt: skip
-
-
-def conv_2d_transpose(
-    in_features: int,
-    out_features: int,
-    kernel_shape: IntOrSeq,
-    stride: IntOrSeq = 1,
-    output_shape: IntOrSeq | None = None,
-    padding: str | Sequence[tuple[int, int]] = "SAME",
-    with_bias: bool = True,
-    w_init: Initializer | None = None,
-    b_init: Initializer | None = None,
-    data_format: str = "NHWC",
-    mask: jax.Array | None = None,
-    *,
-    name: str | None = None,
-    rng_key: jax.Array | None = None,
-) -> HaikuModule:
-    """``hk.Conv2DTranspose`` from `in_features` to `out_features` channels, initialized.
-
-    Example:
-      >>> import jax.numpy as jnp, pax
-      >>> pax.haiku.conv_2d_transpose(3, 5, 3, stride=2)(jnp.ones((2, 4, 4, 3))).shape
-      (2, 8, 8, 5)
-    """
-    kwargs = dict(stride=stride, output_shape=output_shape, padding=padding)
-    kwargs.update(with_bias=with_bias, w_init=w_init, b_init=b_init, mask=mask, name=name)
-    return _conv(
-        "conv_2d_transpose", hk.Conv2DTranspose, 2, in_features, out_features, kernel_shape,
-        data_format, 1, kwargs, rng_key, {"output_shape": None},
-    )  # fmt: skip
+    return build_layer(hk.Embed, kwargs, (jnp.zeros((1,), jnp.int32),), rng_key)
 
 
 def _pool(hk_cls: type, kwargs: dict) -> HaikuModule:
