@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import haiku as hk
 import jax
@@ -45,29 +46,22 @@ def _conv_dummy(
     return (jnp.zeros(shape, jnp.float32),)
 
 
-def _conv(
-    fn: str,
-    hk_cls: type,
-    n: int,
-    in_features: int,
-    out_features: int,
-    kernel_shape: IntOrSeq,
-    data_format: str,
-    rate: IntOrSeq,
-    kwargs: dict,
-    rng_key: jax.Array | None,
-    init_changes: dict | None = None,
-) -> HaikuModule:
-    in_features = positive_int(fn, "in_features", in_features)
-    kwargs = dict(
-        output_channels=positive_int(fn, "out_features", out_features),
-        kernel_shape=kernel_shape,
-        data_format=data_format,
-        **kwargs,
-    )
+def _conv(fn: str, hk_cls: type, n: int, arguments: dict[str, Any]) -> HaikuModule:
+    """Builds `hk_cls` from the arguments (``locals()``) of the pax.haiku function `fn`.
+
+    Every argument goes to Haiku under its own name, except pax's `in_features` (gives the
+    dummy input's shape), `out_features` (Haiku's ``output_channels``) and `rng_key`.
+    """
+    kwargs = dict(arguments)
+    in_features = positive_int(fn, "in_features", kwargs.pop("in_features"))
+    rng_key = kwargs.pop("rng_key")
+    kwargs["output_channels"] = positive_int(fn, "out_features", kwargs.pop("out_features"))
     kwargs["w_init"] = as_haiku_initializer(fn, "w_init", kwargs["w_init"])
     kwargs["b_init"] = as_haiku_initializer(fn, "b_init", kwargs["b_init"])
-    dummy = _conv_dummy(fn, n, in_features, kernel_shape, rate, data_format)
+    kernel, fmt = kwargs["kernel_shape"], kwargs["data_format"]
+    dummy = _conv_dummy(fn, n, in_features, kernel, kwargs.get("rate", 1), fmt)
+    # Parameters do not depend on output_shape; the dummy input need not produce it.
+    init_changes = {"output_shape": None} if kwargs.get("output_shape") is not None else None
     return build_layer(hk_cls, kwargs, dummy, rng_key, init_changes=init_changes)
 
 
@@ -90,17 +84,28 @@ def conv_1d(
 ) -> HaikuModule:
     """``hk.Conv1D`` from `in_features` to `out_features` channels, initialized.
 
+    Args:
+      in_features: number of input channels.
+      out_features: number of output channels (Haiku's ``output_channels``).
+      kernel_shape: an int or one int per spatial axis.
+      stride: an int or one int per spatial axis.
+      rate: dilation rate, an int or one int per spatial axis.
+      padding: ``"SAME"``, ``"VALID"`` or explicit ``(low, high)`` pairs per spatial axis.
+      with_bias: add a bias.
+      w_init: weight initializer (Haiku's or pax's convention); default as Haiku.
+      b_init: bias initializer; default zeros.
+      data_format: ``"NWC"`` (channels last) or ``"NCW"``.
+      feature_group_count: number of input channel groups (grouped convolution).
+      mask: optional mask multiplied into the weight (static; compared by content).
+      name: the Haiku module name (see `pax.haiku.load_haiku_params`).
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
     Example:
       >>> import jax.numpy as jnp, pax
       >>> pax.haiku.conv_1d(3, 5, kernel_shape=3)(jnp.ones((2, 7, 3))).shape
       (2, 7, 5)
     """
-    kwargs = dict(stride=stride, rate=rate, padding=padding, with_bias=with_bias, w_init=w_init)
-    kwargs.update(b_init=b_init, feature_group_count=feature_group_count, mask=mask, name=name)
-    return _conv(
-        "conv_1d", hk.Conv1D, 1, in_features, out_features, kernel_shape, data_format, rate,
-        kwargs, rng_key,
-    )  # fmt: skip
+    return _conv("conv_1d", hk.Conv1D, 1, locals())
 
 
 def conv_2d(
@@ -122,17 +127,28 @@ def conv_2d(
 ) -> HaikuModule:
     """``hk.Conv2D`` from `in_features` to `out_features` channels, initialized.
 
+    Args:
+      in_features: number of input channels.
+      out_features: number of output channels (Haiku's ``output_channels``).
+      kernel_shape: an int or one int per spatial axis.
+      stride: an int or one int per spatial axis.
+      rate: dilation rate, an int or one int per spatial axis.
+      padding: ``"SAME"``, ``"VALID"`` or explicit ``(low, high)`` pairs per spatial axis.
+      with_bias: add a bias.
+      w_init: weight initializer (Haiku's or pax's convention); default as Haiku.
+      b_init: bias initializer; default zeros.
+      data_format: ``"NHWC"`` (channels last) or ``"NCHW"``.
+      feature_group_count: number of input channel groups (grouped convolution).
+      mask: optional mask multiplied into the weight (static; compared by content).
+      name: the Haiku module name (see `pax.haiku.load_haiku_params`).
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
     Example:
       >>> import jax.numpy as jnp, pax
       >>> pax.haiku.conv_2d(3, 5, kernel_shape=3, stride=2)(jnp.ones((2, 8, 8, 3))).shape
       (2, 4, 4, 5)
     """
-    kwargs = dict(stride=stride, rate=rate, padding=padding, with_bias=with_bias, w_init=w_init)
-    kwargs.update(b_init=b_init, feature_group_count=feature_group_count, mask=mask, name=name)
-    return _conv(
-        "conv_2d", hk.Conv2D, 2, in_features, out_features, kernel_shape, data_format, rate,
-        kwargs, rng_key,
-    )  # fmt: skip
+    return _conv("conv_2d", hk.Conv2D, 2, locals())
 
 
 def conv_1d_transpose(
@@ -153,17 +169,27 @@ def conv_1d_transpose(
 ) -> HaikuModule:
     """``hk.Conv1DTranspose`` from `in_features` to `out_features` channels, initialized.
 
+    Args:
+      in_features: number of input channels.
+      out_features: number of output channels (Haiku's ``output_channels``).
+      kernel_shape: an int or one int per spatial axis.
+      stride: an int or one int per spatial axis.
+      output_shape: the spatial output shape, to pick among the shapes a stride allows.
+      padding: ``"SAME"``, ``"VALID"`` or explicit ``(low, high)`` pairs per spatial axis.
+      with_bias: add a bias.
+      w_init: weight initializer (Haiku's or pax's convention); default as Haiku.
+      b_init: bias initializer; default zeros.
+      data_format: ``"NWC"`` (channels last) or ``"NCW"``.
+      mask: optional mask multiplied into the weight (static; compared by content).
+      name: the Haiku module name (see `pax.haiku.load_haiku_params`).
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
     Example:
       >>> import jax.numpy as jnp, pax
       >>> pax.haiku.conv_1d_transpose(3, 5, 3, stride=2)(jnp.ones((2, 4, 3))).shape
       (2, 8, 5)
     """
-    kwargs = dict(stride=stride, output_shape=output_shape, padding=padding)
-    kwargs.update(with_bias=with_bias, w_init=w_init, b_init=b_init, mask=mask, name=name)
-    return _conv(
-        "conv_1d_transpose", hk.Conv1DTranspose, 1, in_features, out_features, kernel_shape,
-        data_format, 1, kwargs, rng_key, {"output_shape": None},
-    )  # fmt: skip
+    return _conv("conv_1d_transpose", hk.Conv1DTranspose, 1, locals())
 
 
 def conv_2d_transpose(
@@ -184,14 +210,24 @@ def conv_2d_transpose(
 ) -> HaikuModule:
     """``hk.Conv2DTranspose`` from `in_features` to `out_features` channels, initialized.
 
+    Args:
+      in_features: number of input channels.
+      out_features: number of output channels (Haiku's ``output_channels``).
+      kernel_shape: an int or one int per spatial axis.
+      stride: an int or one int per spatial axis.
+      output_shape: the spatial output shape, to pick among the shapes a stride allows.
+      padding: ``"SAME"``, ``"VALID"`` or explicit ``(low, high)`` pairs per spatial axis.
+      with_bias: add a bias.
+      w_init: weight initializer (Haiku's or pax's convention); default as Haiku.
+      b_init: bias initializer; default zeros.
+      data_format: ``"NHWC"`` (channels last) or ``"NCHW"``.
+      mask: optional mask multiplied into the weight (static; compared by content).
+      name: the Haiku module name (see `pax.haiku.load_haiku_params`).
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
     Example:
       >>> import jax.numpy as jnp, pax
       >>> pax.haiku.conv_2d_transpose(3, 5, 3, stride=2)(jnp.ones((2, 4, 4, 3))).shape
       (2, 8, 8, 5)
     """
-    kwargs = dict(stride=stride, output_shape=output_shape, padding=padding)
-    kwargs.update(with_bias=with_bias, w_init=w_init, b_init=b_init, mask=mask, name=name)
-    return _conv(
-        "conv_2d_transpose", hk.Conv2DTranspose, 2, in_features, out_features, kernel_shape,
-        data_format, 1, kwargs, rng_key, {"output_shape": None},
-    )  # fmt: skip
+    return _conv("conv_2d_transpose", hk.Conv2DTranspose, 2, locals())

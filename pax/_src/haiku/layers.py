@@ -102,15 +102,28 @@ def linear(
     `load_haiku_params`); `rng_key` defaults to `pax.next_rng_key()`. The same holds for every
     `pax.haiku` layer.
 
+    Args:
+      in_dim: size of the last input axis.
+      out_dim: size of the last output axis (Haiku's ``output_size``).
+      with_bias: add a bias.
+      w_init: weight initializer; default (as Haiku) truncated normal, std ``1/sqrt(in_dim)``.
+      b_init: bias initializer; default zeros.
+      name: the Haiku module name (see `pax.haiku.load_haiku_params`).
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
     Example:
       >>> import jax.numpy as jnp, pax
       >>> fc = pax.haiku.linear(3, 4)
       >>> fc(jnp.ones((2, 3))).shape
       (2, 4)
     """
-    kwargs = dict(output_size=positive_int("linear", "out_dim", out_dim), with_bias=with_bias)
-    kwargs.update(w_init=as_haiku_initializer("linear", "w_init", w_init))
-    kwargs.update(b_init=as_haiku_initializer("linear", "b_init", b_init), name=name)
+    kwargs = dict(
+        output_size=positive_int("linear", "out_dim", out_dim),
+        with_bias=with_bias,
+        w_init=as_haiku_initializer("linear", "w_init", w_init),
+        b_init=as_haiku_initializer("linear", "b_init", b_init),
+        name=name,
+    )
     dummy = (jnp.zeros((1, positive_int("linear", "in_dim", in_dim)), jnp.float32),)
     return build_layer(hk.Linear, kwargs, dummy, rng_key)
 
@@ -132,6 +145,17 @@ def layer_norm(
     The scale and offset apply to the last axis, of size `in_dim` (Haiku's default
     ``param_axis=-1``).
 
+    Args:
+      in_dim: size of the last input axis.
+      axis: the axis or axes to normalize over.
+      create_scale: learn a scale.
+      create_offset: learn an offset.
+      eps: added to the variance.
+      scale_init: scale initializer; default ones.
+      offset_init: offset initializer; default zeros.
+      name: the Haiku module name.
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
     Example:
       >>> import jax.numpy as jnp, pax
       >>> ln = pax.haiku.layer_norm(4)
@@ -143,10 +167,14 @@ def layer_norm(
     if not axes or not all(isinstance(a, (int, np.integer)) for a in axes):
         raise ValueError(f"pax.haiku.layer_norm: axis must be an int or ints, got {axis!r}.")
     rank = max(2, *(a + 1 if a >= 0 else -a for a in axes))
-    kwargs = dict(axis=axis, create_scale=create_scale, create_offset=create_offset, eps=eps)
-    kwargs.update(scale_init=as_haiku_initializer("layer_norm", "scale_init", scale_init))
-    kwargs.update(
-        offset_init=as_haiku_initializer("layer_norm", "offset_init", offset_init), name=name
+    kwargs = dict(
+        axis=axis,
+        create_scale=create_scale,
+        create_offset=create_offset,
+        eps=eps,
+        scale_init=as_haiku_initializer("layer_norm", "scale_init", scale_init),
+        offset_init=as_haiku_initializer("layer_norm", "offset_init", offset_init),
+        name=name,
     )
     dummy = (jnp.zeros((1,) * (rank - 1) + (in_dim,), jnp.float32),)
     return build_layer(hk.LayerNorm, kwargs, dummy, rng_key)
@@ -171,6 +199,20 @@ def batch_norm_2d(
     The moving averages are Haiku state, updated in training mode only (``model.eval()``
     freezes them).
 
+    Args:
+      in_features: number of channels.
+      create_scale: learn a scale.
+      create_offset: learn an offset.
+      decay_rate: decay of the moving averages.
+      eps: added to the variance.
+      scale_init: scale initializer; default ones.
+      offset_init: offset initializer; default zeros.
+      data_format: ``"NHWC"`` (channels last) or ``"NCHW"``.
+      cross_replica_axis: named axis (``jax.pmap``/``shard_map``) to average the batch
+        statistics over.
+      name: the Haiku module name.
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
     Example:
       >>> import jax.numpy as jnp, pax
       >>> bn = pax.haiku.batch_norm_2d(3)
@@ -180,12 +222,17 @@ def batch_norm_2d(
     in_features = positive_int("batch_norm_2d", "in_features", in_features)
     shape = [1, 1, 1, 1]
     shape[channel_index("batch_norm_2d", data_format, 4)] = in_features
-    kwargs = dict(create_scale=create_scale, create_offset=create_offset, decay_rate=decay_rate)
-    kwargs.update(
-        eps=eps, scale_init=as_haiku_initializer("batch_norm_2d", "scale_init", scale_init)
+    kwargs = dict(
+        create_scale=create_scale,
+        create_offset=create_offset,
+        decay_rate=decay_rate,
+        eps=eps,
+        scale_init=as_haiku_initializer("batch_norm_2d", "scale_init", scale_init),
+        offset_init=as_haiku_initializer("batch_norm_2d", "offset_init", offset_init),
+        data_format=data_format,
+        cross_replica_axis=cross_replica_axis,
+        name=name,
     )
-    kwargs.update(offset_init=as_haiku_initializer("batch_norm_2d", "offset_init", offset_init))
-    kwargs.update(data_format=data_format, cross_replica_axis=cross_replica_axis, name=name)
     init_changes = {"cross_replica_axis": None} if cross_replica_axis is not None else None
     dummy = (jnp.zeros(shape, jnp.float32),)
     return build_layer(
@@ -211,6 +258,12 @@ def lstm(
     Call it as ``output, state = cell(x, state)`` with ``state = cell.initial_state(batch)``;
     unroll it over time with `pax.dynamic_unroll`.
 
+    Args:
+      in_dim: size of the input vectors.
+      hidden_dim: size of the hidden and cell states (Haiku's ``hidden_size``).
+      name: the Haiku module name.
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
     Example:
       >>> import jax.numpy as jnp, pax
       >>> cell = pax.haiku.lstm(3, 8)
@@ -234,6 +287,15 @@ def gru(
 ) -> HaikuModule:
     """``hk.GRU(hidden_dim)`` for inputs of size `in_dim`, initialized.
 
+    Args:
+      in_dim: size of the input vectors.
+      hidden_dim: size of the hidden state (Haiku's ``hidden_size``).
+      w_i_init: initializer of the input weights; default as Haiku.
+      w_h_init: initializer of the hidden weights; default as Haiku.
+      b_init: bias initializer; default zeros.
+      name: the Haiku module name.
+      rng_key: key for the initializers; default `pax.next_rng_key()`.
+
     Example:
       >>> import jax.numpy as jnp, pax
       >>> cell = pax.haiku.gru(3, 8)
@@ -241,10 +303,13 @@ def gru(
       >>> out.shape
       (2, 8)
     """
-    kwargs = dict(hidden_size=positive_int("gru", "hidden_dim", hidden_dim), name=name)
-    kwargs.update(w_i_init=as_haiku_initializer("gru", "w_i_init", w_i_init))
-    kwargs.update(w_h_init=as_haiku_initializer("gru", "w_h_init", w_h_init))
-    kwargs.update(b_init=as_haiku_initializer("gru", "b_init", b_init))
+    kwargs = dict(
+        hidden_size=positive_int("gru", "hidden_dim", hidden_dim),
+        w_i_init=as_haiku_initializer("gru", "w_i_init", w_i_init),
+        w_h_init=as_haiku_initializer("gru", "w_h_init", w_h_init),
+        b_init=as_haiku_initializer("gru", "b_init", b_init),
+        name=name,
+    )
     return _rnn("gru", hk.GRU, in_dim, kwargs, rng_key)
 
 
@@ -258,6 +323,14 @@ def embed(
     rng_key: jax.Array | None = None,
 ) -> HaikuModule:
     """``hk.Embed(vocab_size, embed_dim)``, initialized.
+
+    Args:
+      vocab_size: number of rows (ids ``0 .. vocab_size - 1``).
+      embed_dim: size of each vector.
+      w_init: initializer of the table; default (as Haiku) truncated normal, std 1.
+      lookup_style: Haiku's ``"ARRAY_INDEX"`` or ``"ONE_HOT"``.
+      name: the Haiku module name.
+      rng_key: key for the initializer; default `pax.next_rng_key()`.
 
     Example:
       >>> import jax.numpy as jnp, pax
@@ -291,6 +364,13 @@ def avg_pool(
 ) -> HaikuModule:
     """``hk.AvgPool``: average pooling (no parameters).
 
+    Args:
+      window_shape: the window, an int or one int per input axis.
+      strides: the strides, an int or one int per input axis.
+      padding: ``"SAME"`` or ``"VALID"``.
+      channel_axis: the channel axis (not pooled when the window is an int); None for none.
+      name: the Haiku module name.
+
     Example:
       >>> import jax.numpy as jnp, pax
       >>> pool = pax.haiku.avg_pool((1, 2, 2, 1), (1, 2, 2, 1), "VALID")
@@ -310,6 +390,13 @@ def max_pool(
     name: str | None = None,
 ) -> HaikuModule:
     """``hk.MaxPool``: max pooling (no parameters).
+
+    Args:
+      window_shape: the window, an int or one int per input axis.
+      strides: the strides, an int or one int per input axis.
+      padding: ``"SAME"`` or ``"VALID"``.
+      channel_axis: the channel axis (not pooled when the window is an int); None for none.
+      name: the Haiku module name.
 
     Example:
       >>> import jax.numpy as jnp, pax
