@@ -347,3 +347,13 @@ def test_summary_warns_about_shared_submodule():
     last = net.summary().splitlines()[-1]
     assert last.startswith("warning: .modules[1] is the same object as .modules[0]")
     assert "warning" not in pax.nn.Sequential(block, pax.nn.Linear(2, 2)).summary()
+
+
+def test_pickle_and_deepcopy_keep_treedef():
+    import copy
+    import pickle
+
+    net = pax.nn.Sequential(pax.nn.Linear(2, 3), pax.nn.Identity()).copy()  # has a cached aux
+    for clone in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net)):
+        assert jax.tree_util.tree_structure(clone) == jax.tree_util.tree_structure(net)
+        np.testing.assert_array_equal(clone.modules[0].weight, net.modules[0].weight)

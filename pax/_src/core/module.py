@@ -348,6 +348,13 @@ class Module:
             d["_pax_layout"] = new_layout
             d.pop("_pax_aux", None)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The cached aux holds a compiled function; it is rebuilt on the next flatten.
+        return {k: v for k, v in self.__dict__.items() if k != "_pax_aux"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def __delattr__(self, name: str) -> None:
         object.__delattr__(self, name)
         d = self.__dict__
