@@ -145,3 +145,25 @@ def test_explicit_rng_key_ignores_the_global_seed():
 def test_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_bucketed_eager_draws_equal_direct_draws():
+    """Eager draws are taken on a bucketed flat size; values equal a draw of the shape."""
+    shape = (2, 3, 5, 7)
+    direct = {
+        "truncated_normal": lambda k: 0.5 * jax.random.truncated_normal(k, -2.0, 2.0, shape),
+        "random_normal": lambda k: 0.5 * jax.random.normal(k, shape),
+        "random_uniform": lambda k: jax.random.uniform(k, shape, minval=-1.0, maxval=1.0),
+    }
+    inits = {
+        "truncated_normal": pax.initializers.truncated_normal(0.5),
+        "random_normal": pax.initializers.random_normal(0.5),
+        "random_uniform": pax.initializers.random_uniform(-1.0, 1.0),
+    }
+    for name, init in inits.items():
+        np.testing.assert_allclose(init(KEY, shape), direct[name](KEY), rtol=1e-6, err_msg=name)
+    rbg = jax.random.key(3, impl="rbg")  # not prefix-stable: drawn unbucketed
+    tn = inits["truncated_normal"]
+    np.testing.assert_allclose(tn(rbg, shape), direct["truncated_normal"](rbg), rtol=1e-6)
+    traced = jax.jit(lambda k: inits["truncated_normal"](k, shape))(KEY)  # no bucketing in jit
+    np.testing.assert_allclose(traced, direct["truncated_normal"](KEY), rtol=1e-6)
