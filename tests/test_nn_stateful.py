@@ -11,7 +11,8 @@ from pax import nn
 
 
 def _x(*shape, seed=0):
-    return jax.random.normal(jax.random.PRNGKey(seed), shape)
+    """A standard normal test input (numpy: no compilation per shape)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 # --- BatchNorm --------------------------------------------------------------------------------
