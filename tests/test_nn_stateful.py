@@ -1,5 +1,6 @@
 """Layers with state: BatchNorm across replicas, Dropout keys, EMA, dynamic_unroll write-back."""
 
+import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -169,6 +170,16 @@ def test_dynamic_unroll_batch_major_and_reverse(reverse):
         outs[t], state = gru(xs[:, t], state)
     np.testing.assert_allclose(ys, jnp.stack([outs[t] for t in range(5)], 1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(final, state, rtol=1e-5, atol=1e-6)
+
+
+def test_lstm_keeps_the_type_of_the_state_it_is_given():
+    lstm = nn.LSTM(3, 4)
+    h = c = jnp.zeros((2, 4))
+    xs = _x(3, 2, 3)
+    for state in (hk.LSTMState(h, c), (h, c), nn.LSTMState(h, c)):
+        ys, final = nn.dynamic_unroll(lstm, xs, state)
+        assert type(final) is type(state)
+        np.testing.assert_allclose(final[0], ys[-1], rtol=1e-6)
 
 
 def test_dynamic_unroll_accepts_plain_functions_and_is_exported():

@@ -64,7 +64,8 @@ class LSTM(Module):
       b_init: bias initializer; default zeros.
       rng_key: key for the initializers; default `pax.next_rng_key()`.
 
-    Call: ``cell(x, state) -> (h', LSTMState(h', c'))`` for ``x`` of shape ``(..., in_dim)``.
+    Call: ``cell(x, state) -> (h', LSTMState(h', c'))`` for ``x`` of shape ``(..., in_dim)``;
+    a state given as a plain tuple or another named tuple (``hk.LSTMState``) keeps its type.
 
     Example:
       >>> import jax.numpy as jnp, pax
@@ -107,6 +108,10 @@ class LSTM(Module):
         f = jax.nn.sigmoid(f + 1)
         c = f * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        if type(state) is tuple:
+            return h, (h, c)
+        if hasattr(state, "_fields"):  # e.g. hk.LSTMState: keep the type (scan carries it)
+            return h, type(state)(h, c)
         return h, LSTMState(h, c)
 
     def initial_state(self, batch_size: int | None) -> LSTMState:
