@@ -15,14 +15,14 @@ from pax._src.nn import _validate as v
 _SPATIAL = {"NWC": 1, "NCW": 1, "NHWC": 2, "NCHW": 2, "NDHWC": 3, "NCDHW": 3}
 
 
-def _window(
+def _check_args(
     name: str,
-    x: jax.Array,
     window_shape: int | Sequence[int],
     strides: int | Sequence[int] | None,
     padding: str,
     data_format: str,
 ) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+    """Validates the arguments; returns the spatial window, the spatial strides, the padding."""
     if data_format not in _SPATIAL:
         raise ValueError(
             f"{name}: unknown data_format {data_format!r}; use one of {sorted(_SPATIAL)}."
@@ -32,6 +32,20 @@ def _window(
     n = _SPATIAL[data_format]
     window = v.replicate(name, "window_shape", window_shape, n)
     stride = window if strides is None else v.replicate(name, "strides", strides, n)
+    return window, stride, padding.upper()
+
+
+def _window(
+    name: str,
+    x: jax.Array,
+    window_shape: int | Sequence[int],
+    strides: int | Sequence[int] | None,
+    padding: str,
+    data_format: str,
+) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+    """The full-rank window and strides for `x` (ones on batch and channel axes)."""
+    window, stride, padding = _check_args(name, window_shape, strides, padding, data_format)
+    n = len(window)
     if x.ndim < n + 1:
         raise ValueError(
             f"{name}: expected an input of rank >= {n + 1} ({data_format} with optional batch "
@@ -39,9 +53,9 @@ def _window(
         )
     if data_format.endswith("C"):
         lead = (1,) * (x.ndim - n - 1)
-        return (*lead, *window, 1), (*lead, *stride, 1), padding.upper()
+        return (*lead, *window, 1), (*lead, *stride, 1), padding
     lead = (1,) * (x.ndim - n)
-    return (*lead, *window), (*lead, *stride), padding.upper()
+    return (*lead, *window), (*lead, *stride), padding
 
 
 def max_pool(
@@ -114,12 +128,10 @@ class _Pool(Module):
     ) -> None:
         super().__init__()
         cls = type(self).__name__
-        # validate now, with a dummy input of the right rank
-        _window(cls, np.zeros((1,) * 5), window_shape, strides, padding, data_format)
-        n = _SPATIAL[data_format]
-        self.window_shape = v.replicate(cls, "window_shape", window_shape, n)
-        self.strides = None if strides is None else v.replicate(cls, "strides", strides, n)
-        self.padding = padding.upper()
+        window, stride, padding = _check_args(cls, window_shape, strides, padding, data_format)
+        self.window_shape = window
+        self.strides = stride
+        self.padding = padding
         self.data_format = data_format
 
 
