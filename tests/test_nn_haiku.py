@@ -530,4 +530,4 @@ def test_default_initializers_match_haiku_distribution(
     assert ours.shape == theirs.shape
     np.testing.assert_allclose(ours.std(), theirs.std(), rtol=0.04)
     np.testing.assert_allclose(np.abs(ours).max(), np.abs(theirs).max(), rtol=0.05)
-    assert abs(ours.mean()) < 0.02 * theirs.std() * 10
+    assert abs(ours.mean()) < 0.05 * theirs.std()  # >= 25_000 samples: 8 standard errors

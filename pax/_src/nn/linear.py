@@ -102,7 +102,9 @@ class Lambda(Module):
     def __init__(self, fn: Callable[..., Any]) -> None:
         super().__init__()
         if not callable(fn):
-            raise TypeError(f"Lambda: fn must be callable, got {fn!r}.")
+            raise TypeError(
+                f"Lambda: fn must be callable, got {fn!r}; e.g. pax.nn.Lambda(jax.nn.relu)."
+            )
         if isinstance(fn, Module):
             raise TypeError("Lambda: fn is already a pax.Module; use it directly.")
         self.fn = fn
