@@ -124,7 +124,8 @@ def test_update_with_different_structure_names_the_key_path():
     with pytest.raises(
         ValueError,
         match=r"Sequential\.update: the tree to merge has a different structure: at "
-        r"\.modules\[1\]\.bias: Linear\.bias is a parameter \(expected\) but absent \(got\)",
+        r"\.modules\[1\]\.bias: Linear\.bias is a parameter \(expected\) but a static attribute "
+        r"\(got\)",
     ):
         net.update(other.parameters())
     with pytest.raises(

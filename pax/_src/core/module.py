@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
-import numpy as np
 from jax._src.core import trace_state_clean
 
 from pax._src.core import layout as _layout
 from pax._src.core.layout import EMPTY, FAMILY, Kind, Layout
+from pax._src.core.leaks import Tracer, check_no_leaked_tracers, mark_traced, wrap_call
 from pax._src.core.static import Aux, freeze_static
+from pax._src.core.validate import (
+    ARRAY_TYPES,
+    NDARRAY_TYPES,
+    REGISTER_FIX,
+    check_leaf,
+    check_module_subtree,
+    check_subtree,
+    scan_container,
+    type_name,
+)
+from pax._src.core.views import keep_only, map_kinds, pick, rebuild, set_training
 
 T = TypeVar("T", bound="Module")
-Tracer = jax.core.Tracer
-
-ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
-_NDARRAY_TYPES = (jax.Array, np.ndarray)
 _INTERNAL_PREFIX = "_pax_"
 
-_REGISTER_FIX = (
-    "self.register_parameter({name!r}, value) for a trainable array, or "
-    "self.register_state({name!r}, value) for a non-trainable one"
-)
+__all__ = ["ARRAY_TYPES", "Module", "is_module"]
 
 
 def is_module(x: Any) -> bool:
@@ -33,12 +36,6 @@ def is_module(x: Any) -> bool:
 
 def _is_none(x: Any) -> bool:
     return x is None
-
-
-def _type_name(value: Any) -> str:
-    if isinstance(value, _NDARRAY_TYPES):
-        return f"{type(value).__name__}{tuple(value.shape)} {value.dtype}"
-    return type(value).__name__
 
 
 # --- flatten / unflatten: the hot path --------------------------------------------------------
@@ -116,117 +113,11 @@ def _promote_static(module: Module, name: str, value: Any, frozen: Any) -> Aux:
             f"compiled program). Register it instead: self.register_parameter_subtree({name!r}, "
             f"value) or self.register_state_subtree({name!r}, value)."
         )
-    _check_module_subtree(module, name, value)
+    check_module_subtree(module, name, value)
     d = module.__dict__
     d["_pax_layout"] = d.get("_pax_layout", EMPTY).with_child(name, Kind.MODULE_SUBTREE)
     d.pop("_pax_aux", None)
     return _build_aux(module)
-
-
-# --- leaked tracers ----------------------------------------------------------------------------
-
-_LEAK_FIX = (
-    "A module changed inside a transformed function must be returned by it; the object you "
-    "passed in is not updated. Fix:\n"
-    "    @jax.jit\n"
-    "    def step(model, x):\n"
-    "        y = model(x)\n"
-    "        return y, model      # return the updated model\n"
-    "    y, model = step(model, x)"
-)
-
-
-def _mark_traced(d: dict) -> None:
-    """Flags a module given traced values; flatten then takes its slow, checking path."""
-    d["_pax_tracers"] = True
-    d.pop("_pax_aux", None)
-
-
-def check_no_leaked_tracers(module: Module) -> None:
-    """Raises if `module` (touched inside a transform) still holds tracers outside of it."""
-    if not trace_state_clean():
-        return  # inside a transformation: tracers are legitimate here
-    d = module.__dict__
-    layout = d.get("_pax_layout", EMPTY)
-    for name in layout.children:
-        for path, leaf in jax.tree_util.tree_leaves_with_path(d[name]):
-            if isinstance(leaf, Tracer):
-                raise RuntimeError(
-                    f"{type(module).__name__}.{name}{jax.tree_util.keystr(path)} holds a JAX "
-                    f"tracer from a transformation (jax.jit, jax.grad, jax.vmap, ...) that has "
-                    f"already returned: the module was modified inside it and used afterwards. "
-                    f"{_LEAK_FIX}"
-                )
-    del d["_pax_tracers"]
-
-
-def _wrap_call(call: Callable) -> Callable:
-    @functools.wraps(call)
-    def __call__(self: Module, *args: Any, **kwargs: Any) -> Any:
-        if "_pax_tracers" in self.__dict__:
-            check_no_leaked_tracers(self)
-        return call(self, *args, **kwargs)
-
-    __call__._pax_wrapped = True  # type: ignore[attr-defined]
-    return __call__
-
-
-# --- value checks ------------------------------------------------------------------------------
-
-
-def _check_leaf(module: Module, name: str, kind: Kind, value: Any, allow_none: bool) -> None:
-    if isinstance(value, ARRAY_TYPES) or (allow_none and value is None):
-        return
-    cls = type(module).__name__
-    fix = (
-        f"self.register_{FAMILY[kind].replace(' ', '_')}({name!r}, jnp.asarray(value))"
-        if isinstance(value, (bool, int, float, complex))
-        else "store it as a plain attribute under another name, or wrap it in a pax.Module"
-    )
-    raise TypeError(
-        f"{cls}.{name}: a {kind.value} must be a jax or numpy array, got {value!r} of type "
-        f"{type(value).__name__}. Fix: {fix}."
-    )
-
-
-def _check_subtree(module: Module, name: str, kind: Kind, value: Any) -> None:
-    cls = type(module).__name__
-    if value is None:
-        raise TypeError(f"{cls}.{name}: cannot register None as a {kind.value}; pass a pytree.")
-    for path, leaf in jax.tree_util.tree_leaves_with_path(value):
-        if not isinstance(leaf, ARRAY_TYPES):
-            raise TypeError(
-                f"{cls}.{name}{jax.tree_util.keystr(path)}: every leaf of a {kind.value} must be "
-                f"a jax or numpy array, got {leaf!r} of type {type(leaf).__name__}. Fix: convert "
-                f"it with jnp.asarray, or keep non-array values out of the subtree."
-            )
-
-
-def _check_module_subtree(module: Module, name: str, value: Any) -> None:
-    for path, leaf in jax.tree_util.tree_leaves_with_path(value, is_leaf=is_module):
-        if not isinstance(leaf, Module):
-            where = f"{type(module).__name__}.{name}{jax.tree_util.keystr(path)}"
-            if isinstance(leaf, ARRAY_TYPES):
-                fix = "register arrays with register_parameter / register_state on a Module"
-            elif callable(leaf):
-                fix = "wrap functions in a module: pax.nn.Lambda(fn)"
-            else:
-                fix = "keep non-module values in a separate attribute"
-            raise TypeError(
-                f"{where}: a container of modules may hold only Modules (or None), found "
-                f"{_type_name(leaf)}. Fix: {fix}."
-            )
-
-
-def _scan_container(value: Any) -> tuple[bool, Any]:
-    """Returns (has a module, first array) among the leaves of a list/tuple/dict."""
-    has_module = False
-    for leaf in jax.tree_util.tree_leaves(value, is_leaf=is_module):
-        if isinstance(leaf, Module):
-            has_module = True
-        elif isinstance(leaf, _NDARRAY_TYPES):
-            return has_module, leaf
-    return has_module, None
 
 
 # --- the Module class --------------------------------------------------------------------------
@@ -273,7 +164,7 @@ class Module:
         )
         call = cls.__dict__.get("__call__")
         if call is not None and not getattr(call, "_pax_wrapped", False):
-            cls.__call__ = _wrap_call(call)
+            cls.__call__ = wrap_call(call)
 
     def _pax_init(self) -> Layout:
         d = self.__dict__
@@ -296,16 +187,16 @@ class Module:
                 return
             self._pax_assign_unregistered(name, value, layout, kind)
         elif kind in _layout.LEAF_KINDS:
-            _check_leaf(self, name, kind, value, allow_none=True)
+            check_leaf(self, name, kind, value, allow_none=True)
             d[name] = value
             if isinstance(value, Tracer):
-                _mark_traced(d)
+                mark_traced(d)
         else:
             if value is not None:
-                _check_subtree(self, name, kind, value)
+                check_subtree(self, name, kind, value)
             d[name] = value
             if not trace_state_clean():
-                _mark_traced(d)
+                mark_traced(d)
 
     def _pax_assign_unregistered(
         self, name: str, value: Any, layout: Layout, kind: Kind | None
@@ -320,30 +211,30 @@ class Module:
         elif value is None and kind is not None:
             new_layout = layout
         elif isinstance(value, (list, tuple, dict)):
-            has_module, array = _scan_container(value)
+            has_module, array = scan_container(value)
             if array is not None:
                 raise TypeError(
                     f"{type(self).__name__}.{name}: this {type(value).__name__} holds an array "
-                    f"({_type_name(array)}) but is not registered, so it would be static and baked "
+                    f"({type_name(array)}) but is not registered, so it would be static and baked "
                     f"into the compiled program. Fix: self.register_parameter_subtree({name!r}, "
                     f"value) or self.register_state_subtree({name!r}, value)."
                 )
             if has_module:
-                _check_module_subtree(self, name, value)
+                check_module_subtree(self, name, value)
                 new_layout = layout.with_child(name, Kind.MODULE_SUBTREE)
             else:
                 new_layout = layout.with_static(name)
-        elif isinstance(value, _NDARRAY_TYPES):
+        elif isinstance(value, NDARRAY_TYPES):
             raise TypeError(
-                f"{type(self).__name__}.{name}: cannot assign a {_type_name(value)} to an "
+                f"{type(self).__name__}.{name}: cannot assign a {type_name(value)} to an "
                 f"unregistered attribute; it would be static and baked into the compiled "
-                f"program. Fix: {_REGISTER_FIX.format(name=name)}."
+                f"program. Fix: {REGISTER_FIX.format(name=name)}."
             )
         else:
             new_layout = layout.with_static(name)
         d[name] = value
         if kind is not None and not trace_state_clean():
-            _mark_traced(d)
+            mark_traced(d)
         if new_layout is not layout or name in new_layout.static:
             d["_pax_layout"] = new_layout
             d.pop("_pax_aux", None)
@@ -471,16 +362,16 @@ class Module:
                 f"as a {kind.value}. Fix: use another name, or `del self.{name}` first."
             )
         if kind in _layout.LEAF_KINDS:
-            _check_leaf(self, name, kind, value, allow_none=False)
+            check_leaf(self, name, kind, value, allow_none=False)
         elif kind is Kind.MODULE:
             if not isinstance(value, Module):
                 raise TypeError(
-                    f"{cls}.{name}: register_module expects a pax.Module, got {_type_name(value)}."
+                    f"{cls}.{name}: register_module expects a pax.Module, got {type_name(value)}."
                 )
         elif kind is Kind.MODULE_SUBTREE:
-            _check_module_subtree(self, name, value)
+            check_module_subtree(self, name, value)
         else:
-            _check_subtree(self, name, kind, value)
+            check_subtree(self, name, kind, value)
         if old is not None and old is not kind and FAMILY[old] == FAMILY[kind]:
             kind = old  # re-registering a frozen parameter keeps it frozen
         d = self.__dict__
@@ -501,7 +392,7 @@ class Module:
           >>> jax.tree_util.tree_leaves(net.freeze().parameters())
           []
         """
-        return _rebuild(self, _keep_only(_layout.TRAINABLE))
+        return rebuild(self, keep_only(_layout.TRAINABLE))
 
     def states(self: T) -> T:
         """Returns a copy whose parameter leaves are None (the converse of `parameters`).
@@ -511,7 +402,7 @@ class Module:
           >>> jax.tree_util.tree_leaves(pax.nn.Linear(2, 3).states())
           []
         """
-        return _rebuild(self, _keep_only(_layout.NON_TRAINABLE))
+        return rebuild(self, keep_only(_layout.NON_TRAINABLE))
 
     def update(self: T, other: T, *rest: T) -> T:
         """Returns a copy of self where the non-None leaves of `other` (then `rest`) win.
@@ -532,7 +423,7 @@ class Module:
         result = self
         for tree in (other, *rest):
             try:
-                result = jax.tree_util.tree_map(_pick, result, tree, is_leaf=_is_none)
+                result = jax.tree_util.tree_map(pick, result, tree, is_leaf=_is_none)
             except Exception:  # jax reports mismatches with several exception types
                 diff = describe_difference(result, tree, none_is_wildcard=True)
                 if diff is None:
@@ -553,7 +444,7 @@ class Module:
           >>> print(frozen.parameters().weight)
           None
         """
-        return _rebuild(self, _map_kinds(_layout.FREEZE))
+        return rebuild(self, map_kinds(_layout.FREEZE))
 
     def unfreeze(self: T) -> T:
         """Returns a copy where the parameters frozen by `freeze` are trainable again.
@@ -565,7 +456,7 @@ class Module:
           >>> pax.nn.Linear(2, 3).freeze().unfreeze().parameters().weight.shape
           (2, 3)
         """
-        return _rebuild(self, _map_kinds(_layout.UNFREEZE))
+        return rebuild(self, map_kinds(_layout.UNFREEZE))
 
     def train(self: T) -> T:
         """Returns a copy with `training = True` on every submodule.
@@ -575,7 +466,7 @@ class Module:
           >>> pax.nn.Linear(2, 3).eval().train().training
           True
         """
-        return _rebuild(self, _set_training(True))
+        return rebuild(self, set_training(True))
 
     def eval(self: T) -> T:
         """Returns a copy with `training = False` on every submodule.
@@ -586,7 +477,7 @@ class Module:
           >>> net.eval().modules[0].training, net.modules[0].training
           (False, True)
         """
-        return _rebuild(self, _set_training(False))
+        return rebuild(self, set_training(False))
 
     def copy(self: T) -> T:
         """Returns a copy of the module tree (submodules and containers copied, arrays shared).
@@ -646,64 +537,3 @@ class Module:
 jax.tree_util.register_pytree_with_keys(
     Module, _flatten_with_keys, _make_unflatten(Module), _flatten
 )
-
-
-def _pick(mine: Any, theirs: Any) -> Any:
-    return mine if theirs is None else theirs
-
-
-def _nonify(value: Any, kind: Kind) -> Any:
-    if kind in _layout.LEAF_KINDS or value is None:
-        return None
-    return jax.tree_util.tree_map(_to_none, value)
-
-
-def _to_none(_: Any) -> None:
-    return None
-
-
-def _keep_only(keep: frozenset) -> Callable[[dict, Layout], None]:
-    def visit(d: dict, layout: Layout) -> None:
-        for name, kind in zip(layout.children, layout.kinds):
-            if kind not in keep and kind not in _layout.MODULE_KINDS:
-                d[name] = _nonify(d[name], kind)
-
-    return visit
-
-
-def _map_kinds(mapping: dict) -> Callable[[dict, Layout], None]:
-    def visit(d: dict, layout: Layout) -> None:
-        new = layout.map_kinds(mapping)
-        if new is not layout:
-            d["_pax_layout"] = new
-            d.pop("_pax_aux", None)
-
-    return visit
-
-
-def _set_training(flag: bool) -> Callable[[dict, Layout], None]:
-    def visit(d: dict, layout: Layout) -> None:
-        if d.get("training") is not flag or "training" not in layout.static:
-            d["training"] = flag
-            d["_pax_layout"] = layout.with_static("training")
-            d.pop("_pax_aux", None)
-
-    return visit
-
-
-def _rebuild(module: T, visit: Callable[[dict, Layout], None]) -> T:
-    """Copies `module` and its submodules, letting `visit` edit each copy's attribute dict."""
-    d = dict(module.__dict__)
-    layout = d.get("_pax_layout", EMPTY)
-    for name, kind in zip(layout.children, layout.kinds):
-        if kind is Kind.MODULE:
-            if d[name] is not None:
-                d[name] = _rebuild(d[name], visit)
-        elif kind is Kind.MODULE_SUBTREE:
-            d[name] = jax.tree_util.tree_map(
-                lambda m: _rebuild(m, visit), d[name], is_leaf=is_module
-            )
-    visit(d, layout)
-    new = object.__new__(type(module))
-    new.__dict__.update(d)
-    return new

@@ -128,8 +128,8 @@ def _module_difference(
     la, lb = da.get("_pax_layout", EMPTY), db.get("_pax_layout", EMPTY)
     if la is not lb:
         for name in dict.fromkeys(la.children + lb.children + la.static + lb.static):
-            ka = la.kind_of.get(name, "static" if name in la.static else "absent")
-            kb = lb.kind_of.get(name, "static" if name in lb.static else "absent")
+            ka = la.kind_of.get(name, "static attribute" if name in la.static else "absent")
+            kb = lb.kind_of.get(name, "static attribute" if name in lb.static else "absent")
             ka = getattr(ka, "value", ka)
             kb = getattr(kb, "value", kb)
             if ka != kb:
