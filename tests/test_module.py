@@ -336,9 +336,13 @@ def test_sharding_device_put_and_jit():
     mesh = Mesh(np.array(jax.devices()), ("data",))
     net = jax.device_put(pax.nn.Linear(2, 3), NamedSharding(mesh, PartitionSpec()))
     assert net.weight.sharding.is_fully_replicated
-    x = jax.device_put(jnp.ones((len(jax.devices()), 2)), NamedSharding(mesh, PartitionSpec("data")))
+    x = jax.device_put(
+        jnp.ones((len(jax.devices()), 2)), NamedSharding(mesh, PartitionSpec("data"))
+    )
     y = jax.jit(lambda m, x: m(x))(net, x)
-    np.testing.assert_allclose(y, jnp.ones((len(jax.devices()), 2)) @ net.weight + net.bias, rtol=1e-6)
+    np.testing.assert_allclose(
+        y, jnp.ones((len(jax.devices()), 2)) @ net.weight + net.bias, rtol=1e-6
+    )
 
 
 def test_summary_warns_about_shared_submodule():
