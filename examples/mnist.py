@@ -12,8 +12,8 @@ Data: the standard IDX files (``train-images-idx3-ubyte.gz``, ``train-labels-idx
 Training is data-parallel over every visible device (the batch is split along its leading axis,
 the model and optimizer are replicated; see ``_data_parallel.py``); BatchNorm's statistics are
 those of the whole global batch. Each epoch ends with the test accuracy of the model in
-``eval()`` mode (BatchNorm then uses its moving averages); the last model is saved with
-``pax.save``.
+``eval()`` mode (BatchNorm then uses its moving averages, dropout is off); the last model is
+saved with ``pax.save``.
 """
 
 from __future__ import annotations
@@ -132,14 +132,31 @@ def load_mnist(data_dir: str | None) -> dict[str, np.ndarray]:
     return out
 
 
+def random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Moves each image by up to `max_shift` pixels in each direction (zeros fill the gap)."""
+    if max_shift == 0:
+        return images
+    n, h, w, _ = images.shape
+    m = max_shift
+    padded = np.pad(images, ((0, 0), (m, m), (m, m), (0, 0)))
+    rows = rng.integers(0, 2 * m + 1, n)[:, None] + np.arange(h)
+    cols = rng.integers(0, 2 * m + 1, n)[:, None] + np.arange(w)
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
 def train_batches(
-    images: np.ndarray, labels: np.ndarray, batch_size: int, rng: np.random.Generator
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    max_shift: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """One epoch of shuffled batches; the last incomplete batch is dropped."""
+    """One epoch of shuffled (and randomly shifted) batches; the last incomplete one is
+    dropped."""
     order = rng.permutation(len(images))
     for i in range(len(images) // batch_size):
         idx = np.sort(order[i * batch_size : (i + 1) * batch_size])
-        yield images[idx], labels[idx]
+        yield random_shift(images[idx], max_shift, rng), labels[idx]
 
 
 # --- model -------------------------------------------------------------------------------------
@@ -149,9 +166,13 @@ def flatten(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
 
 
-def conv_net(use_haiku: bool = False, width: int = 32, hidden: int = 128) -> pax.nn.Sequential:
-    """Two conv blocks (3x3 conv, BatchNorm, ReLU, 2x2 max-pool), then a hidden layer and a
-    10-way head; built from `pax.nn` layers, or from the `pax.haiku` wrappers of Haiku's.
+def conv_net(
+    use_haiku: bool = False, width: int = 32, hidden: int = 128, dropout: float = 0.0
+) -> pax.nn.Sequential:
+    """Three conv blocks (3x3 conv, BatchNorm, ReLU, 2x2 max-pool; `width`, 2 x `width` and
+    4 x `width` channels; 28 -> 14 -> 7 -> 3 pixels), then a hidden layer, dropout and a 10-way
+    head. Built from `pax.nn` layers, or from the `pax.haiku` wrappers of Haiku's (Haiku has no
+    dropout module, so both use `pax.nn.Dropout`).
 
     The convolutions have no bias: the BatchNorm after each one subtracts the batch mean, so a
     bias would get a zero gradient (and Adam would turn its rounding noise into updates).
@@ -168,19 +189,16 @@ def conv_net(use_haiku: bool = False, width: int = 32, hidden: int = 128) -> pax
         norm = lambda c: nn.BatchNorm2D(c)
         pool = lambda: nn.MaxPool(window_shape=2, strides=2, padding="VALID")
         linear = nn.Linear
-    flat = 7 * 7 * 2 * width
+    layers, channels = [], 1
+    for out in (width, 2 * width, 4 * width):
+        layers += [conv(channels, out), norm(out), jax.nn.relu, pool()]
+        channels = out
     return pax.nn.Sequential(
-        conv(1, width),
-        norm(width),
-        jax.nn.relu,
-        pool(),
-        conv(width, 2 * width),
-        norm(2 * width),
-        jax.nn.relu,
-        pool(),
+        *layers,
         flatten,
-        linear(flat, hidden),
+        linear(3 * 3 * channels, hidden),
         jax.nn.relu,
+        pax.nn.Dropout(dropout),  # identity in eval() mode
         linear(hidden, 10),
     )
 
@@ -223,6 +241,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--width", type=int, default=32, help="channels of the first conv layer")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout before the last layer")
+    p.add_argument("--shift", type=int, default=2, help="augmentation: random shifts, in pixels")
     p.add_argument("--use-haiku", action="store_true", help="build the model from pax.haiku")
     p.add_argument("--checkpoint", default="checkpoints/mnist.npz", help="'' to skip saving")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -249,7 +269,7 @@ def run(
         )
 
     pax.seed_rng_key(args.seed)
-    model = conv_net(use_haiku=args.use_haiku, width=args.width)
+    model = conv_net(use_haiku=args.use_haiku, width=args.width, dropout=args.dropout)
     schedule = optax.cosine_decay_schedule(args.learning_rate, args.epochs * steps_per_epoch)
     optimizer = pax.optim.from_optax(optax.adam(schedule))(model.parameters())
     model, optimizer = dp.replicate((model, optimizer), mesh)
@@ -269,7 +289,9 @@ def run(
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
         bar = tqdm(
-            train_batches(data["train_images"], data["train_labels"], args.batch_size, rng),
+            train_batches(
+                data["train_images"], data["train_labels"], args.batch_size, rng, args.shift
+            ),
             total=steps_per_epoch,
             desc=f"epoch {epoch}",
             unit="step",

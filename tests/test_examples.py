@@ -117,6 +117,26 @@ def test_load_mnist_says_how_to_get_the_data(tmp_path, monkeypatch):
         mnist.load_mnist(None)
 
 
+def test_random_shift_moves_whole_images():
+    rng = np.random.default_rng(0)
+    images = rng.random((20, 6, 7, 1)).astype(np.float32) + 1.0  # no zeros inside
+    assert mnist.random_shift(images, 0, rng) is images
+    shifted = mnist.random_shift(images, 2, rng)
+    assert shifted.shape == images.shape
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    seen = set()
+    for original, out in zip(padded, shifted):
+        offsets = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if np.array_equal(original[dy : dy + 6, dx : dx + 7], out)
+        ]
+        assert len(offsets) == 1
+        seen.add(offsets[0])
+    assert len(seen) > 5  # the offsets vary from image to image
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(_mnist_dir() is None, reason="MNIST files not found (set PAX_MNIST_DIR)")
 def test_load_real_mnist():
