@@ -158,19 +158,21 @@ def generate(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--data", default=None, help="text file (default: pax's own source code)")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=2000, help="training steps")
     p.add_argument("--batch-size", type=int, default=64, help="global batch, split over devices")
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--embed-dim", type=int, default=64)
-    p.add_argument("--hidden-dim", type=int, default=256)
-    p.add_argument("--learning-rate", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--prompt", default="import ")
+    p.add_argument("--seq-len", type=int, default=64, help="bytes per training sequence")
+    p.add_argument("--embed-dim", type=int, default=64, help="size of the byte embedding")
+    p.add_argument("--hidden-dim", type=int, default=256, help="size of the LSTM state")
+    p.add_argument("--learning-rate", type=float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=42, help="seed of the model and the data")
+    p.add_argument("--prompt", default="import ", help="text the samples start from")
     p.add_argument("--sample-every", type=int, default=500, help="0: sample only at the end")
-    p.add_argument("--sample-length", type=int, default=300)
-    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--sample-length", type=int, default=300, help="bytes per sample")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
     p.add_argument("--use-haiku", action="store_true", help="build the model from pax.haiku")
     p.add_argument("--checkpoint", default="checkpoints/char_rnn.npz", help="'' to skip saving")
     p.add_argument("--resume", action="store_true", help="start from --checkpoint")

@@ -234,12 +234,14 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, mesh, eval_fn, batch
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=5, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=128, help="global batch, split over devices")
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam, cosine decay")
+    p.add_argument("--seed", type=int, default=42, help="seed of the model and the data order")
     p.add_argument("--width", type=int, default=32, help="channels of the first conv layer")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout before the last layer")
     p.add_argument("--shift", type=int, default=2, help="augmentation: random shifts, in pixels")
