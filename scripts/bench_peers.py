@@ -16,8 +16,12 @@ is timed alone and blocked on its loss, and the tables report medians and each s
 relative to plain JAX (lower is better). Before timing, every system's losses over the first two
 steps are checked against plain JAX, so all compute the same thing.
 
-Usage: ``python scripts/bench_peers.py [--quick] [--out bench_results]``. Writes ``peers.md`` and
-``overhead_vs_depth.png`` to the output folder. The benchmark-only dependencies are listed in
+glibc's malloc thresholds are raised first (see `tune_malloc`; ``--system-malloc`` keeps them),
+so that XLA's large per-step buffers are reused instead of page-faulted in on every step.
+
+Usage: ``python scripts/bench_peers.py [--quick] [--system-malloc] [--out bench_results]``.
+Writes ``peers.md`` and ``overhead_vs_depth.png`` to the output folder (``--quick``: a smoke
+run in under a minute on an idle 2-core machine). The benchmark-only dependencies are listed in
 ``scripts/requirements-bench.txt``.
 """
 
