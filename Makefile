@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: install test test-slow lint format bench demo clean
 
@@ -28,8 +29,15 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix pax tests scripts examples
 	$(PY) -m ruff format pax tests scripts examples
 
-bench: $(STAMP)
+# Benchmark-only dependencies (Equinox, Flax, matplotlib), pinned to the installed jax stack.
+$(BENCH_STAMP): $(STAMP) scripts/requirements-bench.txt
+	$(PY) -m pip freeze | grep -iE '^(jax|jaxlib|optax|dm-haiku|numpy)==' > $(VENV)/constraints.txt
+	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -r scripts/requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) scripts/bench_overhead.py
+	$(PY) scripts/bench_peers.py
 
 demo: $(STAMP)
 	$(PY) examples/char_rnn.py --steps 200 --batch-size 32
