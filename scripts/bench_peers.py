@@ -70,13 +70,13 @@ class Config:
 FULL = Config(
     depths=(16, 64, 256),
     main_depth=64,
-    main_rounds=15,
-    main_block=0.12,
-    depth_rounds=7,
-    depth_block=0.12,
+    main_rounds=40,
+    main_block=0.04,
+    depth_rounds=16,
+    depth_block=0.05,
     min_steps=3,
-    tree_rounds=10,
-    tree_block=0.03,
+    tree_rounds=20,
+    tree_block=0.015,
     compile_rounds=3,
     compile_depth=64,
     conv_rounds=30,
@@ -193,6 +193,7 @@ def step_medians(
     check_same_losses(benches, states, step_fns, batches, rtol, what)
     samples: dict[str, list[float]] = {b.name: [] for b in benches}
     for _, b in rotations(benches, rounds):
+        gc.collect(1)  # the young garbage of the previous block is not this system's to collect
         states[b.name], times = time_steps(
             step_fns[b.name], states[b.name], batches[b.name], budget, min_steps
         )
