@@ -332,7 +332,7 @@ def plot(results: dict, cfg: Config, names: list[str], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
     steps = results["steps"]
     plain = names[0]
@@ -347,15 +347,16 @@ def plot(results: dict, cfg: Config, names: list[str], path: str) -> None:
     ax_abs.set(ylabel="µs per training step", title="Training step time (median)")
     ax_rel.set(xscale="log", yscale="log", xlabel="MLP depth (Linear modules)")
     ax_rel.set(ylabel="time / plain JAX time", title="Overhead relative to plain JAX")
+    ax_abs.yaxis.set_minor_formatter(NullFormatter())
     ax_rel.axhline(1.0, color="gray", linewidth=0.8)
     ax_rel.yaxis.set_major_locator(FixedLocator([0.8, 1, 1.25, 1.5, 2, 3, 5, 10, 20, 50]))
     ax_rel.yaxis.set_minor_locator(NullLocator())
     for ax in (ax_abs, ax_rel):
         ax.xaxis.set_major_locator(FixedLocator(list(cfg.depths)))
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.grid(alpha=0.3)
-    ax_rel.yaxis.set_major_formatter(ScalarFormatter())
+    ax_rel.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax_rel.legend(fontsize=8)
     fig.suptitle(
         f"MLP width {bm.WIDTH}, batch {bm.BATCH}, Adam, {jax.default_backend()} ({results['date']})"
