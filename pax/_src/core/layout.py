@@ -82,9 +82,19 @@ class Layout:
       keys: `GetAttrKey` of each child, for key paths.
       get_children: ``get_children(obj.__dict__)`` returns the children as a tuple.
       fill: ``fill(obj.__dict__, children)`` stores the children (the inverse).
+      module_children: ``(name, kind)`` of the children that hold submodules.
     """
 
-    __slots__ = ("children", "fill", "get_children", "keys", "kind_of", "kinds", "static")
+    __slots__ = (
+        "children",
+        "fill",
+        "get_children",
+        "keys",
+        "kind_of",
+        "kinds",
+        "module_children",
+        "static",
+    )
 
     _table: dict[tuple, Layout] = {}
     _lock = threading.Lock()
@@ -95,6 +105,7 @@ class Layout:
     keys: tuple[GetAttrKey, ...]
     get_children: Callable[[dict], tuple]
     fill: Callable[[dict, Any], None]
+    module_children: tuple[tuple[str, Kind], ...]
     kind_of: dict[str, Kind]
 
     @classmethod
@@ -116,6 +127,10 @@ class Layout:
                     set_(layout, "get_children", _make_getter(children))
                     set_(layout, "fill", _make_fill(children))
                     set_(layout, "kind_of", dict(zip(children, kinds)))
+                    module_children = tuple(
+                        (n, k) for n, k in zip(children, kinds) if k in MODULE_KINDS
+                    )
+                    set_(layout, "module_children", module_children)
                     cls._table[key] = layout
         return layout
 

@@ -9,6 +9,7 @@ import jax
 from jax._src.core import trace_state_clean
 
 from pax._src.core import layout as _layout
+from pax._src.core import views as _views
 from pax._src.core.layout import EMPTY, FAMILY, Kind, Layout
 from pax._src.core.leaks import Tracer, check_no_leaked_tracers, mark_traced, wrap_call
 from pax._src.core.static import Aux, freeze_static
@@ -22,7 +23,7 @@ from pax._src.core.validate import (
     scan_container,
     type_name,
 )
-from pax._src.core.views import keep_only, map_kinds, pick, rebuild, set_training
+from pax._src.core.views import map_kinds, pick, rebuild, set_training
 
 T = TypeVar("T", bound="Module")
 _INTERNAL_PREFIX = "_pax_"
@@ -392,7 +393,7 @@ class Module:
           >>> jax.tree_util.tree_leaves(net.freeze().parameters())
           []
         """
-        return rebuild(self, keep_only(_layout.TRAINABLE))
+        return rebuild(self, _views.ONLY_PARAMETERS)
 
     def states(self: T) -> T:
         """Returns a copy whose parameter leaves are None (the converse of `parameters`).
@@ -402,7 +403,7 @@ class Module:
           >>> jax.tree_util.tree_leaves(pax.nn.Linear(2, 3).states())
           []
         """
-        return rebuild(self, keep_only(_layout.NON_TRAINABLE))
+        return rebuild(self, _views.ONLY_STATES)
 
     def update(self: T, other: T, *rest: T) -> T:
         """Returns a copy of self where the non-None leaves of `other` (then `rest`) win.
@@ -537,3 +538,6 @@ class Module:
 jax.tree_util.register_pytree_with_keys(
     Module, _flatten_with_keys, _make_unflatten(Module), _flatten
 )
+
+
+_views.MODULE_TYPES = (Module,)

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from pax._src.core.layout import FAMILY, Kind
+from pax._src.core.views import is_module_instance
 
 if TYPE_CHECKING:
     from pax._src.core.module import Module
@@ -19,12 +20,6 @@ REGISTER_FIX = (
     "self.register_parameter({name!r}, value) for a trainable array, or "
     "self.register_state({name!r}, value) for a non-trainable one"
 )
-
-
-def _is_module(x: Any) -> bool:
-    from pax._src.core.module import Module
-
-    return isinstance(x, Module)
 
 
 def type_name(value: Any) -> str:
@@ -62,8 +57,8 @@ def check_subtree(module: Module, name: str, kind: Kind, value: Any) -> None:
 
 
 def check_module_subtree(module: Module, name: str, value: Any) -> None:
-    for path, leaf in jax.tree_util.tree_leaves_with_path(value, is_leaf=_is_module):
-        if not _is_module(leaf):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(value, is_leaf=is_module_instance):
+        if not is_module_instance(leaf):
             where = f"{type(module).__name__}.{name}{jax.tree_util.keystr(path)}"
             if isinstance(leaf, ARRAY_TYPES):
                 fix = "register arrays with register_parameter / register_state on a Module"
@@ -80,8 +75,8 @@ def check_module_subtree(module: Module, name: str, value: Any) -> None:
 def scan_container(value: Any) -> tuple[bool, Any]:
     """Returns (has a module, first array) among the leaves of a list/tuple/dict."""
     has_module = False
-    for leaf in jax.tree_util.tree_leaves(value, is_leaf=_is_module):
-        if _is_module(leaf):
+    for leaf in jax.tree_util.tree_leaves(value, is_leaf=is_module_instance):
+        if is_module_instance(leaf):
             has_module = True
         elif isinstance(leaf, NDARRAY_TYPES):
             return has_module, leaf

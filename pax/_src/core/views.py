@@ -13,10 +13,12 @@ from pax._src.core.layout import EMPTY, Kind, Layout
 T = TypeVar("T")
 
 
-def _is_module(x: Any) -> bool:
-    from pax._src.core.module import Module
+# `(pax.Module,)`, filled in by pax._src.core.module (which imports this file).
+MODULE_TYPES: tuple[type, ...] = ()
 
-    return isinstance(x, Module)
+
+def is_module_instance(x: Any) -> bool:
+    return isinstance(x, MODULE_TYPES)
 
 
 def pick(mine: Any, theirs: Any) -> Any:
@@ -34,12 +36,25 @@ def _to_none(_: Any) -> None:
 
 
 def keep_only(keep: frozenset) -> Callable[[dict, Layout], None]:
+    """A visit that sets every leaf whose kind is not in `keep` to None (per-layout cached)."""
+    cache: dict[Layout, tuple[tuple[str, Kind], ...]] = {}
+
     def visit(d: dict, layout: Layout) -> None:
-        for name, kind in zip(layout.children, layout.kinds):
-            if kind not in keep and kind not in _layout.MODULE_KINDS:
-                d[name] = _nonify(d[name], kind)
+        todo = cache.get(layout)
+        if todo is None:
+            todo = cache[layout] = tuple(
+                (name, kind)
+                for name, kind in zip(layout.children, layout.kinds)
+                if kind not in keep and kind not in _layout.MODULE_KINDS
+            )
+        for name, kind in todo:
+            d[name] = _nonify(d[name], kind)
 
     return visit
+
+
+ONLY_PARAMETERS = keep_only(_layout.TRAINABLE)
+ONLY_STATES = keep_only(_layout.NON_TRAINABLE)
 
 
 def map_kinds(mapping: dict) -> Callable[[dict, Layout], None]:
@@ -66,13 +81,13 @@ def rebuild(module: T, visit: Callable[[dict, Layout], None]) -> T:
     """Copies `module` and its submodules, letting `visit` edit each copy's attribute dict."""
     d = dict(module.__dict__)
     layout = d.get("_pax_layout", EMPTY)
-    for name, kind in zip(layout.children, layout.kinds):
+    for name, kind in layout.module_children:
         if kind is Kind.MODULE:
             if d[name] is not None:
                 d[name] = rebuild(d[name], visit)
-        elif kind is Kind.MODULE_SUBTREE:
+        else:
             d[name] = jax.tree_util.tree_map(
-                lambda m: rebuild(m, visit), d[name], is_leaf=_is_module
+                lambda m: rebuild(m, visit), d[name], is_leaf=is_module_instance
             )
     visit(d, layout)
     new = object.__new__(type(module))
