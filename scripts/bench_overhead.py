@@ -1,7 +1,9 @@
 """Dispatch overhead of pax modules against plain nested dicts, side by side in one process.
 
 Workload: a jitted training step (forward, grad, optax adam) of a deep narrow MLP (64 layers of
-width 32, batch 8), and a flatten + unflatten round trip of the same model. Systems are
+width 32, batch 8), and a flatten + unflatten round trip of the same model. The pax steps: raw
+optax with its state mirroring the module tree, `pax.optim.from_optax` (flat state), and the same
+optimizer through `pax.utils.build_update_fn`. Systems are
 interleaved round by round; medians are reported with the ratio to plain JAX.
 
 Usage:
@@ -77,17 +79,22 @@ def build_steps(depth: int) -> dict[str, tuple[Callable, tuple]]:
         "plain": (plain_step, (params, tx.init(params), x, y)),
         "pax + optax": (pax_step, (model, tx.init(model.parameters()), x, y)),
     }
-    optim = getattr(pax, "optim", None)
-    if optim is not None and hasattr(optim, "from_optax"):
-        opt = optim.from_optax(tx)(model.parameters())
+    opt = pax.optim.from_optax(tx)(model.parameters())
 
-        @jax.jit
-        def pax_optim_step(model, opt, x, y):
-            grads, (loss, model) = jax.grad(loss_fn, has_aux=True)(model.parameters(), model, x, y)
-            model = opt.step(grads, model)
-            return model, opt, loss
+    @jax.jit
+    def pax_optim_step(model, opt, x, y):
+        grads, (loss, model) = jax.grad(loss_fn, has_aux=True)(model.parameters(), model, x, y)
+        model = opt.step(grads, model)
+        return model, opt, loss
 
-        steps["pax + from_optax"] = (pax_optim_step, (model, opt, x, y))
+    update_fn = pax.utils.build_update_fn(lambda p, m, inputs: loss_fn(p, m, *inputs))
+
+    def pax_update_fn_step(model, opt, x, y):
+        loss, model, opt = update_fn(model, opt, (x, y))
+        return model, opt, loss
+
+    steps["pax + from_optax"] = (pax_optim_step, (model, opt, x, y))
+    steps["pax + build_update_fn"] = (pax_update_fn_step, (model, opt, x, y))
     return steps
 
 
