@@ -1,4 +1,4 @@
-# Targets mirror CI: `.ci/run` calls `make test` then `make test-slow`.
+# Targets mirror CI: `.ci/run` calls `make lint`, `make test` then `make test-slow`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,10 +7,13 @@ BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: install test test-slow lint format bench demo clean
 
-$(STAMP): setup.py setup.cfg
+# editable_mode=compat: a .pth file puts this checkout on sys.path, so `import pax` finds the
+# package itself even from the checkout's parent folder, where the checkout folder (also named
+# pax) would otherwise load as an empty namespace package ahead of the default finder hook.
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,6 +27,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check pax tests scripts examples
 	$(PY) -m ruff format --check pax tests scripts examples
+	$(PY) -m mypy
 
 format: $(STAMP)
 	$(PY) -m ruff check --fix pax tests scripts examples
