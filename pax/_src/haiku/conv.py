@@ -46,16 +46,22 @@ def _conv_dummy(
     return (jnp.zeros(shape, jnp.float32),)
 
 
-def _conv(fn: str, hk_cls: type, n: int, arguments: dict[str, Any]) -> HaikuModule:
-    """Builds `hk_cls` from the arguments (``locals()``) of the pax.haiku function `fn`.
+def _conv(
+    fn: str,
+    hk_cls: type[hk.Module],
+    n: int,
+    in_features: int,
+    out_features: int,
+    rng_key: jax.Array | None,
+    **kwargs: Any,
+) -> HaikuModule:
+    """Builds `hk_cls` for the pax.haiku function `fn`.
 
-    Every argument goes to Haiku under its own name, except pax's `in_features` (gives the
-    dummy input's shape), `out_features` (Haiku's ``output_channels``) and `rng_key`.
+    `kwargs` go to Haiku under their own names, with the initializers adapted and
+    `out_features` as Haiku's ``output_channels``; `in_features` gives the dummy input's shape.
     """
-    kwargs = dict(arguments)
-    in_features = positive_int(fn, "in_features", kwargs.pop("in_features"))
-    rng_key = kwargs.pop("rng_key")
-    kwargs["output_channels"] = positive_int(fn, "out_features", kwargs.pop("out_features"))
+    in_features = positive_int(fn, "in_features", in_features)
+    kwargs["output_channels"] = positive_int(fn, "out_features", out_features)
     kwargs["w_init"] = as_haiku_initializer(fn, "w_init", kwargs["w_init"])
     kwargs["b_init"] = as_haiku_initializer(fn, "b_init", kwargs["b_init"])
     kernel, fmt = kwargs["kernel_shape"], kwargs["data_format"]
@@ -105,7 +111,25 @@ def conv_1d(
       >>> pax.haiku.conv_1d(3, 5, kernel_shape=3)(jnp.ones((2, 7, 3))).shape
       (2, 7, 5)
     """
-    return _conv("conv_1d", hk.Conv1D, 1, locals())
+    return _conv(
+        "conv_1d",
+        hk.Conv1D,
+        1,
+        in_features,
+        out_features,
+        rng_key,
+        kernel_shape=kernel_shape,
+        stride=stride,
+        rate=rate,
+        padding=padding,
+        with_bias=with_bias,
+        w_init=w_init,
+        b_init=b_init,
+        data_format=data_format,
+        feature_group_count=feature_group_count,
+        mask=mask,
+        name=name,
+    )
 
 
 def conv_2d(
@@ -148,7 +172,25 @@ def conv_2d(
       >>> pax.haiku.conv_2d(3, 5, kernel_shape=3, stride=2)(jnp.ones((2, 8, 8, 3))).shape
       (2, 4, 4, 5)
     """
-    return _conv("conv_2d", hk.Conv2D, 2, locals())
+    return _conv(
+        "conv_2d",
+        hk.Conv2D,
+        2,
+        in_features,
+        out_features,
+        rng_key,
+        kernel_shape=kernel_shape,
+        stride=stride,
+        rate=rate,
+        padding=padding,
+        with_bias=with_bias,
+        w_init=w_init,
+        b_init=b_init,
+        data_format=data_format,
+        feature_group_count=feature_group_count,
+        mask=mask,
+        name=name,
+    )
 
 
 def conv_1d_transpose(
@@ -189,7 +231,24 @@ def conv_1d_transpose(
       >>> pax.haiku.conv_1d_transpose(3, 5, 3, stride=2)(jnp.ones((2, 4, 3))).shape
       (2, 8, 5)
     """
-    return _conv("conv_1d_transpose", hk.Conv1DTranspose, 1, locals())
+    return _conv(
+        "conv_1d_transpose",
+        hk.Conv1DTranspose,
+        1,
+        in_features,
+        out_features,
+        rng_key,
+        kernel_shape=kernel_shape,
+        stride=stride,
+        output_shape=output_shape,
+        padding=padding,
+        with_bias=with_bias,
+        w_init=w_init,
+        b_init=b_init,
+        data_format=data_format,
+        mask=mask,
+        name=name,
+    )
 
 
 def conv_2d_transpose(
@@ -230,4 +289,21 @@ def conv_2d_transpose(
       >>> pax.haiku.conv_2d_transpose(3, 5, 3, stride=2)(jnp.ones((2, 4, 4, 3))).shape
       (2, 8, 8, 5)
     """
-    return _conv("conv_2d_transpose", hk.Conv2DTranspose, 2, locals())
+    return _conv(
+        "conv_2d_transpose",
+        hk.Conv2DTranspose,
+        2,
+        in_features,
+        out_features,
+        rng_key,
+        kernel_shape=kernel_shape,
+        stride=stride,
+        output_shape=output_shape,
+        padding=padding,
+        with_bias=with_bias,
+        w_init=w_init,
+        b_init=b_init,
+        data_format=data_format,
+        mask=mask,
+        name=name,
+    )
