@@ -11,7 +11,9 @@ CONSTRUCTION = [
     (lambda: nn.Linear(0, 3), "Linear: in_dim must be a positive int, got 0"),
     (lambda: nn.Linear(3, -2), "Linear: out_dim must be a positive int, got -2"),
     (lambda: nn.Linear(3.0, 2), "Linear: in_dim must be a positive int, got 3.0"),
-    (lambda: nn.MLP([3]), r"MLP: features needs at least \[in_dim, out_dim\]"),
+    (lambda: nn.MLP([3]), r"MLP: dims needs at least \[in_dim, out_dim\]"),
+    (lambda: nn.MLP(3), r"MLP: dims needs at least \[in_dim, out_dim\], got 3; e.g. MLP\(\[784"),
+    (lambda: nn.MLP([3, 0, 2]), r"MLP: dims\[1\] must be a positive int, got 0"),
     (
         lambda: nn.Conv2D(3, 4, kernel_shape=(3, 3, 3)),
         "Conv2D: kernel_shape must be a positive int or a sequence of 2",
@@ -28,19 +30,20 @@ CONSTRUCTION = [
     ),
     (
         lambda: nn.Conv2D(3, 4, 3, data_format="NHCW"),
-        "Conv2D: unknown data_format 'NHCW'; use 'NHWC'",
+        "Conv2D: unknown data_format 'NHCW' for 2 spatial axes; use 'channels_last' "
+        r"\(channels on the last axis, the default\) or 'channels_first'",
     ),
     (
         lambda: nn.Conv1D(3, 4, 3, data_format="NHWC"),
-        "Conv1D: unknown data_format 'NHWC'; use 'NWC'",
+        "Conv1D: unknown data_format 'NHWC' for 1 spatial axis; use 'channels_last'",
     ),
     (
         lambda: nn.Conv2D(3, 4, 3, feature_group_count=2),
-        "Conv2D: in_features=3 must be divisible by feature_group_count=2",
+        "Conv2D: in_dim=3 must be divisible by feature_group_count=2; change in_dim or",
     ),
     (
         lambda: nn.Conv2DTranspose(4, 3, 3, feature_group_count=2),
-        "out_features=3 must be divisible",
+        "Conv2DTranspose: out_dim=3 must be divisible",
     ),
     (
         lambda: nn.Conv1DTranspose(3, 4, 3, padding=1, output_shape=8),
@@ -56,9 +59,13 @@ CONSTRUCTION = [
     ),
     (lambda: nn.LayerNorm(3, eps=-1.0), "LayerNorm: eps must be a number >= 0"),
     (lambda: nn.RMSNorm(0), "RMSNorm: in_dim must be a positive int"),
-    (lambda: nn.GroupNorm(6, groups=4), "GroupNorm: in_features=6 must be divisible by groups=4"),
-    (lambda: nn.GroupNorm(6, 3, data_format="HWC"), "GroupNorm: unknown data_format 'HWC'"),
-    (lambda: nn.BatchNorm(3, decay_rate=1.0), r"BatchNorm: decay_rate must be in \[0, 1\)"),
+    (lambda: nn.GroupNorm(6, groups=4), "GroupNorm: in_dim=6 must be divisible by groups=4"),
+    (
+        lambda: nn.GroupNorm(6, 3, data_format="HWC"),
+        "GroupNorm: unknown data_format 'HWC'; use 'channels_last'",
+    ),
+    (lambda: nn.BatchNorm(3, data_format=1), "BatchNorm: unknown data_format 1; use"),
+    (lambda: nn.BatchNorm(3, decay=1.0), r"BatchNorm: decay must be in \[0, 1\)"),
     (
         lambda: nn.BatchNorm(3, create_offset=False, offset_init=pax.initializers.zeros),
         "offset_init is set but create_offset=False",
@@ -80,13 +87,23 @@ CONSTRUCTION = [
         "MultiHeadAttention: in_dim=10 is not divisible by num_heads=3; pass key_size",
     ),
     (lambda: nn.MaxPool(2, padding="FULL"), "MaxPool: unknown padding 'FULL'"),
-    (lambda: nn.AvgPool(2, data_format="HWC"), "AvgPool: unknown data_format 'HWC'"),
     (
-        lambda: nn.AvgPool((2, 2, 2)),
+        lambda: nn.AvgPool(2, data_format="HWC"),
+        "AvgPool: unknown data_format 'HWC' for 2 spatial axes; use 'channels_last'",
+    ),
+    (
+        lambda: nn.MaxPool((2, 2), stride=(1, 1, 1)),
+        "MaxPool: stride must be a positive int or a sequence of 2 positive ints",
+    ),
+    (
+        lambda: nn.AvgPool((2, 0)),
         "AvgPool: window_shape must be a positive int or a sequence of 2",
     ),
     (lambda: nn.EMA(jnp.zeros(2), decay=1.5), r"EMA: decay must be in \[0, 1\)"),
-    (lambda: nn.EMA(jnp.zeros(2), 0.9, warmup_length=-1), "EMA: warmup_length must be >= 0"),
+    (
+        lambda: nn.EMA(jnp.zeros(2), 0.9, warmup_length=-1),
+        "EMA: warmup_length must be an int >= 0, got -1",
+    ),
     (
         lambda: nn.EMA(jnp.zeros(2), 0.9, warmup_length=3),
         "EMA: zero debiasing makes no sense with a warmup",
@@ -115,11 +132,11 @@ CALLS = [
     ),
     (
         lambda: nn.Conv2D(3, 4, 3)(jnp.ones((2, 8, 8, 5))),
-        r"Conv2D: expected 3 input channels \(NHWC layout\), got shape \(2, 8, 8, 5\) with 5 channels",
+        r"Conv2D: expected 3 input channels \(channels_last\), got shape \(2, 8, 8, 5\) with 5 channels",
     ),
     (
-        lambda: nn.Conv1D(3, 4, 3, data_format="NCW")(jnp.ones((2, 8, 3))),
-        r"Conv1D: expected 3 input channels \(NCW layout\), got shape \(2, 8, 3\) with 8 channels",
+        lambda: nn.Conv1D(3, 4, 3, data_format="channels_first")(jnp.ones((2, 8, 3))),
+        r"Conv1D: expected 3 input channels \(channels_first\), got shape \(2, 8, 3\) with 8 channels",
     ),
     (
         lambda: nn.Conv3DTranspose(3, 4, 3)(jnp.ones((8, 8, 3))),
@@ -197,7 +214,11 @@ CALLS = [
     ),
     (
         lambda: nn.max_pool(jnp.ones((4, 3)), 2),
-        r"max_pool: expected an input of rank >= 3 \(NHWC with optional batch axes\), got shape \(4, 3\)",
+        r"max_pool: expected an input of rank >= 3 \(\(H, W, C\) with optional leading batch axes, channels_last\), got shape \(4, 3\)",
+    ),
+    (
+        lambda: nn.avg_pool(jnp.ones((4,)), (2,), data_format="channels_first"),
+        r"avg_pool: expected an input of rank >= 2 \(\(C, W\) with optional leading batch axes, channels_first\), got shape \(4,\)",
     ),
     (
         lambda: nn.avg_pool(jnp.ones((1, 4, 4, 3)), 2, padding="full"),

@@ -92,10 +92,15 @@ CONV_CASES = [
         (2, 11, 4),
     ),
     (
-        "1d_ncw_rate_groups",
+        "1d_channels_first_dilation_groups",
         pax.nn.Conv1D,
         hk.Conv1D,
-        {"kernel_shape": 3, "rate": 2, "feature_group_count": 2, "data_format": "NCW"},
+        {
+            "kernel_shape": 3,
+            "dilation": 2,
+            "feature_group_count": 2,
+            "data_format": "channels_first",
+        },
         (2, 4, 10),
     ),
     (
@@ -105,7 +110,13 @@ CONV_CASES = [
         {"kernel_shape": (3, 2), "stride": (2, 1), "padding": ((1, 2), (0, 1))},
         (7, 6, 4),
     ),
-    ("2d_nchw", pax.nn.Conv2D, hk.Conv2D, {"kernel_shape": 3, "data_format": "NCHW"}, (2, 4, 6, 6)),
+    (
+        "2d_channels_first",
+        pax.nn.Conv2D,
+        hk.Conv2D,
+        {"kernel_shape": 3, "data_format": "channels_first"},
+        (2, 4, 6, 6),
+    ),
     ("3d", pax.nn.Conv3D, hk.Conv3D, {"kernel_shape": 2, "stride": 2}, (1, 4, 4, 4, 4)),
     (
         "1d_transpose",
@@ -115,10 +126,10 @@ CONV_CASES = [
         (2, 5, 4),
     ),
     (
-        "2d_transpose_valid_nchw",
+        "2d_transpose_valid_channels_first",
         pax.nn.Conv2DTranspose,
         hk.Conv2DTranspose,
-        {"kernel_shape": 3, "stride": 2, "padding": "VALID", "data_format": "NCHW"},
+        {"kernel_shape": 3, "stride": 2, "padding": "VALID", "data_format": "channels_first"},
         (2, 4, 5, 5),
     ),
     (
@@ -171,14 +182,15 @@ def test_conv(name, pax_cls, hk_cls, kwargs, shape):
         hk.Conv2DTranspose: "conv2_d_transpose",
         hk.Conv3DTranspose: "conv3_d_transpose",
     }[hk_cls]
-    expected, _ = _hk_run(lambda x: hk_cls(6, **kwargs)(x), _wb(conv, hk_name), x)
+    hk_kwargs = {("rate" if k == "dilation" else k): v for k, v in kwargs.items()}
+    expected, _ = _hk_run(lambda x: hk_cls(6, **hk_kwargs)(x), _wb(conv, hk_name), x)
     got = conv(x)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, **TOL)
 
 
 def test_conv_transpose_with_dilation_matches_lax():
-    conv = pax.nn.Conv2DTranspose(3, 5, kernel_shape=3, stride=2, rate=2, with_bias=False)
+    conv = pax.nn.Conv2DTranspose(3, 5, kernel_shape=3, stride=2, dilation=2, with_bias=False)
     x = _x((2, 5, 5, 3))
     expected = jax.lax.conv_transpose(
         x,
@@ -263,7 +275,7 @@ def test_group_norm(data_format, shape):
     "data_format, shape", [("channels_last", (4, 3, 3)), ("channels_first", (4, 3, 5))]
 )
 def test_batch_norm_training_steps_then_eval(data_format, shape):
-    bn = pax.nn.BatchNorm(3, decay_rate=0.8, eps=1e-3, data_format=data_format)
+    bn = pax.nn.BatchNorm(3, decay=0.8, eps=1e-3, data_format=data_format)
     bn.scale, bn.offset = _x((3,), 1), _x((3,), 2)
     hk_bn = lambda x, t: hk.BatchNorm(True, True, 0.8, eps=1e-3, data_format=data_format)(
         x, is_training=t
@@ -370,7 +382,7 @@ def test_pooling(padding):
     )
     xc = jnp.moveaxis(x, -1, 1)
     np.testing.assert_allclose(
-        pax.nn.AvgPool((3, 2), 2, padding, data_format="NCHW")(xc),
+        pax.nn.AvgPool((3, 2), 2, padding, data_format="channels_first")(xc),
         hk.avg_pool(xc, (1, 1, 3, 2), (1, 1, 2, 2), padding, channel_axis=1),
         **TOL,
     )

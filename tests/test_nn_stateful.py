@@ -23,9 +23,9 @@ def test_cross_replica_batch_norm_equals_global_batch_norm():
     """8 replicas with cross_replica_axis normalize as one BatchNorm over the whole batch."""
     assert jax.device_count() == 8
     mesh = jax.make_mesh((8,), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
-    sharded = nn.BatchNorm(3, decay_rate=0.5, cross_replica_axis="batch")
+    sharded = nn.BatchNorm(3, decay=0.5, cross_replica_axis="batch")
     sharded.scale, sharded.offset = _x(3, seed=1), _x(3, seed=2)
-    single = nn.BatchNorm(3, decay_rate=0.5)
+    single = nn.BatchNorm(3, decay=0.5)
     single.scale, single.offset = sharded.scale, sharded.offset
 
     @jax.jit

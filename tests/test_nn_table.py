@@ -65,13 +65,16 @@ TABLE = [
     ),
     Row("Conv1D", lambda: nn.Conv1D(3, 4, 3, stride=2), lambda: _x(2, 7, 3), WB),
     Row(
-        "Conv2D_nchw_groups",
-        lambda: nn.Conv2D(4, 6, 3, feature_group_count=2, data_format="NCHW"),
+        "Conv2D_channels_first_groups",
+        lambda: nn.Conv2D(4, 6, 3, feature_group_count=2, data_format="channels_first"),
         lambda: _x(2, 4, 5, 5),
         WB,
     ),
     Row(
-        "Conv3D", lambda: nn.Conv3D(3, 4, 2, rate=2, padding="VALID"), lambda: _x(1, 4, 4, 4, 3), WB
+        "Conv3D",
+        lambda: nn.Conv3D(3, 4, 2, dilation=2, padding="VALID"),
+        lambda: _x(1, 4, 4, 4, 3),
+        WB,
     ),
     Row("Conv1DTranspose", lambda: nn.Conv1DTranspose(3, 4, 3, stride=2), lambda: _x(2, 5, 3), WB),
     Row(
@@ -141,7 +144,12 @@ TABLE = [
         lambda m, x: m(x, mask=jnp.tril(jnp.ones((3, 3), bool))[None, None]),
     ),
     Row("MaxPool", lambda: nn.MaxPool(2, padding="SAME"), lambda: _x(2, 5, 5, 3), set()),
-    Row("AvgPool", lambda: nn.AvgPool(2, 1, data_format="NCW"), lambda: _x(2, 3, 5), set()),
+    Row(
+        "AvgPool",
+        lambda: nn.AvgPool((2,), 1, data_format="channels_first"),
+        lambda: _x(2, 3, 5),
+        set(),
+    ),
     Row("EMA", lambda: nn.EMA(jnp.zeros(3), 0.9), lambda: _x(3), set()),
 ]
 IDS = [r.name for r in TABLE]
@@ -260,7 +268,7 @@ def test_flatten_freeze_eval_and_key_paths(row):
 
 
 def test_eval_of_batch_norm_after_training_uses_the_moving_statistics():
-    bn = nn.BatchNorm(3, decay_rate=0.5)
+    bn = nn.BatchNorm(3, decay=0.5)
     x = _x(8, 3) * 2 + 1
     for _ in range(3):
         bn(x)

@@ -5,11 +5,11 @@ from pax._src.nn.batch_norm import BatchNorm as BatchNorm
 from pax._src.nn.batch_norm import BatchNorm1D as BatchNorm1D
 from pax._src.nn.batch_norm import BatchNorm2D as BatchNorm2D
 from pax._src.nn.conv import Conv1D as Conv1D
-from pax._src.nn.conv import Conv1DTranspose as Conv1DTranspose
 from pax._src.nn.conv import Conv2D as Conv2D
-from pax._src.nn.conv import Conv2DTranspose as Conv2DTranspose
 from pax._src.nn.conv import Conv3D as Conv3D
-from pax._src.nn.conv import Conv3DTranspose as Conv3DTranspose
+from pax._src.nn.conv_transpose import Conv1DTranspose as Conv1DTranspose
+from pax._src.nn.conv_transpose import Conv2DTranspose as Conv2DTranspose
+from pax._src.nn.conv_transpose import Conv3DTranspose as Conv3DTranspose
 from pax._src.nn.dropout import Dropout as Dropout
 from pax._src.nn.ema import EMA as EMA
 from pax._src.nn.embed import Embed as Embed

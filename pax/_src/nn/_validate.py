@@ -1,18 +1,138 @@
-"""Argument and input checks shared by the layers (messages name the layer and the fix)."""
+"""Argument parsing shared by the layers: one parser per kind of argument, one renaming rule.
+
+Every error names the layer (or function), the argument, what was wrong and what to pass
+instead. Renamed arguments keep working for one release through `renamed_kwargs` (keywords) and
+`RenamedAttribute` (stored attributes), with a `DeprecationWarning` naming the new spelling.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import functools
+import inspect
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import jax.numpy as jnp
 import numpy as np
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def positive_int(cls: str, name: str, value: Any) -> int:
-    """Returns `value` as an int, or raises naming `cls.name` when it is not a positive int."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{cls}: {name} must be a positive int, got {value!r}.")
+CHANNELS_LAST = "channels_last"
+CHANNELS_FIRST = "channels_first"
+
+# The layout strings accepted before the one vocabulary: spelling -> (new value, spatial axes).
+_LEGACY_FORMATS: dict[Any, tuple[str, int | None]] = {
+    None: (CHANNELS_LAST, None),
+    "NC": (CHANNELS_FIRST, 0),
+    "NWC": (CHANNELS_LAST, 1),
+    "NCW": (CHANNELS_FIRST, 1),
+    "NHWC": (CHANNELS_LAST, 2),
+    "NCHW": (CHANNELS_FIRST, 2),
+    "NDHWC": (CHANNELS_LAST, 3),
+    "NCDHW": (CHANNELS_FIRST, 3),
+}
+
+
+# --- deprecations ------------------------------------------------------------------------------
+
+
+def _caller_stacklevel() -> int:
+    """The `stacklevel` of the first frame outside pax.nn (the user's call)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("pax._src.nn"):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+def warn_deprecated(owner: str, old: str, new: str) -> None:
+    """Emits ``pax.nn.<owner>: `old` is deprecated, use `new`.`` at the user's call."""
+    warnings.warn(
+        f"pax.nn.{owner}: `{old}` is deprecated, use `{new}`. The old spelling will be removed "
+        "in the next release.",
+        DeprecationWarning,
+        stacklevel=_caller_stacklevel(),
+    )
+
+
+def renamed_kwargs(**renamed: str) -> Callable[[F], F]:
+    """Decorator accepting the old keyword names ``old="new"`` of a function or ``__init__``.
+
+    An old keyword is passed on under its new name with a `DeprecationWarning`; the old and the
+    new name together raise a `TypeError`. The signature (``inspect.signature``, IDEs) shows the
+    new names only.
+
+    Raises:
+      TypeError: at decoration when a new name is not a parameter or an old one still is.
+    """
+
+    def decorate(fn: F) -> F:
+        params = inspect.signature(fn).parameters
+        positions = {}
+        for old, new in renamed.items():
+            if new not in params or old in params:
+                raise TypeError(
+                    f"renamed_kwargs: {fn.__qualname__} must have the parameter {new!r} and not "
+                    f"{old!r}."
+                )
+            if params[new].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+                positions[new] = list(params).index(new)
+        is_init = fn.__name__ == "__init__"
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not renamed.keys().isdisjoint(kwargs):
+                owner = type(args[0]).__name__ if is_init else fn.__name__
+                for old, new in renamed.items():
+                    if old not in kwargs:
+                        continue
+                    if new in kwargs or len(args) > positions.get(new, len(args)):
+                        raise TypeError(
+                            f"pax.nn.{owner}: got both `{old}` (deprecated) and `{new}`; pass "
+                            f"only `{new}`."
+                        )
+                    warn_deprecated(owner, old, new)
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+class RenamedAttribute:
+    """A read-only class attribute ``old = RenamedAttribute("new")`` forwarding to ``new``.
+
+    Reading it on an instance warns (`DeprecationWarning`) and returns the new attribute.
+    """
+
+    def __init__(self, new: str) -> None:
+        self.new = new
+        self.old = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.old = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        warn_deprecated(type(obj).__name__, self.old, self.new)
+        return getattr(obj, self.new)
+
+
+# --- numbers and shapes ------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def positive_int(cls: str, name: str, value: Any, *, allow_zero: bool = False) -> int:
+    """Returns `value` as an int, or raises naming `cls.name` when it is not an int > 0 (>= 0)."""
+    if not _is_int(value) or value < 0 or (value == 0 and not allow_zero):
+        kind = "an int >= 0" if allow_zero else "a positive int"
+        raise ValueError(f"{cls}: {name} must be {kind}, got {value!r}.")
     return int(value)
 
 
@@ -36,42 +156,18 @@ def positive_float(cls: str, name: str, value: Any, *, allow_zero: bool = False)
 
 def replicate(cls: str, name: str, value: Any, n: int) -> tuple[int, ...]:
     """Turns an int or a length-`n` sequence of positive ints into a tuple of `n` ints."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    if _is_int(value):
         values: Sequence[Any] = (value,) * n
     elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == n:
         values = value
     else:
+        values = (0,)
+    if not all(_is_int(v) and v > 0 for v in values):
         raise ValueError(
             f"{cls}: {name} must be a positive int or a sequence of {n} positive ints, "
             f"got {value!r}."
         )
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-            raise ValueError(
-                f"{cls}: {name} must be a positive int or a sequence of {n} positive ints, "
-                f"got {value!r}."
-            )
     return tuple(int(v) for v in values)
-
-
-_FORMATS = {
-    1: ("NWC", "NCW"),
-    2: ("NHWC", "NCHW"),
-    3: ("NDHWC", "NCDHW"),
-}
-
-
-def channels_last(cls: str, data_format: str, num_spatial: int) -> bool:
-    """True for ``N...C`` formats, False for ``NC...``; raises on anything else."""
-    last, first = _FORMATS.get(num_spatial, ("N" + "S" * num_spatial + "C", "NC" + "S"))
-    if data_format in (last, "channels_last"):
-        return True
-    if data_format in (first, "channels_first"):
-        return False
-    raise ValueError(
-        f"{cls}: unknown data_format {data_format!r}; use {last!r} (channels last) or "
-        f"{first!r} (channels first)."
-    )
 
 
 def padding_arg(cls: str, padding: Any, n: int) -> str | tuple[tuple[int, int], ...]:
@@ -80,18 +176,14 @@ def padding_arg(cls: str, padding: Any, n: int) -> str | tuple[tuple[int, int], 
         upper = padding.upper()
         if upper in ("SAME", "VALID"):
             return upper
-    elif isinstance(padding, (int, np.integer)) and not isinstance(padding, bool) and padding >= 0:
+    elif _is_int(padding) and padding >= 0:
         return ((int(padding), int(padding)),) * n
     elif isinstance(padding, Sequence) and len(padding) == n:
         pairs = []
         for pair in padding:
-            if isinstance(pair, (int, np.integer)) and not isinstance(pair, bool) and pair >= 0:
+            if _is_int(pair) and pair >= 0:
                 pairs.append((int(pair), int(pair)))
-            elif (
-                isinstance(pair, Sequence)
-                and len(pair) == 2
-                and all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in pair)
-            ):
+            elif isinstance(pair, Sequence) and len(pair) == 2 and all(map(_is_int, pair)):
                 pairs.append((int(pair[0]), int(pair[1])))
             else:
                 break
@@ -101,6 +193,40 @@ def padding_arg(cls: str, padding: Any, n: int) -> str | tuple[tuple[int, int], 
     raise ValueError(
         f"{cls}: unknown padding {padding!r}; use 'SAME', 'VALID', a non-negative int, or "
         f"{n} (low, high) pairs such as padding=({example},)."
+    )
+
+
+# --- layouts -----------------------------------------------------------------------------------
+
+
+def legacy_spatial_axes(value: Any) -> int | None:
+    """The number of spatial axes an old layout string such as ``"NWC"`` names, else None."""
+    legacy = _LEGACY_FORMATS.get(value) if isinstance(value, str) else None
+    return None if legacy is None else legacy[1]
+
+
+def data_format(cls: str, value: Any, num_spatial: int | None = None, also: str = "") -> str:
+    """The one `data_format` parser: returns ``"channels_last"`` or ``"channels_first"``.
+
+    The old layout strings (``"NWC"``, ``"NCHW"``, ...) are accepted with a
+    `DeprecationWarning` naming the new value (and `also`, any other argument the new spelling
+    needs); when the layer knows its number of spatial axes (`num_spatial`) the old string must
+    have that many.
+
+    Raises:
+      ValueError: for anything else, naming the two accepted values.
+    """
+    if isinstance(value, str) and value in (CHANNELS_LAST, CHANNELS_FIRST):
+        return value
+    legacy = _LEGACY_FORMATS.get(value) if value is None or isinstance(value, str) else None
+    if legacy is not None and (legacy[1] is None or num_spatial in (None, legacy[1])):
+        warn_deprecated(cls, f"data_format={value!r}", f"data_format={legacy[0]!r}{also}")
+        return legacy[0]
+    axes = "axis" if num_spatial == 1 else "axes"
+    spatial = "" if num_spatial is None else f" for {num_spatial} spatial {axes}"
+    raise ValueError(
+        f"{cls}: unknown data_format {value!r}{spatial}; use 'channels_last' (channels on the "
+        "last axis, the default) or 'channels_first' (channels on axis 1, after the batch axis)."
     )
 
 

@@ -11,7 +11,7 @@ from pax._src.core.module import Module
 from pax._src.nn import _validate as v
 from pax._src.nn.ema import EMA
 from pax._src.nn.initializers import Initializer
-from pax._src.nn.norm import _scale_offset, channels_last_format
+from pax._src.nn.norm import _scale_offset
 
 
 class BatchNorm(Module):
@@ -28,10 +28,10 @@ class BatchNorm(Module):
     of the global batch and keep identical moving averages.
 
     Args:
-      in_features: number of channels.
+      in_dim: number of channels.
       create_scale: learn a per-channel scale (initialized to ones).
       create_offset: learn a per-channel offset (initialized to zeros).
-      decay_rate: decay of the moving averages, in ``[0, 1)``.
+      decay: decay of the moving averages, in ``[0, 1)`` (Haiku's ``decay_rate``).
       eps: added to the variance.
       scale_init: initializer of the scale.
       offset_init: initializer of the offset.
@@ -61,12 +61,16 @@ class BatchNorm(Module):
     var_ema: EMA
     _ranks: tuple[int, ...] | None = None
 
+    in_features = v.RenamedAttribute("in_dim")
+    decay_rate = v.RenamedAttribute("decay")
+
+    @v.renamed_kwargs(in_features="in_dim", decay_rate="decay")
     def __init__(
         self,
-        in_features: int,
+        in_dim: int,
         create_scale: bool = True,
         create_offset: bool = True,
-        decay_rate: float = 0.9,
+        decay: float = 0.9,
         eps: float = 1e-5,
         scale_init: Initializer | None = None,
         offset_init: Initializer | None = None,
@@ -78,11 +82,10 @@ class BatchNorm(Module):
     ) -> None:
         super().__init__()
         cls = type(self).__name__
-        self.in_features = v.positive_int(cls, "in_features", in_features)
-        self.decay_rate = v.rate_in_unit_interval(cls, "decay_rate", decay_rate)
+        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.decay = v.rate_in_unit_interval(cls, "decay", decay)
         self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
-        self.data_format = data_format
-        self.channels_last = channels_last_format(cls, data_format)
+        self.data_format = v.data_format(cls, data_format)
         if cross_replica_axis is None and cross_replica_axis_index_groups is not None:
             raise ValueError(
                 f"{cls}: cross_replica_axis_index_groups needs a cross_replica_axis, e.g. "
@@ -96,19 +99,24 @@ class BatchNorm(Module):
             if cross_replica_axis_index_groups is None
             else tuple(tuple(int(i) for i in g) for g in cross_replica_axis_index_groups)
         )
-        shape = (self.in_features,)
+        shape = (self.in_dim,)
         _scale_offset(self, rng_key, shape, create_scale, create_offset, scale_init, offset_init)
-        self.mean_ema = EMA(jnp.zeros(shape, jnp.float32), self.decay_rate)
-        self.var_ema = EMA(jnp.ones(shape, jnp.float32), self.decay_rate)
+        self.mean_ema = EMA(jnp.zeros(shape, jnp.float32), self.decay)
+        self.var_ema = EMA(jnp.ones(shape, jnp.float32), self.decay)
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the channels are on the last axis (``data_format == "channels_last"``)."""
+        return self.data_format == v.CHANNELS_LAST
 
     @property
     def moving_mean(self) -> jax.Array:
-        """The moving average of the batch means, shape ``(in_features,)``."""
+        """The moving average of the batch means, shape ``(in_dim,)``."""
         return self.mean_ema.average
 
     @property
     def moving_var(self) -> jax.Array:
-        """The moving average of the batch variances, shape ``(in_features,)``."""
+        """The moving average of the batch variances, shape ``(in_dim,)``."""
         return self.var_ema.average
 
     def _check_input(self, x: jax.Array) -> int:
@@ -117,13 +125,13 @@ class BatchNorm(Module):
         if (ranks is None and x.ndim < 2) or (ranks is not None and x.ndim not in ranks):
             expected = "rank >= 2" if ranks is None else "rank " + " or ".join(map(str, ranks))
             raise ValueError(
-                f"{cls}: expected an input of {expected} with {self.in_features} channels "
+                f"{cls}: expected an input of {expected} with {self.in_dim} channels "
                 f"({'last' if self.channels_last else 'on axis 1'}), got shape {x.shape}."
             )
         channel_axis = x.ndim - 1 if self.channels_last else 1
-        if x.shape[channel_axis] != self.in_features:
+        if x.shape[channel_axis] != self.in_dim:
             raise ValueError(
-                f"{cls}: expected {self.in_features} channels on axis {channel_axis}, got shape "
+                f"{cls}: expected {self.in_dim} channels on axis {channel_axis}, got shape "
                 f"{x.shape}."
             )
         return channel_axis
@@ -132,7 +140,7 @@ class BatchNorm(Module):
         x = jnp.asarray(x)
         channel_axis = self._check_input(x)
         axes = tuple(i for i in range(x.ndim) if i != channel_axis)
-        stat_shape = tuple(self.in_features if i == channel_axis else 1 for i in range(x.ndim))
+        stat_shape = tuple(self.in_dim if i == channel_axis else 1 for i in range(x.ndim))
         if self.training:
             mean = jnp.mean(x, axes, keepdims=True)
             mean_of_squares = jnp.mean(jnp.square(x), axes, keepdims=True)

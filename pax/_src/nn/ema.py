@@ -58,10 +58,7 @@ class EMA(Module):
         super().__init__()
         cls = type(self).__name__
         self.decay = v.rate_in_unit_interval(cls, "decay", decay)
-        if isinstance(warmup_length, bool) or not isinstance(warmup_length, int):
-            raise ValueError(f"{cls}: warmup_length must be an int >= 0, got {warmup_length!r}.")
-        if warmup_length < 0:
-            raise ValueError(f"{cls}: warmup_length must be >= 0, got {warmup_length}.")
+        warmup_length = v.positive_int(cls, "warmup_length", warmup_length, allow_zero=True)
         if warmup_length and zero_debias:
             raise ValueError(
                 f"{cls}: zero debiasing makes no sense with a warmup; pass zero_debias=False "

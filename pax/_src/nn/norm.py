@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import jax
@@ -190,26 +189,6 @@ class RMSNorm(Module):
         return x * scale * jax.lax.rsqrt(mean_squared + self.eps)
 
 
-_LAST = re.compile(r"^N[A-Z]*C$")
-_FIRST = re.compile(r"^NC[A-Z]*$")
-
-
-def channels_last_format(cls: str, data_format: str) -> bool:
-    """True for ``channels_last`` / ``N...C`` formats, False for ``channels_first`` / ``NC...``."""
-    if data_format == "channels_last" or (
-        isinstance(data_format, str) and _LAST.match(data_format) and data_format != "NC"
-    ):
-        return True
-    if data_format == "channels_first" or (
-        isinstance(data_format, str) and _FIRST.match(data_format)
-    ):
-        return False
-    raise ValueError(
-        f"{cls}: unknown data_format {data_format!r}; use 'channels_last' (or e.g. 'NHWC') or "
-        "'channels_first' (or e.g. 'NCHW')."
-    )
-
-
 class GroupNorm(Module):
     """Group normalization (Wu & He, 2018), numerically as Haiku's ``hk.GroupNorm``.
 
@@ -217,8 +196,8 @@ class GroupNorm(Module):
     the channels of each group. The first axis is the batch axis.
 
     Args:
-      in_features: number of channels.
-      groups: number of groups; must divide `in_features`.
+      in_dim: number of channels.
+      groups: number of groups; must divide `in_dim`.
       create_scale: learn a per-channel scale (initialized to ones).
       create_offset: learn a per-channel offset (initialized to zeros).
       eps: added to the variance.
@@ -241,9 +220,12 @@ class GroupNorm(Module):
     scale: jax.Array | None
     offset: jax.Array | None
 
+    in_features = v.RenamedAttribute("in_dim")
+
+    @v.renamed_kwargs(in_features="in_dim")
     def __init__(
         self,
-        in_features: int,
+        in_dim: int,
         groups: int,
         create_scale: bool = True,
         create_offset: bool = True,
@@ -256,18 +238,23 @@ class GroupNorm(Module):
     ) -> None:
         super().__init__()
         cls = type(self).__name__
-        self.in_features = v.positive_int(cls, "in_features", in_features)
+        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
         self.groups = v.positive_int(cls, "groups", groups)
-        if self.in_features % self.groups:
+        if self.in_dim % self.groups:
             raise ValueError(
-                f"{cls}: in_features={in_features} must be divisible by groups={groups}."
+                f"{cls}: in_dim={in_dim} must be divisible by groups={groups}; change in_dim or "
+                "groups."
             )
         self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
-        self.data_format = data_format
-        self.channels_last = channels_last_format(cls, data_format)
+        self.data_format = v.data_format(cls, data_format)
         _scale_offset(
-            self, rng_key, (self.in_features,), create_scale, create_offset, scale_init, offset_init
+            self, rng_key, (self.in_dim,), create_scale, create_offset, scale_init, offset_init
         )
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the channels are on the last axis (``data_format == "channels_last"``)."""
+        return self.data_format == v.CHANNELS_LAST
 
     def __call__(self, x: jax.Array) -> jax.Array:
         cls = type(self).__name__
@@ -279,9 +266,9 @@ class GroupNorm(Module):
             )
         rank = x.ndim
         channels = x.shape[-1] if self.channels_last else x.shape[1]
-        if channels != self.in_features:
+        if channels != self.in_dim:
             raise ValueError(
-                f"{cls}: expected {self.in_features} channels on axis "
+                f"{cls}: expected {self.in_dim} channels on axis "
                 f"{-1 if self.channels_last else 1}, got shape {x.shape}."
             )
         per_group = channels // self.groups

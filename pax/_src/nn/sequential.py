@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
 
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
+from pax._src.nn import _validate as v
 from pax._src.nn.initializers import Initializer
 from pax._src.nn.linear import Lambda, Linear
 
@@ -53,7 +54,7 @@ class MLP(Module):
     """A multi-layer perceptron: Linear layers with an activation between them (``hk.nets.MLP``).
 
     Args:
-      features: sizes ``[in_dim, hidden..., out_dim]``.
+      dims: the layer sizes ``[in_dim, hidden..., out_dim]``.
       activation: applied after every layer but the last.
       activate_final: also apply it after the last layer.
       with_bias: use biases.
@@ -70,9 +71,12 @@ class MLP(Module):
 
     layers: list[Linear]
 
+    features = v.RenamedAttribute("dims")
+
+    @v.renamed_kwargs(features="dims")
     def __init__(
         self,
-        features: list[int] | tuple[int, ...],
+        dims: Sequence[int],
         activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
         activate_final: bool = False,
         with_bias: bool = True,
@@ -82,20 +86,22 @@ class MLP(Module):
         rng_key: jax.Array | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(features, (str, int)) or len(features) < 2:
+        cls = type(self).__name__
+        sizes = tuple(dims) if isinstance(dims, Iterable) and not isinstance(dims, str) else ()
+        if len(sizes) < 2:
             raise ValueError(
-                f"MLP: features needs at least [in_dim, out_dim], got {features!r}; e.g. "
-                "MLP([784, 128, 10])."
+                f"{cls}: dims needs at least [in_dim, out_dim], got {dims!r}; e.g. "
+                f"{cls}([784, 128, 10])."
             )
         if not callable(activation):
-            raise TypeError(f"MLP: activation must be callable, got {activation!r}.")
-        keys = jax.random.split(resolve_rng_key(rng_key), len(features) - 1)
-        self.features = tuple(features)
+            raise TypeError(f"{cls}: activation must be callable, got {activation!r}.")
+        self.dims = tuple(v.positive_int(cls, f"dims[{i}]", d) for i, d in enumerate(sizes))
+        keys = jax.random.split(resolve_rng_key(rng_key), len(sizes) - 1)
         self.activation = activation
         self.activate_final = activate_final
         self.layers = [
             Linear(i, o, with_bias, w_init, b_init, rng_key=k)
-            for i, o, k in zip(features[:-1], features[1:], keys)
+            for i, o, k in zip(self.dims[:-1], self.dims[1:], keys)
         ]
 
     def __call__(self, x: jax.Array) -> jax.Array:
