@@ -1,6 +1,6 @@
 """Training-step helpers and structure checks."""
 
-from pax._src.core.checks import check_same_structure as check_same_structure
-from pax._src.utils import build_update_fn as build_update_fn
+from pax._src.core.structure import check_same_structure as check_same_structure
+from pax._src.training import build_update_fn as build_update_fn
 
 __all__ = ["build_update_fn", "check_same_structure"]

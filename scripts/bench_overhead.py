@@ -180,7 +180,8 @@ def main() -> None:
 def per_module_costs(modules: list, n: int = 2000, rounds: int = 7) -> None:
     """Median cost of pax's own flatten and unflatten functions on one module, and of the
     same round trip through jax.tree_util (which adds the C++/Python crossing)."""
-    from pax._src.core.module import _flatten, _make_unflatten
+    from pax._src.core.pytree import flatten as _flatten
+    from pax._src.core.pytree import make_unflatten as _make_unflatten
 
     unflatten = _make_unflatten(type(modules[0]))
     flat = [_flatten(m) for m in modules]

@@ -82,7 +82,7 @@ def test_unregistered_array_attribute(array):
     m = Empty()
     with pytest.raises(
         TypeError,
-        match=r"Empty\.w: cannot assign a \w+\(2,\) float\d+ to an unregistered attribute; it "
+        match=r"Empty\.w: cannot assign a f\d+\[2\] array to an unregistered attribute; it "
         r"would be static .* Fix: self\.register_parameter\('w', value\)",
     ):
         m.w = array

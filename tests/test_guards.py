@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import pax
-from pax._src import guards
-from pax._src.guards import describe_shared
+from pax._src.core import sharing as guards
+from pax._src.core.sharing import describe_shared
 
 
 @pytest.fixture(autouse=True, params=["one-pass", "recursive"])
@@ -72,7 +72,7 @@ def test_shared_array_is_reported():
     assert pax.find_shared(model) == [(".a", ".cache['w']")]
     with pytest.raises(
         pax.SharedObjectError,
-        match=r"TwoWeights\.cache\['w'\] is the same ArrayImpl\(2, 3\) float32 as TwoWeights\.a",
+        match=r"TwoWeights\.cache\['w'\] is the same f32\[2,3\] array as TwoWeights\.a",
     ):
         pax.check(model)
     numpy_model = TwoWeights(np.zeros(2, np.float32))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import pax
+from pax._src.core import registry
 
 
 class Counter(pax.Module):
@@ -119,10 +120,10 @@ def test_children_and_static_classification():
     m = Mixed()
     children, treedef = jax.tree_util.tree_flatten(m)
     assert len(children) == 1 + 1 + 2 + 1 + 2 + 2  # w s ptree(a,b0) stree sub(w,b) blocks.x(w,b)
-    layout = m.__dict__["_pax_layout"]
-    assert layout.static == ("training", "name", "sizes")
-    assert layout.kind_of["blocks"] is pax.Kind.MODULE_SUBTREE
-    assert layout.kind_of["sub"] is pax.Kind.MODULE
+    assert registry.layout_of(m).static == ("training", "name", "sizes")
+    assert m.registry["blocks"] is pax.Kind.MODULE_SUBTREE
+    assert m.registry["sub"] is pax.Kind.MODULE
+    assert list(m.registry) == ["w", "s", "ptree", "stree", "sub", "blocks"]
     rebuilt = jax.tree_util.tree_unflatten(treedef, children)
     assert type(rebuilt) is Mixed and rebuilt.name == "mixed"
     assert jax.tree_util.tree_structure(rebuilt) == treedef
@@ -201,7 +202,7 @@ def test_static_list_later_filled_with_modules_is_promoted():
 
     m = Lazy()
     assert len(jax.tree_util.tree_leaves(m)) == 2
-    assert m.__dict__["_pax_layout"].kind_of["layers"] is pax.Kind.MODULE_SUBTREE
+    assert m.registry["layers"] is pax.Kind.MODULE_SUBTREE
 
 
 def test_unhashable_static_values_are_compared_by_content():
@@ -221,14 +222,14 @@ def test_unhashable_static_values_are_compared_by_content():
 
 def test_registry_shared_between_copies_until_changed():
     a, b = pax.nn.Linear(2, 2), pax.nn.Linear(2, 2)
-    assert a.__dict__["_pax_layout"] is b.__dict__["_pax_layout"]
+    assert registry.layout_of(a) is registry.layout_of(b)
     _, aux_a = jax.tree_util.tree_flatten(a)[1].node_data()
     copy = a.copy()
-    assert copy.__dict__["_pax_aux"] is a.__dict__["_pax_aux"]
+    assert registry.cached_aux(copy.__dict__) is registry.cached_aux(a.__dict__) is not None
     assert isinstance(aux_a, tuple)
     hash(aux_a)  # raises TypeError if any static value were unhashable
     b.extra = 1
-    assert b.__dict__["_pax_layout"] is not a.__dict__["_pax_layout"]
+    assert registry.layout_of(b) is not registry.layout_of(a)
 
 
 def test_unflatten_bypasses_init():
@@ -248,7 +249,7 @@ def test_unflatten_bypasses_init():
 def test_delattr_unregisters():
     m = Mixed()
     del m.w
-    assert "w" not in m.__dict__["_pax_layout"].kind_of
+    assert "w" not in m.registry
     assert len(jax.tree_util.tree_leaves(m)) == len(jax.tree_util.tree_leaves(Mixed())) - 1
 
 

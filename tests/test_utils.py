@@ -139,7 +139,7 @@ def test_loss_fn_with_a_wrong_output_is_explained():
     with pytest.raises(
         TypeError,
         match=r"(?s)loss_fn must return \(loss, \(loss, model\)\).*got a "
-        r"tuple of 2: \(array\[\], Linear\).*model = model.update\(params\)",
+        r"tuple of 2: \(f32\[\], Linear\).*model = model.update\(params\)",
     ):
         update_fn(net, opt, (jnp.ones((1, 2)), None))
     with pytest.raises(TypeError, match=r"build_update_fn: loss_fn must be a function, got int"):

@@ -20,8 +20,11 @@ import zipfile
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 import jax
-import ml_dtypes
 import numpy as np
+
+from pax._src.checkpoint_codec import decode_leaf, encode_leaf, is_key_array
+from pax._src.describe import listing
+from pax._src.errors import CheckpointError, CheckpointMismatchError
 
 T = TypeVar("T")
 PathLike = str | os.PathLike
@@ -29,16 +32,7 @@ PathLike = str | os.PathLike
 FORMAT = "pax-checkpoint"
 VERSION = 1
 METADATA_KEY = "__pax_checkpoint__"
-_NATIVE_KINDS = frozenset("biufc")
 _MAX_LISTED = 20
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be written or read: corrupted, truncated, or not a pax checkpoint."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """The checkpoint's leaves do not match the tree passed as ``like`` to `pax.load`."""
 
 
 class LoadReport(NamedTuple):
@@ -51,93 +45,6 @@ class LoadReport(NamedTuple):
 
     missing: tuple[str, ...]
     unexpected: tuple[str, ...]
-
-
-# --- encoding of one leaf ----------------------------------------------------------------------
-
-
-def _is_key_array(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def _encode(where: str, leaf: Any) -> tuple[np.ndarray, dict]:
-    """Returns the array to store for `leaf` and its metadata record."""
-    if isinstance(leaf, jax.core.Tracer):
-        raise CheckpointError(
-            f"pax.save: the leaf at {where} is a JAX tracer: save was called inside a "
-            f"transformed function (jax.jit, jax.grad, ...). Fix: return the model from the "
-            f"function and save it outside: model = step(model, ...); pax.save(path, model)."
-        )
-    if _is_key_array(leaf):
-        data = np.asarray(jax.random.key_data(leaf))
-        meta = {"encoding": "key", "impl": str(jax.random.key_impl(leaf))}
-        return data, {**meta, "dtype": str(leaf.dtype), "shape": list(leaf.shape)}
-    if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, bool, int, float, complex)):
-        raise CheckpointError(
-            f"pax.save: the leaf at {where} is a {type(leaf).__name__}, not an array; a "
-            f"checkpoint stores only arrays. Fix: keep non-array values out of the saved tree, "
-            f"e.g. pax.save(path, (model, optimizer)) and store other settings separately."
-        )
-    if isinstance(leaf, jax.Array) and leaf.is_deleted():
-        raise CheckpointError(
-            f"pax.save: the array at {where} was deleted, most likely donated to a jitted step "
-            f"(donate_argnums / build_update_fn(..., donate=True)). Fix: save the model the "
-            f"step returned: loss, model, optimizer = update_fn(model, optimizer, batch)."
-        )
-    array = np.asarray(leaf)
-    dtype = array.dtype
-    meta = {"dtype": dtype.name, "shape": list(array.shape)}
-    if dtype.kind in _NATIVE_KINDS:  # ml_dtypes (bfloat16, ...) are of kind "V"
-        return _native_order(array), {**meta, "encoding": "array"}
-    if _extension_dtype(dtype.name) is None:
-        raise CheckpointError(
-            f"pax.save: the leaf at {where} has dtype {dtype}, which a checkpoint cannot store. "
-            f"Fix: convert it to a numeric dtype, e.g. x.astype(jnp.float32)."
-        )
-    bits = array.view(np.dtype(f"u{dtype.itemsize}"))
-    return bits, {**meta, "encoding": "bits"}
-
-
-def _native_order(array: np.ndarray) -> np.ndarray:
-    return array.astype(array.dtype.newbyteorder("="), copy=False)
-
-
-def _extension_dtype(name: str) -> np.dtype | None:
-    """The ml_dtypes dtype (bfloat16, float8_*, int4, ...) called `name`, else None."""
-    scalar = getattr(ml_dtypes, name, None)
-    if isinstance(scalar, type) and issubclass(scalar, np.generic):
-        return np.dtype(scalar)
-    return None
-
-
-def _decode(path: str, where: str, stored: np.ndarray, meta: Any) -> Any:
-    """Inverse of `_encode`; raises CheckpointError if the metadata does not fit the array."""
-    try:
-        encoding, name, shape = meta["encoding"], meta["dtype"], tuple(meta["shape"])
-        if encoding == "array":
-            if np.dtype(name).kind not in _NATIVE_KINDS:
-                raise ValueError(f"dtype {name!r} is not a numeric dtype")
-            value = _native_order(stored)
-        elif encoding == "bits":
-            dtype = _extension_dtype(name)
-            if dtype is None:
-                raise ValueError(f"unknown dtype {name!r}")
-            value = _native_order(stored).view(dtype)
-        elif encoding == "key":
-            value = jax.random.wrap_key_data(stored, impl=meta["impl"])
-        else:
-            raise ValueError(f"unknown encoding {encoding!r}")
-        if tuple(value.shape) != shape or str(value.dtype) != name:
-            raise ValueError(
-                f"the metadata says {name}{list(shape)}, the array is {value.dtype}"
-                f"{list(value.shape)}"
-            )
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"pax.load: {path} is corrupted: the entry {where} cannot be decoded ({err}). "
-            f"Nothing was loaded."
-        ) from None
-    return value
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -179,7 +86,7 @@ def save(path: PathLike, tree: Any) -> None:
                 f"pax.save: two leaves have the same key path {where!r}; the checkpoint could "
                 f"not tell them apart. Fix: give the containers distinct keys."
             )
-        entries[where], record = _encode(where or "the root", leaf)
+        entries[where], record = encode_leaf(where or "the root", leaf)
         records.append({"path": where, **record})
     metadata = {
         "format": FORMAT,
@@ -283,7 +190,7 @@ def _read(path: str) -> tuple[dict, dict[str, Any]]:
                 f"pax.load: {path} is corrupted: the metadata entry {record!r} does not match "
                 f"the stored arrays. Nothing was loaded."
             )
-        values[where] = _decode(path, where or "the root", raw[where], record)
+        values[where] = decode_leaf(path, where or "the root", raw[where], record)
     return metadata, values
 
 
@@ -298,7 +205,7 @@ def _place(value: Any, like: Any) -> Any:
     """`value` (numpy or key array) converted to the kind of leaf `like` is."""
     if isinstance(like, (bool, int, float, complex)):
         return type(like)(np.asarray(value).item())
-    if isinstance(like, (np.ndarray, np.generic)) and not _is_key_array(value):
+    if isinstance(like, (np.ndarray, np.generic)) and not is_key_array(value):
         return value if isinstance(like, np.ndarray) else value[()]
     sharding = getattr(like, "sharding", None)
     if isinstance(sharding, jax.sharding.Sharding):
@@ -307,10 +214,7 @@ def _place(value: Any, like: Any) -> Any:
 
 
 def _listing(title: str, items: list[str]) -> str:
-    shown = [f"  {item}" for item in items[:_MAX_LISTED]]
-    if len(items) > _MAX_LISTED:
-        shown.append(f"  ... and {len(items) - _MAX_LISTED} more")
-    return f"{title}:\n" + "\n".join(shown)
+    return f"{title}:\n" + "\n".join(f"  {item}" for item in listing(items, _MAX_LISTED))
 
 
 @overload

@@ -9,16 +9,16 @@ from pax._src.haiku.init import hk_init as hk_init
 from pax._src.haiku.layers import avg_pool as avg_pool
 from pax._src.haiku.layers import batch_norm_2d as batch_norm_2d
 from pax._src.haiku.layers import embed as embed
-from pax._src.haiku.layers import gru as gru
 from pax._src.haiku.layers import layer_norm as layer_norm
 from pax._src.haiku.layers import linear as linear
-from pax._src.haiku.layers import lstm as lstm
 from pax._src.haiku.layers import max_pool as max_pool
 from pax._src.haiku.module import HaikuModule as HaikuModule
 from pax._src.haiku.module import from_haiku as from_haiku
 from pax._src.haiku.porting import haiku_module_names as haiku_module_names
 from pax._src.haiku.porting import load_haiku_params as load_haiku_params
 from pax._src.haiku.porting import to_haiku_params as to_haiku_params
+from pax._src.haiku.recurrent import gru as gru
+from pax._src.haiku.recurrent import lstm as lstm
 
 __all__ = [
     "HaikuConfig",

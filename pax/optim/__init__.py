@@ -5,7 +5,7 @@ from pax._src.optim.aliases import adamw as adamw
 from pax._src.optim.aliases import by_key_path as by_key_path
 from pax._src.optim.aliases import sgd as sgd
 from pax._src.optim.base import Optimizer as Optimizer
-from pax._src.optim.flat import KeyPathDict as KeyPathDict
+from pax._src.optim.key_path_dict import KeyPathDict as KeyPathDict
 from pax._src.optim.optax_wrapper import OptaxBuilder as OptaxBuilder
 from pax._src.optim.optax_wrapper import OptaxOptimizer as OptaxOptimizer
 from pax._src.optim.optax_wrapper import from_optax as from_optax

@@ -1,130 +1,45 @@
-"""`pax.Module`: a stateful pytree whose children are decided by an explicit registry."""
+"""`pax.Module`: a stateful pytree whose children are decided by an explicit registry.
+
+This file holds the class users subclass: the assignment rules, the ``register_*`` methods
+and the functional views. The registry itself lives in `registry.py`, flatten/unflatten in
+`pytree.py` (see README.md in this folder for the rules they rely on).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
-from jax._src.core import trace_state_clean
 
-from pax._src.core import layout as _layout
-from pax._src.core import views as _views
-from pax._src.core.layout import EMPTY, FAMILY, Kind, Layout
-from pax._src.core.leaks import Tracer, check_no_leaked_tracers, mark_traced, wrap_call
-from pax._src.core.static import Aux, freeze_static
+from pax._src.core import lazy, pytree, registry
+from pax._src.core._jax_compat import Tracer, trace_state_clean
+from pax._src.core.registry import Kind, Layout, Registered
+from pax._src.core.structure import describe_difference
+from pax._src.core.summary import module_repr, summary
+from pax._src.core.tracing import is_wrapped, wrap_call
 from pax._src.core.validate import (
-    ARRAY_TYPES,
-    NDARRAY_TYPES,
-    REGISTER_FIX,
     check_leaf,
-    check_module_subtree,
     check_subtree,
-    scan_container,
-    type_name,
+    kind_after_registration,
+    layout_after_assignment,
 )
-from pax._src.core.views import map_kinds, pick, rebuild, set_training
+from pax._src.core.views import ONLY_PARAMETERS, ONLY_STATES, map_kinds, pick, rebuild, set_training
 
 T = TypeVar("T", bound="Module")
-_INTERNAL_PREFIX = "_pax_"
 
-__all__ = ["ARRAY_TYPES", "Module", "is_module"]
+_LAYOUT_KEY = registry.LAYOUT_KEY
 
-
-def is_module(x: Any) -> bool:
-    return isinstance(x, Module)
+__all__ = ["Module"]
 
 
 def _is_none(x: Any) -> bool:
     return x is None
 
 
-# --- flatten / unflatten: the hot path --------------------------------------------------------
-
-
-def _flatten(module: Module) -> tuple[tuple, Aux]:
-    d = module.__dict__
-    aux = d.get("_pax_aux")
-    if aux is None:  # first flatten, changed static attributes, or tracers assigned
-        if "_pax_tracers" in d:
-            check_no_leaked_tracers(module)
-        aux = _build_aux(module)
-    return aux[0].get_children(d), aux
-
-
-def _flatten_with_keys(module: Module) -> tuple[tuple, Aux]:
-    children, aux = _flatten(module)
-    return tuple(zip(aux[0].keys, children)), aux
-
-
-def _make_unflatten(cls: type) -> Callable[[Aux, Any], Module]:
-    new = object.__new__
-
-    def unflatten(aux: Aux, children: Any) -> Module:
-        module = new(cls)
-        d = module.__dict__
-        d.update(aux.template)
-        aux.fill(d, children)
-        return module
-
-    return unflatten
-
-
-def _build_aux(module: Module) -> Aux:
-    """Builds (and caches, when every static value is immutable) the aux data of `module`.
-
-    The aux is ``(layout, static values)``. It also carries, outside equality, the `template`
-    dict that unflatten copies into a new module (static values, the layout and, when
-    cacheable, the aux itself) and the layout's compiled `fill`.
-    """
-    d = module.__dict__
-    layout = d.get("_pax_layout", EMPTY)
-    statics = []
-    cacheable = True
-    for name in layout.static:
-        value = d[name]
-        try:
-            hash(value)
-        except TypeError:
-            cacheable = False
-            frozen = freeze_static(value)
-            if frozen.modules or frozen.arrays:
-                return _promote_static(module, name, value, frozen)
-            value = frozen
-        statics.append(value)
-    aux = Aux((layout, tuple(statics)))
-    template = {name: d[name] for name in layout.static}
-    template["_pax_layout"] = layout
-    if cacheable and "_pax_tracers" not in d:
-        # A reference cycle made once per aux (not per call): unflattened modules reuse it.
-        template["_pax_aux"] = aux
-        d["_pax_aux"] = aux
-    aux.template = template
-    aux.fill = layout.fill
-    return aux
-
-
-def _promote_static(module: Module, name: str, value: Any, frozen: Any) -> Aux:
-    """A static container (e.g. `self.layers = []` then `.append(...)`) now holds modules."""
-    cls = type(module).__name__
-    if frozen.arrays:
-        raise TypeError(
-            f"{cls}.{name}: this {type(value).__name__} is a static attribute but now holds a "
-            f"{frozen.arrays[0]}; arrays must never be static (they would be baked into the "
-            f"compiled program). Register it instead: self.register_parameter_subtree({name!r}, "
-            f"value) or self.register_state_subtree({name!r}, value)."
-        )
-    check_module_subtree(module, name, value)
-    d = module.__dict__
-    d["_pax_layout"] = d.get("_pax_layout", EMPTY).with_child(name, Kind.MODULE_SUBTREE)
-    d.pop("_pax_aux", None)
-    return _build_aux(module)
-
-
 # --- the Module class --------------------------------------------------------------------------
 
 
-class Module:
+class Module(Registered):
     """Base class of every pax module: a mutable Python object that is also a pytree.
 
     A module keeps a registry of which attributes are its pytree children: parameters
@@ -156,23 +71,21 @@ class Module:
     training: bool = True
 
     def __init__(self) -> None:
-        self._pax_init()
+        self.__init_registry()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        jax.tree_util.register_pytree_with_keys(
-            cls, _flatten_with_keys, _make_unflatten(cls), _flatten
-        )
+        pytree.register(cls)
         call = cls.__dict__.get("__call__")
-        if call is not None and not getattr(call, "_pax_wrapped", False):
-            cls.__call__ = wrap_call(call)
+        if call is not None and not is_wrapped(call):
+            cls.__call__ = wrap_call(call)  # type: ignore[method-assign]
 
-    def _pax_init(self) -> Layout:
+    def __init_registry(self) -> Layout:
         d = self.__dict__
-        layout = d.get("_pax_layout")
+        layout = registry.stored_layout(d)
         if layout is None:
-            layout = EMPTY.with_static("training")
-            d["_pax_layout"] = layout
+            layout = registry.EMPTY.with_static("training")
+            registry.set_layout(d, layout)
             d.setdefault("training", True)
         return layout
 
@@ -180,69 +93,45 @@ class Module:
 
     def __setattr__(self, name: str, value: Any) -> None:
         d = self.__dict__
-        layout = d.get("_pax_layout") or self._pax_init()
+        layout = d.get(_LAYOUT_KEY) or self.__init_registry()
         kind = layout.kind_of.get(name)
-        if kind is None or kind in _layout.MODULE_KINDS:
-            if name.startswith(_INTERNAL_PREFIX):
-                d[name] = value
-                return
-            self._pax_assign_unregistered(name, value, layout, kind)
-        elif kind in _layout.LEAF_KINDS:
+        if kind is None or kind in registry.MODULE_KINDS:
+            if registry.is_private(name):
+                raise AttributeError(
+                    f"{type(self).__name__}.{name}: names starting with {registry.PREFIX!r} are "
+                    f"reserved to pax. Fix: choose another name."
+                )
+            self.__assign_unregistered(name, value, layout, kind)
+        elif kind in registry.LEAF_KINDS:
             check_leaf(self, name, kind, value, allow_none=True)
             d[name] = value
             if isinstance(value, Tracer):
-                mark_traced(d)
+                registry.mark_traced(d)
         else:
             if value is not None:
                 check_subtree(self, name, kind, value)
             d[name] = value
             if not trace_state_clean():
-                mark_traced(d)
+                registry.mark_traced(d)
 
-    def _pax_assign_unregistered(
+    def __assign_unregistered(
         self, name: str, value: Any, layout: Layout, kind: Kind | None
     ) -> None:
-        d = self.__dict__
         descriptor = getattr(type(self), name, None)
         if hasattr(descriptor, "__set__"):
             object.__setattr__(self, name, value)
             return
-        if isinstance(value, Module):
-            new_layout = layout.with_child(name, Kind.MODULE)
-        elif value is None and kind is not None:
-            new_layout = layout
-        elif isinstance(value, (list, tuple, dict)):
-            has_module, array = scan_container(value)
-            if array is not None:
-                raise TypeError(
-                    f"{type(self).__name__}.{name}: this {type(value).__name__} holds an array "
-                    f"({type_name(array)}) but is not registered, so it would be static and baked "
-                    f"into the compiled program. Fix: self.register_parameter_subtree({name!r}, "
-                    f"value) or self.register_state_subtree({name!r}, value)."
-                )
-            if has_module:
-                check_module_subtree(self, name, value)
-                new_layout = layout.with_child(name, Kind.MODULE_SUBTREE)
-            else:
-                new_layout = layout.with_static(name)
-        elif isinstance(value, NDARRAY_TYPES):
-            raise TypeError(
-                f"{type(self).__name__}.{name}: cannot assign a {type_name(value)} to an "
-                f"unregistered attribute; it would be static and baked into the compiled "
-                f"program. Fix: {REGISTER_FIX.format(name=name)}."
-            )
-        else:
-            new_layout = layout.with_static(name)
+        new_layout = layout_after_assignment(self, name, value, layout, kind)
+        d = self.__dict__
         d[name] = value
         if kind is not None and not trace_state_clean():
-            mark_traced(d)
+            registry.mark_traced(d)
         if new_layout is not layout or name in new_layout.static:
-            d["_pax_layout"] = new_layout
-            d.pop("_pax_aux", None)
+            registry.set_layout(d, new_layout)
 
     def __getstate__(self) -> dict[str, Any]:
-        # The cached aux holds a compiled function; it is rebuilt on the next flatten.
-        return {k: v for k, v in self.__dict__.items() if k != "_pax_aux"}
+        # The cached aux is a reference cycle through the layout; it is rebuilt on next flatten.
+        return registry.without_cache(self.__dict__)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -250,10 +139,9 @@ class Module:
     def __delattr__(self, name: str) -> None:
         object.__delattr__(self, name)
         d = self.__dict__
-        layout = d.get("_pax_layout")
+        layout = registry.stored_layout(d)
         if layout is not None and (name in layout.kind_of or name in layout.static):
-            d["_pax_layout"] = layout.without(name)
-            d.pop("_pax_aux", None)
+            registry.set_layout(d, layout.without(name))
 
     # --- registration ------------------------------------------------------------------------
 
@@ -271,7 +159,7 @@ class Module:
           >>> m.parameters().w.shape
           (2,)
         """
-        self._pax_register(name, value, Kind.PARAMETER)
+        self.__register(name, value, Kind.PARAMETER)
 
     def register_state(self, name: str, value: jax.Array) -> None:
         """Registers `value` (an array) as a non-trainable state named `name`.
@@ -283,7 +171,7 @@ class Module:
           >>> print(m.parameters().count)
           None
         """
-        self._pax_register(name, value, Kind.STATE)
+        self.__register(name, value, Kind.STATE)
 
     def register_parameter_subtree(self, name: str, tree: Any) -> None:
         """Registers a pytree whose every leaf is a trainable parameter.
@@ -295,7 +183,7 @@ class Module:
           >>> len(jax.tree_util.tree_leaves(m.parameters()))
           2
         """
-        self._pax_register(name, tree, Kind.PARAMETER_SUBTREE)
+        self.__register(name, tree, Kind.PARAMETER_SUBTREE)
 
     def register_state_subtree(self, name: str, tree: Any) -> None:
         """Registers a pytree (modules included) whose every leaf is a non-trainable state.
@@ -308,7 +196,7 @@ class Module:
           >>> jax.tree_util.tree_leaves(m.parameters())
           []
         """
-        self._pax_register(name, tree, Kind.STATE_SUBTREE)
+        self.__register(name, tree, Kind.STATE_SUBTREE)
 
     def register_module(self, name: str, module: Module) -> None:
         """Registers a submodule (plain attribute assignment does the same).
@@ -320,7 +208,7 @@ class Module:
           >>> [type(s).__name__ for s in m.submodules()]
           ['Linear']
         """
-        self._pax_register(name, module, Kind.MODULE)
+        self.__register(name, module, Kind.MODULE)
 
     def register_module_subtree(self, name: str, tree: Any) -> None:
         """Registers a list, tuple or dict (possibly nested) of submodules.
@@ -333,52 +221,14 @@ class Module:
           >>> len(m.submodules())
           2
         """
-        self._pax_register(name, tree, Kind.MODULE_SUBTREE)
+        self.__register(name, tree, Kind.MODULE_SUBTREE)
 
-    def _pax_register(self, name: str, value: Any, kind: Kind) -> None:
-        layout = self.__dict__.get("_pax_layout") or self._pax_init()
-        cls = type(self).__name__
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"{cls}: cannot register {name!r}: the name must be an identifier.")
-        if name == "training":
-            raise ValueError(
-                f"{cls}.training: cannot register 'training': it is the train/eval mode flag "
-                f"(see train() and eval()). Fix: choose another name."
-            )
-        if name.startswith(_INTERNAL_PREFIX):
-            raise ValueError(
-                f"{cls}.{name}: names starting with {_INTERNAL_PREFIX!r} are reserved."
-            )
-        attr = getattr(type(self), name, None)
-        if callable(attr) or isinstance(attr, (property, classmethod, staticmethod)):
-            raise ValueError(
-                f"{cls}.{name}: cannot register {name!r}: it would shadow the "
-                f"{type(attr).__name__} {cls}.{name}. Fix: choose another name, e.g. "
-                f"self.register_{FAMILY[kind].replace(' ', '_')}({name + '_'!r}, value)."
-            )
-        old = layout.kind_of.get(name)
-        if old is not None and FAMILY[old] != FAMILY[kind]:
-            raise ValueError(
-                f"{cls}.{name} is already registered as a {old.value}; cannot register it again "
-                f"as a {kind.value}. Fix: use another name, or `del self.{name}` first."
-            )
-        if kind in _layout.LEAF_KINDS:
-            check_leaf(self, name, kind, value, allow_none=False)
-        elif kind is Kind.MODULE:
-            if not isinstance(value, Module):
-                raise TypeError(
-                    f"{cls}.{name}: register_module expects a pax.Module, got {type_name(value)}."
-                )
-        elif kind is Kind.MODULE_SUBTREE:
-            check_module_subtree(self, name, value)
-        else:
-            check_subtree(self, name, kind, value)
-        if old is not None and old is not kind and FAMILY[old] == FAMILY[kind]:
-            kind = old  # re-registering a frozen parameter keeps it frozen
+    def __register(self, name: str, value: Any, kind: Kind) -> None:
+        layout = registry.stored_layout(self.__dict__) or self.__init_registry()
+        kind = kind_after_registration(self, name, value, layout, kind)
         d = self.__dict__
         d[name] = value
-        d["_pax_layout"] = layout.with_child(name, kind)
-        d.pop("_pax_aux", None)
+        registry.set_layout(d, layout.with_child(name, kind))
 
     # --- functional views --------------------------------------------------------------------
 
@@ -393,7 +243,7 @@ class Module:
           >>> jax.tree_util.tree_leaves(net.freeze().parameters())
           []
         """
-        return rebuild(self, _views.ONLY_PARAMETERS)
+        return rebuild(self, ONLY_PARAMETERS)
 
     def states(self: T) -> T:
         """Returns a copy whose parameter leaves are None (the converse of `parameters`).
@@ -403,7 +253,7 @@ class Module:
           >>> jax.tree_util.tree_leaves(pax.nn.Linear(2, 3).states())
           []
         """
-        return rebuild(self, _views.ONLY_STATES)
+        return rebuild(self, ONLY_STATES)
 
     def update(self: T, other: T, *rest: T) -> T:
         """Returns a copy of self where the non-None leaves of `other` (then `rest`) win.
@@ -419,8 +269,6 @@ class Module:
           >>> float(net.update(zeros).weight.sum())
           0.0
         """
-        from pax._src.core.structure import describe_difference
-
         result = self
         for tree in (other, *rest):
             try:
@@ -445,7 +293,7 @@ class Module:
           >>> print(frozen.parameters().weight)
           None
         """
-        return rebuild(self, map_kinds(_layout.FREEZE))
+        return rebuild(self, map_kinds(registry.FREEZE))
 
     def unfreeze(self: T) -> T:
         """Returns a copy where the parameters frozen by `freeze` are trainable again.
@@ -457,7 +305,7 @@ class Module:
           >>> pax.nn.Linear(2, 3).freeze().unfreeze().parameters().weight.shape
           (2, 3)
         """
-        return rebuild(self, map_kinds(_layout.UNFREEZE))
+        return rebuild(self, map_kinds(registry.UNFREEZE))
 
     def train(self: T) -> T:
         """Returns a copy with `training = True` on every submodule.
@@ -500,21 +348,24 @@ class Module:
           2
         """
         d = self.__dict__
-        layout = d.get("_pax_layout", EMPTY)
         out: list[Module] = []
-        for name, kind in zip(layout.children, layout.kinds):
-            if kind in _layout.MODULE_KINDS:
-                out.extend(jax.tree_util.tree_leaves(d[name], is_leaf=is_module))
+        for name, _ in registry.layout_in(d).module_children:
+            out.extend(jax.tree_util.tree_leaves(d[name], is_leaf=registry.is_module))
         return out
 
     def hk_init(self: T, *args: Any, enable_jit: bool = False, **kwargs: Any) -> T:
         """Initializes every `pax.from_haiku` submodule by calling the model on dummy inputs.
 
-        Returns a new, initialized model; see `pax.from_haiku`.
-        """
-        from pax._src.haiku.init import hk_init
+        Returns a new, initialized model; see `pax.from_haiku` and `pax.haiku.hk_init`. A
+        model without such modules is returned copied.
 
-        return hk_init(self, *args, enable_jit=enable_jit, **kwargs)
+        Example:
+          >>> import jax.numpy as jnp, pax
+          >>> net = pax.nn.Linear(2, 3)
+          >>> net.hk_init(jnp.ones((1, 2))) is net
+          False
+        """
+        return lazy.initialize(self, *args, enable_jit=enable_jit, **kwargs)
 
     def summary(self) -> str:
         """Returns a table of the submodules with their parameter and state counts.
@@ -525,19 +376,10 @@ class Module:
           module  type    params  states
           Linear  Linear       9       0
         """
-        from pax._src.core.summary import summary
-
         return summary(self)
 
     def __repr__(self) -> str:
-        from pax._src.core.summary import module_repr
-
         return module_repr(self)
 
 
-jax.tree_util.register_pytree_with_keys(
-    Module, _flatten_with_keys, _make_unflatten(Module), _flatten
-)
-
-
-_views.MODULE_TYPES = (Module,)
+pytree.register(Module)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 
 import jax
-from jax._src.core import trace_state_clean
+
+from pax._src.core._jax_compat import trace_state_clean
 
 _DEFAULT_SEED = 42
 _lock = threading.Lock()

@@ -1,4 +1,5 @@
-"""Explaining why two pytrees (of modules) do not have the same structure."""
+"""Explaining why two pytrees (of modules) do not have the same structure, and the check run
+where an updated module comes back from a transformed function."""
 
 from __future__ import annotations
 
@@ -7,8 +8,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from pax._src.core.layout import EMPTY
-from pax._src.core.module import Module
+from pax._src.core import registry
+from pax._src.core.registry import is_module
+from pax._src.describe import describe
+from pax._src.errors import StructureChangedError
+
+_STATIC_HINT = (
+    "Static attributes and the registry are part of the treedef: a change made inside "
+    "jax.jit / jax.grad is either lost or forces a recompilation on every call. Fix: keep values "
+    "that change per call in registered state, e.g. self.register_state('count', jnp.array(0)) "
+    "then self.count = self.count + 1, and do not register new attributes inside the function."
+)
 
 
 def _static_equal(a: Any, b: Any) -> bool:
@@ -16,14 +26,6 @@ def _static_equal(a: Any, b: Any) -> bool:
         return bool(a == b)
     except Exception:
         return a is b
-
-
-def _name(x: Any) -> str:
-    if x is None:
-        return "None"
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
-        return f"{type(x).__name__}{tuple(x.shape)} {x.dtype}"
-    return type(x).__name__
 
 
 def _is_leaf_value(x: Any) -> bool:
@@ -57,14 +59,14 @@ def describe_difference(
     where = f"at {path}" if path else "at the root"
     if none_is_wildcard and (a is None or b is None):
         return None
-    if isinstance(a, Module) or isinstance(b, Module):
+    if is_module(a) or is_module(b):
         if type(a) is not type(b):
-            return f"{where}: {_name(a)} ({na}) vs {_name(b)} ({nb})"
+            return f"{where}: {describe(a)} ({na}) vs {describe(b)} ({nb})"
         return _module_difference(a, b, none_is_wildcard, check_shapes, names, path)
     if a is None or b is None:
         if a is None and b is None:
             return None
-        return f"{where}: {_name(a)} ({na}) vs {_name(b)} ({nb})"
+        return f"{where}: {describe(a)} ({na}) vs {describe(b)} ({nb})"
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if type(a) is not type(b) or len(a) != len(b):
             return (
@@ -102,7 +104,7 @@ def describe_difference(
         return None
     if _is_leaf_value(a) and _is_leaf_value(b):
         if check_shapes and (np.shape(a) != np.shape(b) or _dtype(a) != _dtype(b)):
-            return f"{where}: {_name(a)} ({na}) vs {_name(b)} ({nb})"
+            return f"{where}: {describe(a)} ({na}) vs {describe(b)} ({nb})"
         return None
     ta, tb = jax.tree_util.tree_structure(a), jax.tree_util.tree_structure(b)
     if ta != tb:
@@ -115,8 +117,8 @@ def _dtype(x: Any) -> Any:
 
 
 def _module_difference(
-    a: Module,
-    b: Module,
+    a: Any,
+    b: Any,
     none_is_wildcard: bool,
     check_shapes: bool,
     names: tuple[str, str],
@@ -125,7 +127,7 @@ def _module_difference(
     na, nb = names
     cls = type(a).__name__
     da, db = a.__dict__, b.__dict__
-    la, lb = da.get("_pax_layout", EMPTY), db.get("_pax_layout", EMPTY)
+    la, lb = registry.layout_in(da), registry.layout_in(db)
     if la is not lb:
         for name in dict.fromkeys(la.children + lb.children + la.static + lb.static):
             ka = la.kind_of.get(name, "static attribute" if name in la.static else "absent")
@@ -163,3 +165,28 @@ def _article(kind: str) -> str:
     if kind == "absent":
         return "absent"
     return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def check_same_structure(before: Any, after: Any, *, what: str = "the model") -> None:
+    """Raises `StructureChangedError` if `after` has another treedef than `before`.
+
+    Args:
+      before: the tree that went into the function.
+      after: the tree that came out.
+      what: how to name the tree in the message.
+
+    Raises:
+      StructureChangedError: naming the first differing key path, with the fix.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> net = pax.nn.Linear(2, 3)
+      >>> pax.utils.check_same_structure(net, net.copy())
+    """
+    if jax.tree_util.tree_structure(before) == jax.tree_util.tree_structure(after):
+        return
+    diff = describe_difference(before, after, names=("before", "after"))
+    raise StructureChangedError(
+        f"The structure of {what} changed inside the function: {diff or 'treedefs differ'}. "
+        f"{_STATIC_HINT}"
+    )

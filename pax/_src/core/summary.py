@@ -7,47 +7,30 @@ from typing import Any
 import jax
 import numpy as np
 
-from pax._src.core import layout as _layout
-from pax._src.core.layout import EMPTY, Kind
-from pax._src.core.module import Module, is_module
-
-_DTYPE_SHORT = {
-    "float": "f",
-    "int": "i",
-    "uint": "u",
-    "bfloat": "bf",
-    "complex": "c",
-    "bool": "bool",
-}
+from pax._src.core import registry
+from pax._src.core.registry import Kind, is_module
+from pax._src.core.sharing import find_shared
+from pax._src.describe import describe, is_array_like
 
 
 def _array_repr(x: Any) -> str:
-    if x is None:
-        return "None"
-    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
-        return repr(x)
-    name = str(x.dtype)
-    for long, short in _DTYPE_SHORT.items():
-        if name.startswith(long):
-            name = short + name[len(long) :]
-            break
-    return f"{name}[{','.join(map(str, x.shape))}]"
+    return describe(x) if x is None or is_array_like(x) else repr(x)
 
 
 def _value_repr(value: Any, indent: int) -> str:
-    if isinstance(value, Module):
+    if is_module(value):
         return module_repr(value, indent)
-    if isinstance(value, (list, tuple)) and any(isinstance(v, Module) for v in value):
+    if isinstance(value, (list, tuple)) and any(is_module(v) for v in value):
         pad = "  " * (indent + 1)
         inner = ",\n".join(pad + _value_repr(v, indent + 1) for v in value)
         open_, close = ("[", "]") if isinstance(value, list) else ("(", ")")
         return f"{open_}\n{inner},\n{'  ' * indent}{close}"
-    if isinstance(value, dict) and any(isinstance(v, Module) for v in value.values()):
+    if isinstance(value, dict) and any(is_module(v) for v in value.values()):
         pad = "  " * (indent + 1)
         inner = ",\n".join(f"{pad}{k!r}: {_value_repr(v, indent + 1)}" for k, v in value.items())
         return f"{{\n{inner},\n{'  ' * indent}}}"
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
-        return _array_repr(value)
+    if is_array_like(value):
+        return describe(value)
     if callable(value) and hasattr(value, "__name__"):
         return value.__name__
     leaves = jax.tree_util.tree_leaves(value)
@@ -56,10 +39,10 @@ def _value_repr(value: Any, indent: int) -> str:
     return repr(value)
 
 
-def module_repr(module: Module, indent: int = 0) -> str:
+def module_repr(module: Any, indent: int = 0) -> str:
     """One line per module when it fits, nested otherwise."""
     d = module.__dict__
-    layout = d.get("_pax_layout", EMPTY)
+    layout = registry.layout_in(d)
     parts = []
     for name in layout.static:
         value = d[name]
@@ -68,7 +51,7 @@ def module_repr(module: Module, indent: int = 0) -> str:
         parts.append(f"{name}={_value_repr(value, indent + 1)}")
     for name, kind in zip(layout.children, layout.kinds):
         text = _value_repr(d[name], indent + 1)
-        if kind not in _layout.TRAINABLE and kind not in _layout.MODULE_KINDS:
+        if kind not in registry.TRAINABLE and kind not in registry.MODULE_KINDS:
             text += f" ({kind.value})"
         parts.append(f"{name}={text}")
     cls = type(module).__name__
@@ -80,20 +63,20 @@ def module_repr(module: Module, indent: int = 0) -> str:
     return f"{cls}(\n{body}{'  ' * indent})"
 
 
-def _count(module: Module) -> tuple[int, int]:
+def _count(module: Any) -> tuple[int, int]:
     """(number of parameter scalars, number of state scalars) of `module`, recursively."""
     n_params = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(module.parameters()))
     n_states = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(module.states()))
     return n_params, n_states
 
 
-def _walk(module: Module, path: str, depth: int, rows: list) -> None:
+def _walk(module: Any, path: str, depth: int, rows: list) -> None:
     n_params, n_states = _count(module)
     rows.append(
         ("  " * depth + (path or type(module).__name__), type(module).__name__, n_params, n_states)
     )
     d = module.__dict__
-    layout = d.get("_pax_layout", EMPTY)
+    layout = registry.layout_in(d)
     for name, kind in zip(layout.children, layout.kinds):
         if kind is Kind.MODULE and d[name] is not None:
             _walk(d[name], f".{name}", depth + 1, rows)
@@ -103,7 +86,7 @@ def _walk(module: Module, path: str, depth: int, rows: list) -> None:
                 _walk(sub, f".{name}{jax.tree_util.keystr(key_path)}", depth + 1, rows)
 
 
-def summary(module: Module) -> str:
+def summary(module: Any) -> str:
     """A table: one row per module (indented by depth) with parameter and state counts.
 
     Example:
@@ -125,8 +108,6 @@ def summary(module: Module) -> str:
     lines = [f"{header[0]:<{w0}}  {header[1]:<{w1}}  {header[2]:>{w2}}  {header[3]:>{w3}}"]
     for path, cls, n_params, n_states in rows:
         lines.append(f"{path:<{w0}}  {cls:<{w1}}  {n_params:>{w2},}  {n_states:>{w3},}")
-    from pax._src.guards import find_shared
-
     for first, later in find_shared(module):
         lines.append(
             f"warning: {later or '<root>'} is the same object as {first or '<root>'}; JAX "

@@ -6,8 +6,9 @@ from typing import Any
 
 import jax
 
-from pax._src.core.module import ARRAY_TYPES, Module
+from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
+from pax._src.core.validate import ARRAY_TYPES
 from pax._src.haiku.module import HaikuModule, initialize_on_first_call
 
 # `fold_in` data for modules reached by the forward pass that are not in the model tree.

@@ -14,7 +14,7 @@ import numpy as np
 from pax._src.core.rng import resolve_rng_key
 from pax._src.haiku.module import HaikuModule
 
-Initializer = Callable[..., jax.Array]
+InitializerLike = Callable[..., jax.Array]
 IntOrSeq = int | Sequence[int]
 
 
@@ -23,7 +23,7 @@ class _KeyedInitializer:
 
     __slots__ = ("init",)
 
-    def __init__(self, init: Initializer) -> None:
+    def __init__(self, init: InitializerLike) -> None:
         self.init = init
 
     def __call__(self, shape: Sequence[int], dtype: Any) -> jax.Array:
@@ -39,7 +39,7 @@ class _KeyedInitializer:
         return getattr(self.init, "__name__", repr(self.init))
 
 
-def as_haiku_initializer(fn: str, arg: str, init: Initializer | None) -> Initializer | None:
+def as_haiku_initializer(fn: str, arg: str, init: InitializerLike | None) -> InitializerLike | None:
     """Accepts both Haiku's ``init(shape, dtype)`` and pax's ``init(key, shape, dtype)``."""
     if init is None:
         return None
@@ -89,8 +89,8 @@ def linear(
     in_dim: int,
     out_dim: int,
     with_bias: bool = True,
-    w_init: Initializer | None = None,
-    b_init: Initializer | None = None,
+    w_init: InitializerLike | None = None,
+    b_init: InitializerLike | None = None,
     *,
     name: str | None = None,
     rng_key: jax.Array | None = None,
@@ -134,8 +134,8 @@ def layer_norm(
     create_scale: bool = True,
     create_offset: bool = True,
     eps: float = 1e-5,
-    scale_init: Initializer | None = None,
-    offset_init: Initializer | None = None,
+    scale_init: InitializerLike | None = None,
+    offset_init: InitializerLike | None = None,
     *,
     name: str | None = None,
     rng_key: jax.Array | None = None,
@@ -186,8 +186,8 @@ def batch_norm_2d(
     create_offset: bool = True,
     decay_rate: float = 0.9,
     eps: float = 1e-5,
-    scale_init: Initializer | None = None,
-    offset_init: Initializer | None = None,
+    scale_init: InitializerLike | None = None,
+    offset_init: InitializerLike | None = None,
     data_format: str = "NHWC",
     cross_replica_axis: str | Sequence[str] | None = None,
     *,
@@ -240,83 +240,10 @@ def batch_norm_2d(
     )
 
 
-def _rnn(
-    fn: str, hk_cls: type, in_dim: int, kwargs: dict, rng_key: jax.Array | None
-) -> HaikuModule:
-    in_dim = positive_int(fn, "in_dim", in_dim)
-    module = HaikuModule(hk_cls, (), kwargs)
-    x = jnp.zeros((1, in_dim), jnp.float32)
-    module._hk_initialize(resolve_rng_key(rng_key), (x, module.initial_state(1)), {})
-    return module
-
-
-def lstm(
-    in_dim: int, hidden_dim: int, *, name: str | None = None, rng_key: jax.Array | None = None
-) -> HaikuModule:
-    """``hk.LSTM(hidden_dim)`` for inputs of size `in_dim`, initialized.
-
-    Call it as ``output, state = cell(x, state)`` with ``state = cell.initial_state(batch)``;
-    unroll it over time with `pax.dynamic_unroll`.
-
-    Args:
-      in_dim: size of the input vectors.
-      hidden_dim: size of the hidden and cell states (Haiku's ``hidden_size``).
-      name: the Haiku module name.
-      rng_key: key for the initializers; default `pax.next_rng_key()`.
-
-    Example:
-      >>> import jax.numpy as jnp, pax
-      >>> cell = pax.haiku.lstm(3, 8)
-      >>> out, state = cell(jnp.ones((2, 3)), cell.initial_state(2))
-      >>> out.shape, state.cell.shape
-      ((2, 8), (2, 8))
-    """
-    kwargs = dict(hidden_size=positive_int("lstm", "hidden_dim", hidden_dim), name=name)
-    return _rnn("lstm", hk.LSTM, in_dim, kwargs, rng_key)
-
-
-def gru(
-    in_dim: int,
-    hidden_dim: int,
-    w_i_init: Initializer | None = None,
-    w_h_init: Initializer | None = None,
-    b_init: Initializer | None = None,
-    *,
-    name: str | None = None,
-    rng_key: jax.Array | None = None,
-) -> HaikuModule:
-    """``hk.GRU(hidden_dim)`` for inputs of size `in_dim`, initialized.
-
-    Args:
-      in_dim: size of the input vectors.
-      hidden_dim: size of the hidden state (Haiku's ``hidden_size``).
-      w_i_init: initializer of the input weights; default as Haiku.
-      w_h_init: initializer of the hidden weights; default as Haiku.
-      b_init: bias initializer; default zeros.
-      name: the Haiku module name.
-      rng_key: key for the initializers; default `pax.next_rng_key()`.
-
-    Example:
-      >>> import jax.numpy as jnp, pax
-      >>> cell = pax.haiku.gru(3, 8)
-      >>> out, state = cell(jnp.ones((2, 3)), cell.initial_state(2))
-      >>> out.shape
-      (2, 8)
-    """
-    kwargs = dict(
-        hidden_size=positive_int("gru", "hidden_dim", hidden_dim),
-        w_i_init=as_haiku_initializer("gru", "w_i_init", w_i_init),
-        w_h_init=as_haiku_initializer("gru", "w_h_init", w_h_init),
-        b_init=as_haiku_initializer("gru", "b_init", b_init),
-        name=name,
-    )
-    return _rnn("gru", hk.GRU, in_dim, kwargs, rng_key)
-
-
 def embed(
     vocab_size: int,
     embed_dim: int,
-    w_init: Initializer | None = None,
+    w_init: InitializerLike | None = None,
     lookup_style: str = "ARRAY_INDEX",
     *,
     name: str | None = None,

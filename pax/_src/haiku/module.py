@@ -13,6 +13,7 @@ import numpy as np
 
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
+from pax._src.describe import describe, is_array_like
 from pax._src.haiku.config import HaikuConfig, haiku_class_name, transformed
 
 HaikuDict = dict[str, dict[str, jax.Array]]
@@ -31,23 +32,23 @@ _NOT_INITIALIZED = (
 
 _LOCAL = threading.local()
 
-Initializer = Callable[["HaikuModule", tuple, dict], None]
+FirstCallHook = Callable[["HaikuModule", tuple, dict], None]
 
 
-def current_initializer() -> Initializer | None:
+def current_hook() -> FirstCallHook | None:
     """The function `hk_init` installed to initialize modules on their first call, if any."""
-    return getattr(_LOCAL, "initializer", None)
+    return getattr(_LOCAL, "hook", None)
 
 
 @contextlib.contextmanager
-def initialize_on_first_call(initializer: Initializer) -> Iterator[None]:
-    """Within this block, uninitialized `HaikuModule`s call `initializer` instead of raising."""
-    previous = current_initializer()
-    _LOCAL.initializer = initializer
+def initialize_on_first_call(hook: FirstCallHook) -> Iterator[None]:
+    """Within this block, uninitialized `HaikuModule`s call `hook` instead of raising."""
+    previous = current_hook()
+    _LOCAL.hook = hook
     try:
         yield
     finally:
-        _LOCAL.initializer = previous
+        _LOCAL.hook = previous
 
 
 def _plain(tree: Any) -> HaikuDict:
@@ -181,12 +182,12 @@ class HaikuModule(Module):
     def _run(self, method: str, args: tuple, kwargs: dict) -> Any:
         kwargs = self._with_is_training(method, kwargs)
         if self.params is None:
-            initializer = current_initializer()
+            hook = current_hook()
             if method != "__call__":
                 return self._run_without_params(method, args, kwargs)
-            if initializer is None:
+            if hook is None:
                 raise RuntimeError(_NOT_INITIALIZED.format(module=self._describe()))
-            initializer(self, args, kwargs)
+            hook(self, args, kwargs)
         rng = None
         if self.use_rng:
             new_key, rng = jax.random.split(self.rng_key)
@@ -284,11 +285,9 @@ class HaikuModule(Module):
 
 
 def _dict_repr(tree: Any) -> str:
-    from pax._src.core.summary import _array_repr
-
     if isinstance(tree, dict):
         return "{" + ", ".join(f"{k!r}: {_dict_repr(tree[k])}" for k in sorted(tree)) + "}"
-    return _array_repr(tree)
+    return describe(tree) if tree is None or is_array_like(tree) else repr(tree)
 
 
 def _is_public_method(cls: type, name: str) -> bool:

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pax._src.core.checks import check_same_structure
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
+from pax._src.core.structure import check_same_structure
 from pax._src.nn import _validate as v
 from pax._src.nn import initializers
 from pax._src.nn.initializers import Initializer

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from pax._src.core.module import Module
-from pax._src.core.summary import _array_repr
-from pax._src.optim import flat
+from pax._src.describe import describe
+from pax._src.optim import key_path_dict
 from pax._src.optim.base import Optimizer
 
 M = TypeVar("M", bound=Module)
@@ -86,11 +86,13 @@ class OptaxOptimizer(Optimizer):
                 f"{type(params).__name__}. Fix: opt = pax.optim.from_optax(tx)(model.parameters())."
             )
         _check_transform(transform, "OptaxOptimizer")
-        keys, leaves, _ = flat.flatten_parameters(params.parameters())
+        keys, leaves, _ = key_path_dict.flatten_parameters(params.parameters())
         self.transform = transform
         self.key_paths = keys
-        self.param_specs = tuple(flat.spec_of(leaf) for leaf in leaves)
-        self.register_state_subtree("opt_state", transform.init(flat.as_mapping(keys, leaves)))
+        self.param_specs = tuple(key_path_dict.spec_of(leaf) for leaf in leaves)
+        self.register_state_subtree(
+            "opt_state", transform.init(key_path_dict.as_mapping(keys, leaves))
+        )
 
     def step(self, grads: M, model: M, **extra_args: Any) -> M:
         """Applies one optax update: updates ``opt_state`` in place and returns the new model.
@@ -115,8 +117,8 @@ class OptaxOptimizer(Optimizer):
                 f"Fix: model = opt.step(grads, model)."
             )
         params = model.parameters()
-        keys, leaves, treedef = flat.flatten_parameters(params)
-        flat.check_model(
+        keys, leaves, treedef = key_path_dict.flatten_parameters(params)
+        key_path_dict.check_model(
             owner,
             self.key_paths,
             self.param_specs,
@@ -124,10 +126,10 @@ class OptaxOptimizer(Optimizer):
             leaves,
             "pax.optim.from_optax(opt.transform)(model.parameters())",
         )
-        grad_leaves = flat.grads_leaves(owner, grads, params, treedef, leaves)
-        flat_params = flat.as_mapping(keys, leaves)
+        grad_leaves = key_path_dict.grads_leaves(owner, grads, params, treedef, leaves)
+        flat_params = key_path_dict.as_mapping(keys, leaves)
         updates, self.opt_state = self.transform.update(
-            flat.as_mapping(keys, grad_leaves), self.opt_state, flat_params, **extra_args
+            key_path_dict.as_mapping(keys, grad_leaves), self.opt_state, flat_params, **extra_args
         )
         new_params = optax.apply_updates(flat_params, updates)
         return model.update(jax.tree_util.tree_unflatten(treedef, list(new_params.values())))
@@ -220,12 +222,12 @@ class OptaxOptimizer(Optimizer):
 
     def __repr__(self) -> str:
         def short(x: Any) -> Any:
-            if isinstance(x, flat.KeyPathDict):
+            if isinstance(x, key_path_dict.KeyPathDict):
                 return _Text(f"{{{len(x)} parameters}}")
-            return _Text(_array_repr(x))
+            return _Text(describe(x))
 
         state = jax.tree_util.tree_map(
-            short, self.opt_state, is_leaf=lambda x: isinstance(x, flat.KeyPathDict)
+            short, self.opt_state, is_leaf=lambda x: isinstance(x, key_path_dict.KeyPathDict)
         )
         text = repr(state)
         if len(text) > 300:

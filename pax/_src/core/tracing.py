@@ -1,22 +1,23 @@
-"""Detecting modules that still hold tracers after the transformation that made them returned."""
+"""Tracer marking: detecting modules that still hold tracers after their transformation returned.
+
+Assigning a traced value to a registered attribute marks the module (`registry.mark_traced`).
+A marked module takes a checking path in flatten and in ``__call__``: outside any
+transformation, a tracer left in it means the module was changed inside a transformed function
+and not returned from it.
+"""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
-from jax._src.core import trace_state_clean
 
-from pax._src.core.layout import EMPTY
+from pax._src.core import registry
+from pax._src.core._jax_compat import Tracer, trace_state_clean
 
-if TYPE_CHECKING:
-    from pax._src.core.module import Module
-
-Tracer = jax.core.Tracer
-
-_LEAK_FIX = (
+LEAK_FIX = (
     "A module changed inside a transformed function must be returned by it; the object you "
     "passed in is not updated. Fix:\n"
     "    @jax.jit\n"
@@ -27,36 +28,37 @@ _LEAK_FIX = (
 )
 
 
-def mark_traced(d: dict) -> None:
-    """Flags a module given traced values; flatten then takes its slow, checking path."""
-    d["_pax_tracers"] = True
-    d.pop("_pax_aux", None)
-
-
-def check_no_leaked_tracers(module: Module) -> None:
+def check_no_leaked_tracers(module: Any) -> None:
     """Raises if `module` (touched inside a transform) still holds tracers outside of it."""
     if not trace_state_clean():
         return  # inside a transformation: tracers are legitimate here
     d = module.__dict__
-    layout = d.get("_pax_layout", EMPTY)
-    for name in layout.children:
+    for name in registry.layout_in(d).children:
         for path, leaf in jax.tree_util.tree_leaves_with_path(d[name]):
             if isinstance(leaf, Tracer):
                 raise RuntimeError(
                     f"{type(module).__name__}.{name}{jax.tree_util.keystr(path)} holds a JAX "
                     f"tracer from a transformation (jax.jit, jax.grad, jax.vmap, ...) that has "
                     f"already returned: the module was modified inside it and used afterwards. "
-                    f"{_LEAK_FIX}"
+                    f"{LEAK_FIX}"
                 )
-    del d["_pax_tracers"]
+    registry.clear_traced(d)
 
 
 def wrap_call(call: Callable) -> Callable:
+    """Wraps a module's ``__call__`` so that a module holding leaked tracers raises first."""
+    key = registry.TRACERS_KEY
+
     @functools.wraps(call)
-    def __call__(self: Module, *args: Any, **kwargs: Any) -> Any:
-        if "_pax_tracers" in self.__dict__:
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if key in self.__dict__:
             check_no_leaked_tracers(self)
         return call(self, *args, **kwargs)
 
-    __call__._pax_wrapped = True  # type: ignore[attr-defined]
+    __call__.__leak_checked__ = True  # type: ignore[attr-defined]
     return __call__
+
+
+def is_wrapped(call: Any) -> bool:
+    """True if `call` was made by `wrap_call`."""
+    return getattr(call, "__leak_checked__", False)

@@ -1,7 +1,13 @@
-"""The immutable registry of a module: which attributes are children, of what kind.
+"""The registry of a module: which attributes are pytree children, of what kind.
 
-A `Layout` is interned: two modules whose attributes are registered the same way share one
-`Layout` object, so comparing the aux data of two treedefs compares layouts by identity.
+This file owns every private key a module keeps in its ``__dict__``:
+
+- the `Layout` (``_pax_layout``): an interned, immutable description of the attributes;
+- the cached aux data (``_pax_aux``), valid as long as the layout and static values are;
+- the tracer mark (``_pax_tracers``), set when a traced value is assigned.
+
+No other file spells these keys: they call the helpers below. Replacing a layout with
+`set_layout` always drops the cached aux, so the two can never disagree.
 """
 
 from __future__ import annotations
@@ -9,14 +15,29 @@ from __future__ import annotations
 import enum
 import operator
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from jax.tree_util import GetAttrKey
 
+PREFIX = "_pax_"
+# The keys themselves, for the few hot paths (flatten, __call__, __setattr__) where a helper's
+# extra Python call would cost more than the work; everyone else uses the helpers.
+LAYOUT_KEY = "_pax_layout"
+AUX_KEY = "_pax_aux"
+TRACERS_KEY = "_pax_tracers"
+_LAYOUT, _AUX, _TRACERS = LAYOUT_KEY, AUX_KEY, TRACERS_KEY
+
 
 class Kind(enum.Enum):
-    """How a registered attribute takes part in the pytree."""
+    """How a registered attribute takes part in the pytree.
+
+    Example:
+      >>> import pax
+      >>> dict(pax.nn.Linear(2, 3).registry)
+      {'weight': <Kind.PARAMETER: 'parameter'>, 'bias': <Kind.PARAMETER: 'parameter'>}
+    """
 
     PARAMETER = "parameter"
     STATE = "state"
@@ -75,6 +96,9 @@ def _make_getter(names: tuple[str, ...]) -> Callable[[dict], tuple]:
 class Layout:
     """Interned, immutable description of a module's attributes.
 
+    Two modules whose attributes are registered the same way share one `Layout` object, so
+    comparing the aux data of two treedefs compares layouts by identity.
+
     Attributes:
       children: names of pytree children, in flatten order.
       kinds: the `Kind` of each child.
@@ -82,6 +106,7 @@ class Layout:
       keys: `GetAttrKey` of each child, for key paths.
       get_children: ``get_children(obj.__dict__)`` returns the children as a tuple.
       fill: ``fill(obj.__dict__, children)`` stores the children (the inverse).
+      kind_of: ``{name: kind}`` of the children.
       module_children: ``(name, kind)`` of the children that hold submodules.
     """
 
@@ -137,7 +162,7 @@ class Layout:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Layout is immutable")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple:
         return (Layout.intern, (self.children, self.kinds, self.static))
 
     def __copy__(self) -> Layout:
@@ -187,3 +212,103 @@ class Layout:
 
 
 EMPTY = Layout.intern((), (), ())
+
+
+class Registered:
+    """What every `pax.Module` is: an object whose pytree children its `Layout` decides.
+
+    It holds no state of its own; it lets the core recognize modules (`is_module`) without
+    importing the `Module` class, and exposes the registry read-only.
+    """
+
+    __slots__ = ()
+
+    @property
+    def registry(self) -> Mapping[str, Kind]:
+        """The registered children of this module, ``{name: Kind}`` in flatten order (read-only).
+
+        Example:
+          >>> import pax
+          >>> net = pax.nn.Linear(2, 3)
+          >>> net.registry["weight"]
+          <Kind.PARAMETER: 'parameter'>
+          >>> net.freeze().registry["weight"]
+          <Kind.FROZEN_PARAMETER: 'frozen parameter'>
+        """
+        return MappingProxyType(layout_in(self.__dict__).kind_of)
+
+
+def is_module(x: Any) -> bool:
+    """True if `x` is a `pax.Module`."""
+    return isinstance(x, Registered)
+
+
+# --- the helpers every other file uses ----------------------------------------------------------
+# They take a module's attribute dict (`module.__dict__`): the hot paths work on it directly.
+
+
+def layout_in(d: dict) -> Layout:
+    """The layout stored in the attribute dict `d` (`EMPTY` before any registration)."""
+    return d.get(_LAYOUT, EMPTY)
+
+
+def layout_of(module: Any) -> Layout:
+    """The layout of `module`."""
+    return module.__dict__.get(_LAYOUT, EMPTY)
+
+
+def stored_layout(d: dict) -> Layout | None:
+    """The layout stored in `d`, or None when the module's `__init__` has not set one yet."""
+    return d.get(_LAYOUT)
+
+
+def set_layout(d: dict, layout: Layout) -> None:
+    """Stores `layout` in `d` and drops the cached aux (which described the old one)."""
+    d[_LAYOUT] = layout
+    d.pop(_AUX, None)
+
+
+def invalidate(d: dict) -> None:
+    """Drops the cached aux of `d` (static values changed): the next flatten rebuilds it."""
+    d.pop(_AUX, None)
+
+
+def cached_aux(d: dict) -> Any:
+    """The cached aux data of `d`, or None."""
+    return d.get(_AUX)
+
+
+def cache_aux(d: dict, aux: Any) -> None:
+    """Caches `aux` in `d` (only valid until the layout or a static value changes)."""
+    d[_AUX] = aux
+
+
+def template_entries(layout: Layout, aux: Any | None) -> dict[str, Any]:
+    """The private entries an unflattened module starts with: its layout (and cached aux)."""
+    return {_LAYOUT: layout} if aux is None else {_LAYOUT: layout, _AUX: aux}
+
+
+def without_cache(d: dict) -> dict:
+    """A copy of `d` without the cached aux (for pickling: the aux holds compiled code)."""
+    return {k: v for k, v in d.items() if k != _AUX}
+
+
+def mark_traced(d: dict) -> None:
+    """Flags a module given traced values; its flatten then takes the slow, checking path."""
+    d[_TRACERS] = True
+    d.pop(_AUX, None)
+
+
+def is_traced(d: dict) -> bool:
+    """True if a traced value was assigned to the module since its last check."""
+    return _TRACERS in d
+
+
+def clear_traced(d: dict) -> None:
+    """Removes the tracer mark (the module was checked and holds no tracer)."""
+    d.pop(_TRACERS, None)
+
+
+def is_private(name: str) -> bool:
+    """True for attribute names reserved to pax (the keys above and any future ones)."""
+    return name.startswith(PREFIX)

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from pax._src.core.registry import is_module
+from pax._src.describe import describe
 
 
 class Aux(tuple):
     """``(layout, static_values)``: hashed and compared as a plain tuple.
 
-    `template` (not part of equality) maps static names to their real values, so unflatten
-    restores a module with one dict update.
+    Outside equality it carries what flatten and unflatten need: the layout's `get_children`
+    and `fill`, and `template` (static values and the private registry entries a rebuilt
+    module starts with).
     """
+
+    get_children: Callable[[dict], tuple]
+    fill: Callable[[dict, Any], None]
+    template: dict[str, Any]
 
 
 class FrozenStatic:
@@ -57,19 +66,22 @@ class _ByIdentity:
 
 
 def freeze_static(value: Any) -> FrozenStatic:
-    """Returns a hashable, content-based snapshot of an unhashable static value."""
-    from pax._src.core.module import Module
+    """Returns a hashable, content-based snapshot of an unhashable static value.
 
+    Example:
+      >>> freeze_static([1, {"a": 2}]) == freeze_static([1, {"a": 2}])
+      True
+    """
     modules: list = []
     arrays: list = []
 
     def snap(x: Any) -> Any:
-        if isinstance(x, Module):
+        if is_module(x):
             modules.append(x)
             return ("module", id(x))
         if isinstance(x, np.ndarray) or type(x).__module__.startswith("jax"):
             if hasattr(x, "shape") and hasattr(x, "dtype"):
-                arrays.append(f"{type(x).__name__}{tuple(x.shape)} {x.dtype}")
+                arrays.append(describe(x))
                 return ("array", id(x))
         if isinstance(x, list):
             return ("list", tuple(snap(v) for v in x))

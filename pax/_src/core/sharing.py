@@ -8,7 +8,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from pax._src.core.module import Module
+from pax._src.core.registry import is_module
+from pax._src.describe import describe
+from pax._src.errors import SharedObjectError
 
 _ARRAYS = (jax.Array, np.ndarray)
 
@@ -26,14 +28,8 @@ _SHARING_FIX = (
 )
 
 
-class SharedObjectError(ValueError):
-    """The same module or array object is reachable twice in one pytree."""
-
-
 def _what(x: Any) -> str:
-    if isinstance(x, Module):
-        return f"{type(x).__name__} module"
-    return f"{type(x).__name__}{tuple(x.shape)} {x.dtype}"
+    return f"{type(x).__name__} module" if is_module(x) else f"{describe(x)} array"
 
 
 # `is_leaf(path, x)` lets one flatten both find the modules and stop at repeated ones.
@@ -47,7 +43,7 @@ def _find_one_pass(tree: Any) -> tuple[list, list]:
     modules: list[tuple[Any, Any, Any]] = []
 
     def is_leaf(path: Any, x: Any) -> bool:
-        if not isinstance(x, Module):
+        if not is_module(x):
             return False
         first = seen.get(id(x))
         if first is None:
@@ -75,11 +71,11 @@ def _find_recursive(tree: Any) -> tuple[list, list]:
             if not started:  # the first call is on `node` itself: expand it
                 started = True
                 return False
-            return isinstance(x, Module)
+            return is_module(x)
 
         for key_path, leaf in jax.tree_util.tree_flatten_with_path(node, is_leaf=is_leaf)[0]:
             where = prefix + jax.tree_util.keystr(key_path)
-            if not isinstance(leaf, Module):
+            if not is_module(leaf):
                 leaves.append((where, leaf))
             elif id(leaf) in seen:
                 modules.append((seen[id(leaf)][0], where, leaf))
@@ -87,7 +83,7 @@ def _find_recursive(tree: Any) -> tuple[list, list]:
                 seen[id(leaf)] = (where, leaf)
                 walk(leaf, where)
 
-    if isinstance(tree, Module):
+    if is_module(tree):
         seen[id(tree)] = ("", tree)
     walk(tree, "")
     return modules, _repeated_arrays(leaves)
@@ -155,7 +151,7 @@ def describe_shared(tree: Any, *, who: str = "pax.check") -> str | None:
     found = _find(tree)
     if not found:
         return None
-    root = type(tree).__name__ if isinstance(tree, Module) else "tree"
+    root = type(tree).__name__ if is_module(tree) else "tree"
     lines = [
         f"  {root}{second} is the same {_what(obj)} as {root}{first}"
         for first, second, obj in found
@@ -186,7 +182,7 @@ def check(tree: Any) -> None:
       >>> pax.check(pax.nn.Sequential(fc, fc))
       Traceback (most recent call last):
       ...
-      pax._src.guards.SharedObjectError: pax.check: 1 object is reachable twice in one Sequential:
+      pax.SharedObjectError: pax.check: 1 object is reachable twice in one Sequential:
         Sequential.modules[1] is the same Linear module as Sequential.modules[0]
       ...
     """

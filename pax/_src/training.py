@@ -9,10 +9,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from pax._src.core.checks import check_same_structure
-from pax._src.core.layout import EMPTY
+from pax._src.core import registry
 from pax._src.core.module import Module
-from pax._src.core.structure import describe_difference
+from pax._src.core.sharing import check
+from pax._src.core.structure import check_same_structure, describe_difference
+from pax._src.describe import describe
+from pax._src.optim.base import Optimizer
 
 LossFn = Callable[[Any, Any, Any], tuple[Any, tuple[Any, Any]]]
 UpdateFn = Callable[[Any, Any, Any], tuple[Any, Any, Any]]
@@ -26,8 +28,6 @@ _LOSS_FN_FORM = (
 
 
 def _check_arguments(model: Any, optimizer: Any) -> None:
-    from pax._src.optim.base import Optimizer
-
     if isinstance(model, Optimizer) and not isinstance(optimizer, Optimizer):
         raise TypeError(
             "update_fn: the first argument is an optimizer and the second is not; the order is "
@@ -49,12 +49,6 @@ def _check_arguments(model: Any, optimizer: Any) -> None:
         )
 
 
-def _kind(x: Any) -> str:
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
-        return f"array{list(x.shape)}"
-    return type(x).__name__
-
-
 def _unpack(out: Any) -> tuple[Any, Any, Any]:
     """Checks the ``(loss, (aux, model))`` form of `loss_fn`'s output."""
     ok = isinstance(out, tuple) and len(out) == 2
@@ -62,7 +56,7 @@ def _unpack(out: Any) -> tuple[Any, Any, Any]:
     if not ok or not isinstance(out[1][1], Module):
         got = type(out).__name__
         if isinstance(out, tuple):
-            got = f"a tuple of {len(out)}: ({', '.join(_kind(x) for x in out)})"
+            got = f"a tuple of {len(out)}: ({', '.join(describe(x) for x in out)})"
         raise TypeError(
             f"build_update_fn: loss_fn must return (loss, (loss, model)) with the updated "
             f"pax.Module last, got {got}. Fix:\n{_LOSS_FN_FORM}"
@@ -82,7 +76,7 @@ def _check_optimizer_state(optimizer: Module, grads: Module) -> None:
     """Checks per-parameter states of `optimizer` that mirror the model (e.g. a velocity)."""
     d = optimizer.__dict__
     cls = type(optimizer).__name__
-    for name in d.get("_pax_layout", EMPTY).children:
+    for name in registry.layout_in(d).children:
         state = d[name]
         if type(state) is not type(grads):
             continue
@@ -187,8 +181,6 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
         # Sharing is invisible inside jit (the flattened copies are already independent), so
         # look at the real arguments, once: models are built, and shared, before training.
         if not checked:
-            from pax._src.guards import check
-
             check((model, optimizer))
             checked.append(True)
         return step(model, optimizer, inputs)

@@ -1,0 +1,102 @@
+"""Encoding of one checkpoint leaf as a numpy array plus a JSON metadata record, and back.
+
+Numeric dtypes numpy can store are written as they are (native byte order); ml_dtypes
+(bfloat16, float8_*, int4, ...) as their raw bits; typed PRNG keys as their key data plus the
+name of their implementation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_dtypes
+import numpy as np
+
+from pax._src.errors import CheckpointError
+
+_NATIVE_KINDS = frozenset("biufc")
+
+
+def is_key_array(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def encode_leaf(where: str, leaf: Any) -> tuple[np.ndarray, dict]:
+    """Returns the array to store for `leaf` and its metadata record."""
+    if isinstance(leaf, jax.core.Tracer):
+        raise CheckpointError(
+            f"pax.save: the leaf at {where} is a JAX tracer: save was called inside a "
+            f"transformed function (jax.jit, jax.grad, ...). Fix: return the model from the "
+            f"function and save it outside: model = step(model, ...); pax.save(path, model)."
+        )
+    if is_key_array(leaf):
+        data = np.asarray(jax.random.key_data(leaf))
+        meta = {"encoding": "key", "impl": str(jax.random.key_impl(leaf))}
+        return data, {**meta, "dtype": str(leaf.dtype), "shape": list(leaf.shape)}
+    if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, bool, int, float, complex)):
+        raise CheckpointError(
+            f"pax.save: the leaf at {where} is a {type(leaf).__name__}, not an array; a "
+            f"checkpoint stores only arrays. Fix: keep non-array values out of the saved tree, "
+            f"e.g. pax.save(path, (model, optimizer)) and store other settings separately."
+        )
+    if isinstance(leaf, jax.Array) and leaf.is_deleted():
+        raise CheckpointError(
+            f"pax.save: the array at {where} was deleted, most likely donated to a jitted step "
+            f"(donate_argnums / build_update_fn(..., donate=True)). Fix: save the model the "
+            f"step returned: loss, model, optimizer = update_fn(model, optimizer, batch)."
+        )
+    array = np.asarray(leaf)
+    dtype = array.dtype
+    meta = {"dtype": dtype.name, "shape": list(array.shape)}
+    if dtype.kind in _NATIVE_KINDS:  # ml_dtypes (bfloat16, ...) are of kind "V"
+        return _native_order(array), {**meta, "encoding": "array"}
+    if _extension_dtype(dtype.name) is None:
+        raise CheckpointError(
+            f"pax.save: the leaf at {where} has dtype {dtype}, which a checkpoint cannot store. "
+            f"Fix: convert it to a numeric dtype, e.g. x.astype(jnp.float32)."
+        )
+    bits = array.view(np.dtype(f"u{dtype.itemsize}"))
+    return bits, {**meta, "encoding": "bits"}
+
+
+def _native_order(array: np.ndarray) -> np.ndarray:
+    return array.astype(array.dtype.newbyteorder("="), copy=False)
+
+
+def _extension_dtype(name: str) -> np.dtype | None:
+    """The ml_dtypes dtype (bfloat16, float8_*, int4, ...) called `name`, else None."""
+    scalar = getattr(ml_dtypes, name, None)
+    if isinstance(scalar, type) and issubclass(scalar, np.generic):
+        return np.dtype(scalar)
+    return None
+
+
+def decode_leaf(path: str, where: str, stored: np.ndarray, meta: Any) -> Any:
+    """Inverse of `encode_leaf`; raises CheckpointError if the metadata does not fit the array."""
+    try:
+        encoding, name, shape = meta["encoding"], meta["dtype"], tuple(meta["shape"])
+        if encoding == "array":
+            if np.dtype(name).kind not in _NATIVE_KINDS:
+                raise ValueError(f"dtype {name!r} is not a numeric dtype")
+            value = _native_order(stored)
+        elif encoding == "bits":
+            dtype = _extension_dtype(name)
+            if dtype is None:
+                raise ValueError(f"unknown dtype {name!r}")
+            value = _native_order(stored).view(dtype)
+        elif encoding == "key":
+            value = jax.random.wrap_key_data(stored, impl=meta["impl"])
+        else:
+            raise ValueError(f"unknown encoding {encoding!r}")
+        if tuple(value.shape) != shape or str(value.dtype) != name:
+            raise ValueError(
+                f"the metadata says {name}{list(shape)}, the array is {value.dtype}"
+                f"{list(value.shape)}"
+            )
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"pax.load: {path} is corrupted: the entry {where} cannot be decoded ({err}). "
+            f"Nothing was loaded."
+        ) from None
+    return value

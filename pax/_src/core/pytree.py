@@ -1,0 +1,108 @@
+"""Flatten and unflatten of modules: the hot path, run on every jitted call.
+
+`flatten` reads the cached aux (layout + static values) and picks the children out of the
+attribute dict with one `operator.itemgetter`. `unflatten` makes the object without running
+``__init__``, copies the static values into its dict and stores the children with the
+layout's compiled `fill` (one unpacking assignment).
+Only the first flatten of a module (or the first after its layout, a static value or a traced
+assignment changed) takes the slow path, `build_aux`, which also promotes static containers
+that came to hold modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from pax._src.core import registry
+from pax._src.core.aux import Aux, freeze_static
+from pax._src.core.registry import Kind
+from pax._src.core.tracing import check_no_leaked_tracers
+from pax._src.core.validate import check_module_subtree
+
+
+def flatten(module: Any, _key: str = registry.AUX_KEY) -> tuple[tuple, Aux]:
+    d = module.__dict__
+    aux = d.get(_key)
+    if aux is None:  # first flatten, changed static attributes, or tracers assigned
+        if registry.is_traced(d):
+            check_no_leaked_tracers(module)
+        aux = build_aux(module)
+    return aux.get_children(d), aux
+
+
+def flatten_with_keys(module: Any) -> tuple[tuple, Aux]:
+    children, aux = flatten(module)
+    return tuple(zip(aux[0].keys, children)), aux
+
+
+def make_unflatten(cls: type) -> Callable[[Aux, Any], Any]:
+    """``unflatten(aux, children)`` for modules of `cls`."""
+    new = object.__new__
+
+    def unflatten(aux: Aux, children: Any) -> Any:
+        module = new(cls)
+        d = module.__dict__
+        d.update(aux.template)
+        aux.fill(d, children)
+        return module
+
+    return unflatten
+
+
+def register(cls: type) -> None:
+    """Registers `cls` (a `Module` class) as a pytree node with key paths."""
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, make_unflatten(cls), flatten)
+
+
+def build_aux(module: Any) -> Aux:
+    """Builds (and caches, when every static value is hashable) the aux data of `module`.
+
+    The aux is ``(layout, static values)``; unhashable static values (lists, dicts) enter it
+    as content snapshots and make it uncacheable, so each flatten compares their content.
+    """
+    d = module.__dict__
+    layout = registry.layout_in(d)
+    statics = []
+    cacheable = True
+    for name in layout.static:
+        value = d[name]
+        try:
+            hash(value)
+        except TypeError:
+            cacheable = False
+            frozen = freeze_static(value)
+            if frozen.modules or frozen.arrays:
+                return _promote_static(module, name, value, frozen)
+            value = frozen
+        statics.append(value)
+    aux = Aux((layout, tuple(statics)))
+    cache = cacheable and not registry.is_traced(d)
+    template = {name: d[name] for name in layout.static}
+    # A reference cycle made once per aux (not per call): unflattened modules reuse the aux.
+    template.update(registry.template_entries(layout, aux if cache else None))
+    aux.template = template
+    aux.get_children = layout.get_children
+    aux.fill = layout.fill
+    if cache:
+        registry.cache_aux(d, aux)
+    return aux
+
+
+def _promote_static(module: Any, name: str, value: Any, frozen: Any) -> Aux:
+    """A static container (e.g. `self.layers = []` then `.append(...)`) now holds modules."""
+    cls = type(module).__name__
+    if frozen.arrays:
+        raise TypeError(
+            f"{cls}.{name}: this {type(value).__name__} is a static attribute but now holds a "
+            f"{frozen.arrays[0]} array; arrays must never be static (they would be baked into "
+            f"the compiled program). Register it instead: "
+            f"self.register_parameter_subtree({name!r}, value) or "
+            f"self.register_state_subtree({name!r}, value)."
+        )
+    check_module_subtree(module, name, value)
+    d = module.__dict__
+    registry.set_layout(d, registry.layout_in(d).with_child(name, Kind.MODULE_SUBTREE))
+    return build_aux(module)

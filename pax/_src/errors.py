@@ -1,0 +1,36 @@
+"""Every exception class pax raises beyond the built-in ones.
+
+Each subclasses the built-in error a user would catch (`ValueError`), so code written against
+the built-ins keeps working.
+"""
+
+from __future__ import annotations
+
+
+class StructureChangedError(ValueError):
+    """A module's pytree structure changed inside a transformed function."""
+
+
+class SharedObjectError(ValueError):
+    """The same module or array object is reachable twice in one pytree."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be written or read: corrupted, truncated, or not a pax checkpoint."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint's leaves do not match the tree passed as ``like`` to `pax.load`."""
+
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "SharedObjectError",
+    "StructureChangedError",
+]
+
+# Shown as `pax.SharedObjectError` etc. in tracebacks: the public names users import.
+for _cls in (CheckpointError, CheckpointMismatchError, SharedObjectError, StructureChangedError):
+    _cls.__module__ = "pax"
+del _cls
