@@ -33,6 +33,7 @@ def _probe_trace_state_clean() -> bool:
 
 
 def _load_trace_state_clean() -> Callable[[], bool]:
+    internal: Callable[[], bool] | None
     try:
         from jax._src.core import trace_state_clean as internal
     except ImportError:

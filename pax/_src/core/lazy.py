@@ -8,16 +8,14 @@ one is registered, no such module can exist, so initializing a model just copies
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-
-class LazyInitializer(Protocol):
-    """``initializer(model, *args, enable_jit=..., **kwargs) -> model``: returns a copy of
-    `model` whose lazily-initialized modules were initialized by calling it on the inputs."""
-
-    def __call__(self, model: Any, *args: Any, enable_jit: bool = ..., **kwargs: Any) -> Any: ...
+LazyInitializer = Callable[..., Any]
+"""``initializer(model, *args, enable_jit=..., **kwargs) -> model``: returns a copy of `model`
+whose lazily-initialized modules were initialized by calling it on the example inputs."""
 
 
 _initializer: LazyInitializer | None = None

@@ -43,7 +43,7 @@ def make_unflatten(cls: type) -> Callable[[Aux, Any], Any]:
     new = object.__new__
 
     def unflatten(aux: Aux, children: Any) -> Any:
-        module = new(cls)
+        module: Any = new(cls)
         d = module.__dict__
         d.update(aux.template)
         aux.fill(d, children)

@@ -130,10 +130,7 @@ def _module_difference(
     la, lb = registry.layout_in(da), registry.layout_in(db)
     if la is not lb:
         for name in dict.fromkeys(la.children + lb.children + la.static + lb.static):
-            ka = la.kind_of.get(name, "static attribute" if name in la.static else "absent")
-            kb = lb.kind_of.get(name, "static attribute" if name in lb.static else "absent")
-            ka = getattr(ka, "value", ka)
-            kb = getattr(kb, "value", kb)
+            ka, kb = _kind_name(la, name), _kind_name(lb, name)
             if ka != kb:
                 return (
                     f"at {path}.{name}: {cls}.{name} is {_article(ka)} ({na}) but "
@@ -159,6 +156,13 @@ def _module_difference(
         if diff:
             return diff
     return None
+
+
+def _kind_name(layout: registry.Layout, name: str) -> str:
+    kind = layout.kind_of.get(name)
+    if kind is not None:
+        return kind.value
+    return "static attribute" if name in layout.static else "absent"
 
 
 def _article(kind: str) -> str:
