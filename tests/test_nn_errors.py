@@ -80,6 +80,14 @@ CONSTRUCTION = [
         lambda: nn.Dropout(0.5, broadcast_dims=1),
         "Dropout: broadcast_dims must be a sequence of ints",
     ),
+    (
+        lambda: nn.Dropout(0.5, broadcast_dims=(1.5,)),
+        r"Dropout: broadcast_dims must be a sequence of ints, got \(1.5,\); e.g. broadcast_dims=\(1,\)",
+    ),
+    (
+        lambda: nn.LayerNorm(3, axis=()),
+        r"LayerNorm: axis must be an int or a non-empty sequence of ints, got \(\); e.g. axis=-1",
+    ),
     (lambda: nn.Embed(0, 3), "Embed: vocab_size must be a positive int"),
     (lambda: nn.LSTM(3, 0), "LSTM: hidden_dim must be a positive int"),
     (

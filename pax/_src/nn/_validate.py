@@ -170,6 +170,25 @@ def replicate(cls: str, name: str, value: Any, n: int) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
+def int_tuple(cls: str, name: str, value: Any, *, scalar: bool, example: str) -> tuple[int, ...]:
+    """An axis argument as a tuple of ints: a sequence of ints, or (with `scalar`) one int.
+
+    With `scalar` the sequence must be non-empty (an axis to act on is required); without it an
+    empty sequence is fine (no axis singled out). `example` is a valid value shown in the error.
+    """
+    if scalar and _is_int(value):
+        return (int(value),)
+    if (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and (len(value) > 0 or not scalar)
+        and all(map(_is_int, value))
+    ):
+        return tuple(int(a) for a in value)
+    kind = "an int or a non-empty sequence of ints" if scalar else "a sequence of ints"
+    raise ValueError(f"{cls}: {name} must be {kind}, got {value!r}; e.g. {name}={example}.")
+
+
 def padding_arg(cls: str, padding: Any, n: int) -> str | tuple[tuple[int, int], ...]:
     """Normalizes a padding argument: "SAME", "VALID", an int, or `n` (low, high) pairs."""
     if isinstance(padding, str):

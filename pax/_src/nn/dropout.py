@@ -51,14 +51,9 @@ class Dropout(Module):
         super().__init__()
         cls = type(self).__name__
         self.rate = v.rate_in_unit_interval(cls, "rate", rate)
-        if isinstance(broadcast_dims, int) or not all(
-            isinstance(d, int) and not isinstance(d, bool) for d in broadcast_dims
-        ):
-            raise ValueError(
-                f"{cls}: broadcast_dims must be a sequence of ints, got {broadcast_dims!r}; "
-                f"e.g. broadcast_dims=(1,)."
-            )
-        self.broadcast_dims = tuple(broadcast_dims)
+        self.broadcast_dims = v.int_tuple(
+            cls, "broadcast_dims", broadcast_dims, scalar=False, example="(1,)"
+        )
         self.register_state("rng_key", resolve_rng_key(rng_key))
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -6,25 +6,12 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
 from pax._src.nn import _validate as v
 from pax._src.nn import initializers
 from pax._src.nn.initializers import Initializer
-
-
-def _axes_arg(cls: str, axis: int | Sequence[int]) -> tuple[int, ...]:
-    if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
-        return (int(axis),)
-    if (
-        isinstance(axis, Sequence)
-        and len(axis) > 0
-        and all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axis)
-    ):
-        return tuple(int(a) for a in axis)
-    raise ValueError(f"{cls}: axis must be an int or a non-empty sequence of ints, got {axis!r}.")
 
 
 def _abs_axes(cls: str, axes: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -111,7 +98,7 @@ class LayerNorm(Module):
         super().__init__()
         cls = type(self).__name__
         self.in_dim = v.positive_int(cls, "in_dim", in_dim)
-        self.axis = _axes_arg(cls, axis)
+        self.axis = v.int_tuple(cls, "axis", axis, scalar=True, example="-1")
         self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
         self.use_fast_variance = bool(use_fast_variance)
         _scale_offset(
@@ -174,7 +161,7 @@ class RMSNorm(Module):
         super().__init__()
         cls = type(self).__name__
         self.in_dim = v.positive_int(cls, "in_dim", in_dim)
-        self.axis = _axes_arg(cls, axis)
+        self.axis = v.int_tuple(cls, "axis", axis, scalar=True, example="-1")
         self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
         _scale_offset(self, rng_key, (self.in_dim,), create_scale, False, scale_init, None)
         del self.offset
