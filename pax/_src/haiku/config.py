@@ -36,12 +36,16 @@ class _ByIdentity:
         return id(self.value)
 
 
+# `object.__eq__`, typed loosely: compared by identity with a class's inherited `__eq__`.
+_OBJECT_EQ: Any = object.__eq__
+
+
 def _compare_by_content(x: Any) -> bool:
     """Haiku's own objects (initializers, ...) with the default identity `__eq__`."""
     cls = type(x)
     return (
         cls.__module__.split(".")[0] == "haiku"
-        and cls.__eq__ is object.__eq__
+        and cls.__eq__ is _OBJECT_EQ
         and hasattr(x, "__dict__")
     )
 
@@ -203,11 +207,7 @@ class HaikuConfig:
         return HaikuConfig(self.hk_cls, tuple(bound.args), dict(bound.kwargs))
 
     def __eq__(self, other: object) -> bool:
-        return (
-            type(other) is HaikuConfig
-            and self._hash == other._hash  # type: ignore[attr-defined]
-            and self._key == other._key  # type: ignore[attr-defined]
-        )
+        return type(other) is HaikuConfig and self._hash == other._hash and self._key == other._key
 
     def __hash__(self) -> int:
         return self._hash

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import jax
 
@@ -54,7 +54,7 @@ def _initialize_in_forward(
         records[index] = (module.params, module.state, getattr(module, "rng_key", None))
 
     with initialize_on_first_call(initialize):
-        model(*args, **kwargs)
+        cast(Any, model)(*args, **kwargs)
     return records
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import haiku as hk
 import jax
@@ -18,7 +18,7 @@ from pax._src.haiku.config import HaikuConfig, haiku_class_name, transformed
 
 HaikuDict = dict[str, dict[str, jax.Array]]
 
-_KEY_PLACEHOLDER = np.zeros((2,), np.uint32)
+_KEY_PLACEHOLDER: Any = np.zeros((2,), np.uint32)
 
 _NOT_INITIALIZED = (
     "{module} is not initialized: Haiku creates its parameters from the shape of a first input. "
@@ -190,7 +190,7 @@ class HaikuModule(Module):
             hook(self, args, kwargs)
         rng = None
         if self.use_rng:
-            new_key, rng = jax.random.split(self.rng_key)
+            new_key, rng = jax.random.split(cast(jax.Array, self.rng_key))
             self.rng_key = new_key
         with self._explain_errors():
             out, state = transformed(self.hk_config, method).apply(

@@ -15,7 +15,7 @@ shows the names in use.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import jax.numpy as jnp
 import numpy as np
@@ -134,7 +134,7 @@ def to_haiku_params(
     owner: dict[str, str] = {}
     for path, module, base, full in entries:
         for own, out in ((module.params, params), (module.state, state)):
-            for inner, leaves in own.items():
+            for inner, leaves in cast(HaikuDict, own).items():
                 outer = _outer(inner, base, full)
                 if outer in out:
                     raise ValueError(

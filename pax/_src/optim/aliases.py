@@ -54,7 +54,8 @@ class by_key_path:
                 f"optimizer, got {type(params).__name__}. Use it inside pax.optim.from_optax "
                 f"transforms only."
             )
-        return type(params)((key, self.fn(key)) for key in params)
+        rebuild: Any = type(params)
+        return rebuild((key, self.fn(key)) for key in params)
 
     def __eq__(self, other: object) -> bool:
         return type(other) is by_key_path and other.fn == self.fn
