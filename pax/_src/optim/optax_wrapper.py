@@ -258,6 +258,8 @@ class OptaxBuilder:
 
     __slots__ = ("transform",)
 
+    transform: optax.GradientTransformation
+
     def __init__(self, transform: optax.GradientTransformation) -> None:
         _check_transform(transform, "pax.optim.from_optax")
         object.__setattr__(self, "transform", transform)
