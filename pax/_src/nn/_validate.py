@@ -12,6 +12,7 @@ import inspect
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any, TypeVar
 
 import jax.numpy as jnp
@@ -40,7 +41,8 @@ _LEGACY_FORMATS: dict[Any, tuple[str, int | None]] = {
 
 def _caller_stacklevel() -> int:
     """The `stacklevel` of the first frame outside pax.nn (the user's call)."""
-    level, frame = 1, sys._getframe(1)
+    level = 1
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__", "").startswith("pax._src.nn"):
         level, frame = level + 1, frame.f_back
     return level

@@ -93,11 +93,11 @@ class MultiHeadAttention(Module):
         w_init = w_init or initializers.variance_scaling(1.0)
         keys = jax.random.split(resolve_rng_key(rng_key), 4)
         h = self.num_heads
-        kw = {"with_bias": with_bias, "w_init": w_init, "b_init": b_init}
-        self.query_proj = Linear(in_dim, h * self.key_size, **kw, rng_key=keys[0])
-        self.key_proj = Linear(key_in_dim, h * self.key_size, **kw, rng_key=keys[1])
-        self.value_proj = Linear(value_in_dim, h * self.value_size, **kw, rng_key=keys[2])
-        self.out_proj = Linear(h * self.value_size, self.out_dim, **kw, rng_key=keys[3])
+        args = (with_bias, w_init, b_init)
+        self.query_proj = Linear(in_dim, h * self.key_size, *args, rng_key=keys[0])
+        self.key_proj = Linear(key_in_dim, h * self.key_size, *args, rng_key=keys[1])
+        self.value_proj = Linear(value_in_dim, h * self.value_size, *args, rng_key=keys[2])
+        self.out_proj = Linear(h * self.value_size, self.out_dim, *args, rng_key=keys[3])
 
     def _heads(self, proj: Linear, x: jax.Array, size: int, what: str) -> jax.Array:
         cls = type(self).__name__

@@ -145,8 +145,8 @@ class BatchNorm(Module):
             mean = jnp.mean(x, axes, keepdims=True)
             mean_of_squares = jnp.mean(jnp.square(x), axes, keepdims=True)
             if self.cross_replica_axis:
-                groups = self.cross_replica_axis_index_groups
-                groups = None if groups is None else [list(g) for g in groups]
+                index_groups = self.cross_replica_axis_index_groups
+                groups = None if index_groups is None else [list(g) for g in index_groups]
                 mean = jax.lax.pmean(mean, self.cross_replica_axis, axis_index_groups=groups)
                 mean_of_squares = jax.lax.pmean(
                     mean_of_squares, self.cross_replica_axis, axis_index_groups=groups

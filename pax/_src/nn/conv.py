@@ -131,8 +131,8 @@ class ConvND(Module):
         return x, unbatched
 
     def _add_bias(self, y: jax.Array, unbatched: bool) -> jax.Array:
-        if self.with_bias:
-            bias = self.bias
+        bias = self.bias
+        if bias is not None:
             if not self.channels_last:
                 bias = bias.reshape((-1,) + (1,) * self._num_spatial)
             y = y + jnp.broadcast_to(bias.astype(y.dtype), y.shape)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import jax
 import numpy as np
@@ -94,7 +95,7 @@ class _ConvTranspose(ConvND):
         if self.output_shape is not None:
             sizes = x.shape[1:-1] if self.channels_last else x.shape[2:]
             pads = [
-                _adjusted_padding(type(self).__name__, i, o, k, s, self.padding)
+                _adjusted_padding(type(self).__name__, i, o, k, s, cast(str, self.padding))
                 for i, o, k, s in zip(sizes, self.output_shape, effective, self.stride)
             ]
         elif isinstance(self.padding, str):

@@ -36,7 +36,8 @@ def _bucket(n: int) -> int:
 
 def _prefix_stable(key: jax.Array) -> bool:
     """Whether a draw of shape (m,) starts with the draw of shape (n,), n <= m, for `key`."""
-    if isinstance(key, jax.core.Tracer) or not jax.config.jax_threefry_partitionable:
+    partitionable = jax.config.jax_threefry_partitionable  # type: ignore[attr-defined]
+    if isinstance(key, jax.core.Tracer) or not partitionable:
         return False
     try:
         return str(jax.random.key_impl(key)) == "threefry2x32"

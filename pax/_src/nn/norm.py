@@ -32,8 +32,13 @@ def _scale_offset(
     create_offset: bool,
     scale_init: Initializer | None,
     offset_init: Initializer | None,
+    *,
+    with_offset: bool = True,
 ) -> None:
-    """Registers `scale` and `offset` (or sets them to None), checking the init arguments."""
+    """Registers `scale` and `offset` (or sets them to None), checking the init arguments.
+
+    Without `with_offset` (RMSNorm) the module has no `offset` attribute at all.
+    """
     cls = type(module).__name__
     if not create_scale and scale_init is not None:
         raise ValueError(f"{cls}: scale_init is set but create_scale=False; drop one of them.")
@@ -41,11 +46,15 @@ def _scale_offset(
         raise ValueError(f"{cls}: offset_init is set but create_offset=False; drop one of them.")
     s_key, o_key = jax.random.split(resolve_rng_key(key))
     if create_scale:
-        module.register_parameter("scale", (scale_init or initializers.ones)(s_key, shape))
+        scale = (scale_init or initializers.ones)(s_key, shape, jnp.float32)
+        module.register_parameter("scale", scale)
     else:
         module.scale = None
+    if not with_offset:
+        return
     if create_offset:
-        module.register_parameter("offset", (offset_init or initializers.zeros)(o_key, shape))
+        offset = (offset_init or initializers.zeros)(o_key, shape, jnp.float32)
+        module.register_parameter("offset", offset)
     else:
         module.offset = None
 
@@ -163,8 +172,9 @@ class RMSNorm(Module):
         self.in_dim = v.positive_int(cls, "in_dim", in_dim)
         self.axis = v.int_tuple(cls, "axis", axis, scalar=True, example="-1")
         self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
-        _scale_offset(self, rng_key, (self.in_dim,), create_scale, False, scale_init, None)
-        del self.offset
+        _scale_offset(
+            self, rng_key, (self.in_dim,), create_scale, False, scale_init, None, with_offset=False
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         cls = type(self).__name__

@@ -99,7 +99,9 @@ class LSTM(Module):
         self.register_parameter("weight_hh", w_init(k2, (hidden_dim, 4 * hidden_dim), jnp.float32))
         self.register_parameter("bias", b_init(k3, (4 * hidden_dim,), jnp.float32))
 
-    def __call__(self, x: jax.Array, state: LSTMState) -> tuple[jax.Array, LSTMState]:
+    def __call__(
+        self, x: jax.Array, state: LSTMState | tuple[jax.Array, jax.Array]
+    ) -> tuple[jax.Array, LSTMState | tuple[jax.Array, jax.Array]]:
         h, c = state
         _check(type(self).__name__, x, self.in_dim, h, self.hidden_dim)
         gates = jnp.dot(x, self.weight_ih) + jnp.dot(h, self.weight_hh)
@@ -111,7 +113,8 @@ class LSTM(Module):
         if type(state) is tuple:
             return h, (h, c)
         if hasattr(state, "_fields"):  # e.g. hk.LSTMState: keep the type (scan carries it)
-            return h, type(state)(h, c)
+            state_type: Any = type(state)
+            return h, state_type(h, c)
         return h, LSTMState(h, c)
 
     def initial_state(self, batch_size: int | None) -> LSTMState:
@@ -236,9 +239,11 @@ class VanillaRNN(Module):
         self.activation = activation
         self.double_bias = bool(double_bias)
         k1, k2 = jax.random.split(resolve_rng_key(rng_key))
-        w_ih = initializers.truncated_normal(1.0 / np.sqrt(in_dim))(k1, (in_dim, hidden_dim))
+        w_ih = initializers.truncated_normal(1.0 / np.sqrt(in_dim))(
+            k1, (in_dim, hidden_dim), jnp.float32
+        )
         w_hh = initializers.truncated_normal(1.0 / np.sqrt(hidden_dim))(
-            k2, (hidden_dim, hidden_dim)
+            k2, (hidden_dim, hidden_dim), jnp.float32
         )
         self.register_parameter("weight_ih", w_ih)
         self.register_parameter("bias", jnp.zeros((hidden_dim,)))

@@ -30,7 +30,7 @@ class Sequential(Module):
       (1, 3)
     """
 
-    modules: list[Module]
+    modules: list[Any]  # pax modules; plain functions are wrapped in a Lambda
 
     def __init__(self, *layers: Module | Callable[..., Any]) -> None:
         super().__init__()
