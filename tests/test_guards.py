@@ -75,8 +75,27 @@ def test_shared_array_is_reported():
         match=r"TwoWeights\.cache\['w'\] is the same f32\[2,3\] array as TwoWeights\.a",
     ):
         pax.check(model)
+    # registration converts numpy inputs as jnp.asarray would: each place gets its own buffer
     numpy_model = TwoWeights(np.zeros(2, np.float32))
-    assert pax.find_shared(numpy_model) == [(".a", ".cache['w']")]
+    assert pax.find_shared(numpy_model) == []
+
+
+def test_arrays_shared_between_top_level_items_are_values_unless_donated():
+    online = pax.nn.Linear(2, 2)
+    target = online.copy()
+    pax.check((online, target))  # a copy shares immutable arrays: accepted
+    pax.check({"online": online, "target": target})
+    with pytest.raises(
+        pax.SharedObjectError,
+        match=r"tree\[1\]\.weight is the same f32\[2,2\] array as tree\[0\]\.weight\n"
+        r"(.|\n)*donated twice",
+    ):
+        pax.check((online, target), donate=True)
+    with pytest.raises(
+        pax.SharedObjectError,
+        match=r"tree\[0\]\.cache\['w'\] is the same f32\[2\] array as tree\[0\]\.a",
+    ):
+        pax.check((TwoWeights(jnp.ones(2)), online))  # inside one model: a tie attempt
 
 
 def test_sharing_across_the_items_of_a_tuple():

@@ -57,8 +57,22 @@ class NodeSpec:
 
 
 shapes = st.lists(st.integers(0, 3), min_size=0, max_size=2).map(tuple)
+INEXACT = ["float32", "bfloat16", "float16", "float8_e4m3fn"]
+
+
+def _trainable_inexact(spec: LeafSpec) -> LeafSpec:
+    """Parameters must be float arrays: an integer or boolean leaf drawn trainable is a state."""
+    if spec.trainable and spec.dtype not in INEXACT:
+        return LeafSpec(spec.shape, spec.dtype, False)
+    return spec
+
+
 leaf_specs = st.builds(LeafSpec, shapes, st.sampled_from(DTYPES), st.booleans())
+leaf_specs = leaf_specs.map(_trainable_inexact)
 leaf_lists = st.lists(leaf_specs, max_size=3).map(tuple)
+float_leaf_lists = st.lists(
+    st.builds(LeafSpec, shapes, st.sampled_from(INEXACT), st.just(True)), max_size=3
+).map(tuple)
 
 
 def _node_specs(children: st.SearchStrategy) -> st.SearchStrategy:
@@ -68,7 +82,7 @@ def _node_specs(children: st.SearchStrategy) -> st.SearchStrategy:
         NodeSpec,
         kind=st.sampled_from(["node", "pair"]),
         leaves=leaf_lists,
-        param_subtree=st.none() | leaf_lists,
+        param_subtree=st.none() | float_leaf_lists,
         state_subtree=st.none() | leaf_lists,
         children=small,
         in_list=st.lists(children | st.none(), max_size=3).map(tuple),

@@ -11,7 +11,7 @@ import numpy as np
 
 from pax._src.core import registry
 from pax._src.core.module import Module
-from pax._src.core.sharing import check
+from pax._src.core.sharing import check, modules_are_distinct
 from pax._src.core.structure import check_same_structure, describe_difference
 from pax._src.describe import describe
 from pax._src.optim.base import Optimizer
@@ -46,6 +46,23 @@ def _check_arguments(model: Any, optimizer: Any) -> None:
         raise TypeError(
             f"update_fn: optimizer must be a pax.Optimizer (a module with a "
             f"step(grads, model) method), got {type(optimizer).__name__}. Fix: {fix}."
+        )
+
+
+def _leaf_ids(tree: Any) -> set[int]:
+    return {id(x) for x in jax.tree_util.tree_leaves(tree)}
+
+
+def _check_params_used(params: Any, model: Module, new_model: Module) -> None:
+    """Raises if the model loss_fn returns does not hold the parameters it was given."""
+    given = _leaf_ids(params)
+    returned = _leaf_ids(new_model.parameters())
+    if given and returned and not (returned & given) and returned <= _leaf_ids(model.parameters()):
+        raise ValueError(
+            f"build_update_fn: the {type(new_model).__name__} returned by loss_fn holds its "
+            f"original parameters, none of the `params` loss_fn was given: gradients would all "
+            f"be zero and the model would silently stop learning. Fix: start loss_fn with "
+            f"`model = model.update(params)`:\n{_LOSS_FN_FORM}"
         )
 
 
@@ -112,8 +129,10 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
       The update function; the loss it returns is the first element of ``loss_fn``'s
       auxiliary output.
 
-    The first call also runs `pax.check` on the model and optimizer: a module or array
-    reachable twice would silently become two copies under jit.
+    The first call also runs `pax.check` on the model and optimizer: a module reachable twice
+    (or an array reachable twice inside the model) would silently become two copies under jit;
+    with `donate`, any array reachable twice is refused. Later calls check that no module is
+    reachable twice (by identity, a few microseconds).
 
     Raises:
       ValueError: if `donate` is set without `jit`.
@@ -151,6 +170,7 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
 
     def checked_loss(params: Any, model: Module, inputs: Any) -> tuple[Any, tuple[Any, Any]]:
         loss, aux, new_model = _unpack(loss_fn(params, model, inputs))
+        _check_params_used(params, model, new_model)
         check_same_structure(model, new_model, what="the model returned by loss_fn")
         return loss, (aux, new_model)
 
@@ -178,11 +198,17 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
 
     @functools.wraps(update_fn)
     def first_call_checked(model: Any, optimizer: Any, inputs: Any) -> tuple[Any, Any, Any]:
+        # Before JAX sees the arguments: an optax transform would fail inside jit's argument
+        # handling with an unrelated message.
+        _check_arguments(model, optimizer)
         # Sharing is invisible inside jit (the flattened copies are already independent), so
-        # look at the real arguments, once: models are built, and shared, before training.
+        # look at the real arguments: in full once (arrays too when donated), then modules by
+        # identity on every call (a few microseconds), for sharing introduced between steps.
         if not checked:
-            check((model, optimizer))
+            check((model, optimizer), donate=donate)
             checked.append(True)
+        elif not modules_are_distinct(model, optimizer):
+            check((model, optimizer), donate=donate)
         return step(model, optimizer, inputs)
 
     first_call_checked.step = step  # type: ignore[attr-defined]

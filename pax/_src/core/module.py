@@ -7,6 +7,7 @@ and the functional views. The registry itself lives in `registry.py`, flatten/un
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import jax
@@ -14,26 +15,31 @@ import jax
 from pax._src.core import lazy, pytree, registry
 from pax._src.core._jax_compat import Tracer, trace_state_clean
 from pax._src.core.registry import Kind, Layout, Registered
-from pax._src.core.structure import describe_difference
 from pax._src.core.summary import module_repr, summary
 from pax._src.core.tracing import is_wrapped, wrap_call
 from pax._src.core.validate import (
+    as_jax,
     check_leaf,
+    check_not_shadowing,
+    check_state_dtype,
     check_subtree,
     kind_after_registration,
     layout_after_assignment,
 )
-from pax._src.core.views import ONLY_PARAMETERS, ONLY_STATES, map_kinds, pick, rebuild, set_training
+from pax._src.core.views import (
+    ONLY_PARAMETERS,
+    ONLY_STATES,
+    map_kinds,
+    merge,
+    rebuild,
+    set_training,
+)
 
 T = TypeVar("T", bound="Module")
 
 _LAYOUT_KEY = registry.LAYOUT_KEY
 
 __all__ = ["Module"]
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 # --- the Module class --------------------------------------------------------------------------
@@ -89,6 +95,18 @@ class Module(Registered):
             d.setdefault("training", True)
         return layout
 
+    @property
+    def registry(self) -> Mapping[str, Kind]:
+        """The registered children, ``{name: Kind}`` in flatten order (read-only).
+
+        Example:
+          >>> import pax
+          >>> pax.nn.Linear(2, 3).registry["weight"]
+          <Kind.PARAMETER: 'parameter'>
+        """
+        pytree.ensure_promoted(self)  # a static list filled with modules after assignment
+        return Registered.registry.fget(self)  # type: ignore[attr-defined]
+
     # --- attribute assignment ----------------------------------------------------------------
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -104,6 +122,8 @@ class Module(Registered):
             self.__assign_unregistered(name, value, layout, kind)
         elif kind in registry.LEAF_KINDS:
             check_leaf(self, name, kind, value, allow_none=True)
+            if kind is Kind.STATE:
+                check_state_dtype(self, name, d.get(name), value)
             d[name] = value
             if isinstance(value, Tracer):
                 registry.mark_traced(d)
@@ -118,9 +138,11 @@ class Module(Registered):
         self, name: str, value: Any, layout: Layout, kind: Kind | None
     ) -> None:
         descriptor = getattr(type(self), name, None)
-        if hasattr(descriptor, "__set__"):
-            object.__setattr__(self, name, value)
-            return
+        if descriptor is not None:
+            if hasattr(descriptor, "__set__"):
+                object.__setattr__(self, name, value)
+                return
+            check_not_shadowing(self, name, descriptor)
         new_layout = layout_after_assignment(self, name, value, layout, kind)
         d = self.__dict__
         d[name] = value
@@ -225,6 +247,10 @@ class Module(Registered):
 
     def __register(self, name: str, value: Any, kind: Kind) -> None:
         layout = registry.stored_layout(self.__dict__) or self.__init_registry()
+        if kind in registry.LEAF_KINDS:
+            value = as_jax(value)  # JAX's dtype rules: float64 -> float32 unless x64
+        elif kind is not Kind.MODULE and kind is not Kind.MODULE_SUBTREE:
+            value = jax.tree_util.tree_map(as_jax, value)
         kind = kind_after_registration(self, name, value, layout, kind)
         d = self.__dict__
         d[name] = value
@@ -259,8 +285,8 @@ class Module(Registered):
         """Returns a copy of self where the non-None leaves of `other` (then `rest`) win.
 
         Raises:
-          ValueError: if a tree's structure differs from self's, naming the first differing
-            key path.
+          ValueError: if a tree's structure differs from self's, or a leaf has another shape
+            or dtype (None leaves match anything), naming the first differing key path.
 
         Example:
           >>> import jax, pax
@@ -269,20 +295,7 @@ class Module(Registered):
           >>> float(net.update(zeros).weight.sum())
           0.0
         """
-        result = self
-        for tree in (other, *rest):
-            try:
-                result = jax.tree_util.tree_map(pick, result, tree, is_leaf=_is_none)
-            except Exception:  # jax reports mismatches with several exception types
-                diff = describe_difference(result, tree, none_is_wildcard=True)
-                if diff is None:
-                    raise
-                raise ValueError(
-                    f"{type(self).__name__}.update: the tree to merge has a different "
-                    f"structure: {diff}. Fix: build it from this module, e.g. "
-                    f"model.parameters() or a jax.tree_util.tree_map over it."
-                ) from None
-        return result
+        return merge(self, (other, *rest))
 
     def freeze(self: T) -> T:
         """Returns a copy where every parameter (recursively) is a non-trainable state.
@@ -347,6 +360,7 @@ class Module(Registered):
           >>> len(pax.nn.MLP([2, 4, 1]).submodules())
           2
         """
+        pytree.ensure_promoted(self)
         d = self.__dict__
         out: list[Module] = []
         for name, _ in registry.layout_in(d).module_children:

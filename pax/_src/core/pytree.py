@@ -17,7 +17,7 @@ from typing import Any
 import jax
 
 from pax._src.core import registry
-from pax._src.core.aux import Aux, freeze_static
+from pax._src.core.aux import Aux, FrozenStatic, freeze_static
 from pax._src.core.registry import Kind
 from pax._src.core.tracing import check_no_leaked_tracers
 from pax._src.core.validate import check_module_subtree
@@ -73,10 +73,9 @@ def build_aux(module: Any) -> Aux:
             hash(value)
         except TypeError:
             cacheable = False
-            frozen = freeze_static(value)
-            if frozen.modules or frozen.arrays:
-                return _promote_static(module, name, value, frozen)
-            value = frozen
+            value = _snapshot(module, name, value)
+            if value is None:  # promoted: the layout changed
+                return build_aux(module)
         statics.append(value)
     aux = Aux((layout, tuple(statics)))
     cache = cacheable and not registry.is_traced(d)
@@ -91,8 +90,33 @@ def build_aux(module: Any) -> Aux:
     return aux
 
 
-def _promote_static(module: Any, name: str, value: Any, frozen: Any) -> Aux:
-    """A static container (e.g. `self.layers = []` then `.append(...)`) now holds modules."""
+def ensure_promoted(module: Any) -> None:
+    """Promotes the static containers of `module` that came to hold modules (see `_snapshot`).
+
+    Every reader of the registry (the views, `submodules`, `summary`, `registry`) calls it
+    first, so it sees the classification flatten would use. A module with a cached aux has only
+    hashable static values and pays one dict lookup.
+    """
+    d = module.__dict__
+    if registry.cached_aux(d) is not None:
+        return
+    for name in registry.layout_in(d).static:
+        value = d[name]
+        try:
+            hash(value)
+        except TypeError:
+            _snapshot(module, name, value)
+
+
+def _snapshot(module: Any, name: str, value: Any) -> FrozenStatic | None:
+    """The snapshot of the unhashable static `value`, or None once it has been promoted.
+
+    The one place that decides: a static container (e.g. `self.layers = []` then
+    `.append(...)`) that now holds modules becomes a module subtree; one holding arrays raises.
+    """
+    frozen = freeze_static(value)
+    if not (frozen.modules or frozen.arrays):
+        return frozen
     cls = type(module).__name__
     if frozen.arrays:
         raise TypeError(
@@ -105,4 +129,4 @@ def _promote_static(module: Any, name: str, value: Any, frozen: Any) -> Aux:
     check_module_subtree(module, name, value)
     d = module.__dict__
     registry.set_layout(d, registry.layout_in(d).with_child(name, Kind.MODULE_SUBTREE))
-    return build_aux(module)
+    return None

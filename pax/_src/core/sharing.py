@@ -8,7 +8,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from pax._src.core.registry import is_module
+from pax._src.core import registry
+from pax._src.core.registry import Kind, is_module
 from pax._src.describe import describe
 from pax._src.errors import SharedObjectError
 
@@ -25,6 +26,13 @@ _SHARING_FIX = (
     "y = self.block(self.block(x)); to tie one weight (e.g. input and output embeddings), "
     "register it once and read it from both places, e.g. logits = x @ self.embed.weight.T; "
     "to keep two independent modules, build two of them (or module.copy() plus fresh arrays)."
+)
+
+
+_DONATE_FIX = (
+    "With donate=True one buffer would be donated twice. Fix: give each place its own copy, "
+    "e.g. opt = make_optimizer(jax.tree_util.tree_map(jnp.copy, model.parameters())), or "
+    "build_update_fn(loss_fn, donate=False)."
 )
 
 
@@ -104,9 +112,38 @@ def _key(path: Any) -> str:
     return path if isinstance(path, str) else jax.tree_util.keystr(path)
 
 
-def _find(tree: Any) -> list[tuple[str, str, Any]]:
-    modules, arrays = (_find_one_pass if _PATH_IS_LEAF else _find_recursive)(tree)
-    return modules + arrays
+def _item(path: str) -> str:
+    """The top-level item of a key path string: ``"[1]"`` for ``"[1].opt_state['w']"``."""
+    return path[: path.index("]") + 1] if path.startswith("[") and "]" in path else path
+
+
+def _find(tree: Any, arrays: str = "all") -> list[tuple[str, str, Any]]:
+    modules, shared_arrays = (_find_one_pass if _PATH_IS_LEAF else _find_recursive)(tree)
+    if arrays == "within" and not is_module(tree):
+        shared_arrays = [a for a in shared_arrays if _item(a[0]) == _item(a[1])]
+    return modules + shared_arrays
+
+
+def modules_are_distinct(*roots: Any) -> bool:
+    """True if no module is reachable twice from `roots` (modules only; about 0.5 us each)."""
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            return False
+        seen.add(id(module))
+        d = module.__dict__
+        for name, kind in registry.layout_in(d).module_children:
+            value = d[name]
+            if kind is Kind.MODULE:
+                if value is not None:
+                    stack.append(value)
+            else:
+                stack.extend(
+                    m for m in jax.tree_util.tree_leaves(value, is_leaf=is_module) if is_module(m)
+                )
+    return True
 
 
 def find_shared(tree: Any) -> list[tuple[str, str]]:
@@ -132,12 +169,17 @@ def find_shared(tree: Any) -> list[tuple[str, str]]:
     return [(first, second) for first, second, _ in _find(tree)]
 
 
-def describe_shared(tree: Any, *, who: str = "pax.check") -> str | None:
+def describe_shared(
+    tree: Any, *, who: str = "pax.check", arrays: str = "all", donate: bool = False
+) -> str | None:
     """The error message explaining the objects `find_shared` finds in ``tree``, or None.
 
     Args:
       tree: a module, optimizer, or any pytree of them.
       who: the function named at the start of the message.
+      arrays: ``"all"`` reports every shared array, ``"within"`` only arrays shared inside
+        one top-level item of a tuple, list or dict `tree` (see `check`).
+      donate: explain that the buffers are donated.
 
     Returns:
       A message listing both key paths of each shared object and how to share weights
@@ -148,7 +190,7 @@ def describe_shared(tree: Any, *, who: str = "pax.check") -> str | None:
       >>> print(describe_shared(pax.nn.Linear(2, 2)))
       None
     """
-    found = _find(tree)
+    found = _find(tree, arrays)
     if not found:
         return None
     root = type(tree).__name__ if is_module(tree) else "tree"
@@ -160,18 +202,27 @@ def describe_shared(tree: Any, *, who: str = "pax.check") -> str | None:
     return (
         f"{who}: {count} reachable twice in one {root}:\n"
         + "\n".join(lines)
-        + f"\n{_SHARING_EXPLANATION} {_SHARING_FIX}"
+        + f"\n{_SHARING_EXPLANATION} {_DONATE_FIX if donate else _SHARING_FIX}"
     )
 
 
-def check(tree: Any) -> None:
-    """Raises if a module or array object is reachable twice in ``tree`` (see `find_shared`).
+def check(tree: Any, *, donate: bool = False) -> None:
+    """Raises if a module, or an array within one model, is reachable twice in ``tree``.
 
     A pytree cannot express sharing: after any JAX transformation the two places hold two
     independent copies. Call ``pax.check(model)`` after building a model to catch it early.
 
+    Modules reachable twice are always reported: their updates silently stop being shared. An
+    array reachable twice is reported when both places are inside one model (the root module,
+    or one top-level item when ``tree`` is a tuple, list or dict): that is an attempt to tie
+    weights, which silently unties after the first step. The same array in two top-level items,
+    e.g. ``pax.check((online, online.copy()))`` or an optimizer that keeps the initial
+    parameters (``optax.contrib.prodigy``), is a shared immutable value and is accepted, unless
+    `donate` is set: a buffer donated twice fails. `find_shared` lists every shared object.
+
     Args:
       tree: a module, optimizer, or any pytree of them.
+      donate: report every array reachable twice (the buffers of ``tree`` will be donated).
 
     Raises:
       SharedObjectError: listing both key paths of every shared object, with the fix.
@@ -186,6 +237,6 @@ def check(tree: Any) -> None:
         Sequential.modules[1] is the same Linear module as Sequential.modules[0]
       ...
     """
-    message = describe_shared(tree)
+    message = describe_shared(tree, arrays="all" if donate else "within", donate=donate)
     if message is not None:
         raise SharedObjectError(message)

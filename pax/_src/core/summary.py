@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from pax._src.core import registry
+from pax._src.core import pytree, registry
 from pax._src.core.registry import Kind, is_module
 from pax._src.core.sharing import find_shared
 from pax._src.describe import describe, is_array_like
@@ -41,6 +41,7 @@ def _value_repr(value: Any, indent: int) -> str:
 
 def module_repr(module: Any, indent: int = 0) -> str:
     """One line per module when it fits, nested otherwise."""
+    pytree.ensure_promoted(module)
     d = module.__dict__
     layout = registry.layout_in(d)
     parts = []
@@ -71,6 +72,7 @@ def _count(module: Any) -> tuple[int, int]:
 
 
 def _walk(module: Any, path: str, depth: int, rows: list) -> None:
+    pytree.ensure_promoted(module)
     n_params, n_states = _count(module)
     rows.append(
         ("  " * depth + (path or type(module).__name__), type(module).__name__, n_params, n_states)

@@ -11,16 +11,71 @@ from typing import Any, TypeVar
 
 import jax
 
-from pax._src.core import registry
+from pax._src.core import pytree, registry
 from pax._src.core.registry import Kind, Layout, is_module
+from pax._src.core.structure import describe_difference
 
 T = TypeVar("T")
 
 Visit = Callable[[dict, Layout], None]
 
 
-def pick(mine: Any, theirs: Any) -> Any:
-    return mine if theirs is None else theirs
+class _LeafMismatch(Exception):
+    pass
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def _pick(mine: Any, theirs: Any) -> Any:
+    if theirs is None:
+        return mine
+    if mine is not None:
+        try:
+            same = mine.shape == theirs.shape and mine.dtype == theirs.dtype
+        except AttributeError:  # a leaf that is not an array: nothing to compare
+            return theirs
+        if not same:
+            raise _LeafMismatch
+    return theirs
+
+
+def _leaf_text(x: Any) -> str:
+    return f"shape {tuple(x.shape)} {x.dtype}"
+
+
+def _first_leaf_difference(mine: Any, theirs: Any) -> str:
+    pairs = jax.tree_util.tree_leaves_with_path(mine, is_leaf=_is_none)
+    for (path, a), b in zip(pairs, jax.tree_util.tree_leaves(theirs, is_leaf=_is_none)):
+        if a is not None and b is not None and (a.shape != b.shape or a.dtype != b.dtype):
+            return f"at {jax.tree_util.keystr(path)}: {_leaf_text(a)} here, {_leaf_text(b)} given"
+    return "a leaf differs in shape or dtype"
+
+
+def merge(module: T, trees: tuple) -> T:
+    """`Module.update`: the non-None leaves of each tree replace the module's, same shapes."""
+    result = module
+    for tree in trees:
+        try:
+            result = jax.tree_util.tree_map(_pick, result, tree, is_leaf=_is_none)
+        except _LeafMismatch:
+            raise ValueError(
+                f"{type(module).__name__}.update: the tree to merge has the same structure but "
+                f"{_first_leaf_difference(result, tree)}. Fix: build it from this module (e.g. "
+                f"model.parameters(), or a jax.tree_util.tree_map over it), or cast it: "
+                f"jax.tree_util.tree_map(lambda x: x.astype(...), tree)."
+            ) from None
+        except Exception:  # jax reports structure mismatches with several exception types
+            diff = describe_difference(result, tree, none_is_wildcard=True)
+            if diff is None:
+                raise
+            raise ValueError(
+                f"{type(module).__name__}.update: the tree to merge has a different "
+                f"structure: {diff}. Fix: build it from this module, e.g. "
+                f"model.parameters() or a jax.tree_util.tree_map over it."
+            ) from None
+    return result
 
 
 def _nonify(value: Any, kind: Kind) -> Any:
@@ -79,6 +134,7 @@ def set_training(flag: bool) -> Visit:
 
 def rebuild(module: T, visit: Visit) -> T:
     """Copies `module` and its submodules, letting `visit` edit each copy's attribute dict."""
+    pytree.ensure_promoted(module)  # the layout flatten would use (static lists filled later)
     d = dict(module.__dict__)
     layout = registry.layout_in(d)
     for name, kind in layout.module_children:
