@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import pax
-from pax._src import checkpoint
+from pax._src import checkpoint, checkpoint_io
 
 # --- helpers -----------------------------------------------------------------------------------
 
@@ -423,7 +423,7 @@ def test_a_failure_midway_leaves_the_previous_checkpoint_intact(tmp_path, monkey
     pax.save(path, old)
     before = path.read_bytes()
     calls = []
-    real_write = checkpoint._write_array
+    real_write = checkpoint_io.write_array
 
     def failing_write(archive, name, array):
         calls.append(name)
@@ -431,7 +431,7 @@ def test_a_failure_midway_leaves_the_previous_checkpoint_intact(tmp_path, monkey
             raise OSError("disk full")
         real_write(archive, name, array)
 
-    monkeypatch.setattr(checkpoint, "_write_array", failing_write)
+    monkeypatch.setattr(checkpoint_io, "write_array", failing_write)
     with pytest.raises(OSError, match="disk full"):
         pax.save(path, Everything(seed=2))
     assert len(calls) == 4  # it failed halfway, after writing 3 entries
@@ -447,13 +447,13 @@ def test_a_crash_midway_leaves_the_previous_checkpoint_intact(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, jax.numpy as jnp, pax
-        from pax._src import checkpoint
-        real = checkpoint._write_array
+        from pax._src import checkpoint_io
+        real = checkpoint_io.write_array
         def crash(archive, name, array):
             if name == "['w']":
                 os._exit(3)  # the process dies: no exception handler, no cleanup
             real(archive, name, array)
-        checkpoint._write_array = crash
+        checkpoint_io.write_array = crash
         pax.save({str(path)!r}, {{"w": jnp.zeros(4), "v": jnp.zeros(3)}})
         """
     )

@@ -11,18 +11,17 @@ keys (``jax.random.key``) are stored as their key data plus the name of their im
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import secrets
-import zipfile
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 import jax
 import numpy as np
 
-from pax._src.checkpoint_codec import decode_leaf, encode_leaf, is_key_array
+from pax._src.checkpoint_codec import decode_leaf, encode_leaf, is_key_array, stored_spec
+from pax._src.checkpoint_io import Reader, atomic_write
+from pax._src.core.registry import is_module
+from pax._src.core.sharing import _find
 from pax._src.describe import listing
 from pax._src.errors import CheckpointError, CheckpointMismatchError
 
@@ -76,6 +75,7 @@ def save(path: PathLike, tree: Any) -> None:
       True
     """
     path = os.fspath(path)
+    _refuse_shared_modules(tree)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     entries: dict[str, np.ndarray] = {}
     records: list[dict] = []
@@ -96,72 +96,46 @@ def save(path: PathLike, tree: Any) -> None:
         "leaves": records,
     }
     blob = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
-    _atomic_write(path, {METADATA_KEY: blob, **entries})
+    atomic_write(path, {METADATA_KEY: blob, **entries})
 
 
-def _write_array(archive: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
-    with archive.open(name + ".npy", "w", force_zip64=True) as member:
-        np.lib.format.write_array(member, array, allow_pickle=False)
-
-
-def _atomic_write(path: str, entries: dict[str, np.ndarray]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-                for name, array in entries.items():
-                    _write_array(archive, name, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # makes the rename durable; not possible everywhere
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _refuse_shared_modules(tree: Any) -> None:
+    shared = [(first, second, obj) for first, second, obj in _find(tree) if is_module(obj)]
+    if shared:
+        root = type(tree).__name__ if is_module(tree) else "tree"
+        lines = "\n".join(
+            f"  {root}{second} is the same {type(obj).__name__} module as {root}{first}"
+            for first, second, obj in shared
+        )
+        raise CheckpointError(
+            f"pax.save: {len(shared)} module(s) reachable twice in the saved {root}:\n{lines}\n"
+            f"The checkpoint would store two copies and load them as two independent modules. "
+            f"Fix: keep one reference to each module (pax.check(tree) finds them), or save "
+            f"explicitly tied weights once."
+        )
 
 
 # --- reading -----------------------------------------------------------------------------------
 
 
-def _read_members(f: Any) -> dict[str, np.ndarray]:
-    raw = {}
-    with zipfile.ZipFile(f) as archive:
-        for info in archive.infolist():
-            if not info.filename.endswith(".npy") or info.filename[:-4] in raw:
-                raise ValueError(f"unexpected zip member {info.filename!r}")
-            data = archive.read(info)  # verifies the CRC-32 of the member
-            array = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-            raw[info.filename[: -len(".npy")]] = array
-    return raw
-
-
-def _read(path: str) -> tuple[dict, dict[str, Any]]:
-    """Reads and verifies the whole checkpoint: (metadata, {key path: decoded value})."""
-    with open(path, "rb") as f:  # missing file, permissions: the usual OSError
-        try:
-            raw = _read_members(f)
-        except MemoryError:
-            raise
-        except Exception as err:  # anything a damaged zip or .npy header can raise
-            raise CheckpointError(
-                f"pax.load: {path} is truncated or corrupted ({type(err).__name__}: {err}). "
-                f"Nothing was loaded."
-            ) from None
-    if METADATA_KEY not in raw:
+def _read_metadata(reader: Reader, like_leaves: int) -> dict:
+    """The checked metadata of an open checkpoint; array members are not read."""
+    path = reader.path
+    if METADATA_KEY not in reader.members:
         raise CheckpointError(
             f"pax.load: {path} is not a pax checkpoint: it has no {METADATA_KEY!r} entry. "
             f"pax.load reads files written by pax.save."
         )
+    limit = _METADATA_BYTES + 4096 * like_leaves
+
+    def metadata_limit(shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+        if dtype != np.uint8 or len(shape) != 1 or shape[0] > limit:
+            return f"but the metadata is a uint8 vector of at most {limit} bytes"
+        return None
+
+    blob = reader.read(METADATA_KEY, metadata_limit)
     try:
-        metadata = json.loads(raw.pop(METADATA_KEY).tobytes().decode("utf-8"))
+        metadata = json.loads(blob.tobytes().decode("utf-8"))
     except ValueError as err:
         raise CheckpointError(
             f"pax.load: {path} is corrupted: its metadata is not valid JSON ({err}). Nothing "
@@ -176,29 +150,61 @@ def _read(path: str) -> tuple[dict, dict[str, Any]]:
             f"versions up to {VERSION}. Fix: upgrade pax."
         )
     records = metadata.get("leaves")
-    if not isinstance(records, list) or len(records) != len(raw):
+    arrays = len(reader.members) - 1
+    if not isinstance(records, list) or len(records) != arrays:
         raise CheckpointError(
             f"pax.load: {path} is corrupted: the metadata lists "
             f"{len(records) if isinstance(records, list) else 'no'} leaves but the file holds "
-            f"{len(raw)} arrays. Nothing was loaded."
+            f"{arrays} arrays. Nothing was loaded."
         )
-    values = {}
+    seen: set[str] = set()
     for record in records:
         where = record.get("path") if isinstance(record, dict) else None
-        if where not in raw or where in values:
+        if not _valid_record(record) or where not in reader.members or where in seen:
             raise CheckpointError(
                 f"pax.load: {path} is corrupted: the metadata entry {record!r} does not match "
                 f"the stored arrays. Nothing was loaded."
             )
-        values[where] = decode_leaf(path, where or "the root", raw[where], record)
-    return metadata, values
+        seen.add(where)
+    return metadata
+
+
+_METADATA_BYTES = 1 << 24
+
+
+def _valid_record(record: Any) -> bool:
+    shape = record.get("shape") if isinstance(record, dict) else None
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("path"), str)
+        and isinstance(record.get("dtype"), str)
+        and isinstance(shape, list)
+        and all(type(n) is int and n >= 0 for n in shape)
+    )
+
+
+def _read_leaf(reader: Reader, record: dict) -> Any:
+    """Reads and decodes one leaf, refusing a member whose header is not what `record` says."""
+    where = record["path"]
+    expected = stored_spec(record)
+
+    def leaf_limit(shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+        if expected is None or not expected(shape, dtype):
+            return f"but the metadata says {record['dtype']}{record['shape']}"
+        return None
+
+    return decode_leaf(reader.path, where or "the root", reader.read(where, leaf_limit), record)
+
+
+def _dtype_name(dtype: Any) -> str:
+    return dtype.name if isinstance(dtype, np.dtype) else str(dtype)  # '>f4' is float32
 
 
 def _like_spec(leaf: Any) -> tuple[tuple[int, ...], str]:
     if isinstance(leaf, (bool, int, float, complex)):
         array = np.asarray(leaf)
         return array.shape, array.dtype.name
-    return tuple(leaf.shape), str(leaf.dtype)
+    return tuple(leaf.shape), _dtype_name(leaf.dtype)
 
 
 def _place(value: Any, like: Any) -> Any:
@@ -206,6 +212,7 @@ def _place(value: Any, like: Any) -> Any:
     if isinstance(like, (bool, int, float, complex)):
         return type(like)(np.asarray(value).item())
     if isinstance(like, (np.ndarray, np.generic)) and not is_key_array(value):
+        value = value.astype(like.dtype, copy=False)  # like's byte order
         return value if isinstance(like, np.ndarray) else value[()]
     sharding = getattr(like, "sharding", None)
     if isinstance(sharding, jax.sharding.Sharding):
@@ -262,8 +269,52 @@ def load(path: PathLike, like: T, *, strict: bool = True) -> T | tuple[T, LoadRe
       ('.modules[1].weight', '.modules[1].bias')
     """
     path = os.fspath(path)
-    metadata, values = _read(path)
     like_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    expected = _expected_leaves(like_leaves)
+    with Reader(path) as reader:
+        metadata = _read_metadata(reader, len(expected))
+        records = {r["path"]: r for r in metadata["leaves"]}
+        missing = [k for k in expected if k not in records]
+        unexpected = [k for k in records if k not in expected]
+        mismatched, details = [], []
+        for where, leaf in expected.items():
+            saved = (
+                (tuple(records[where]["shape"]), records[where]["dtype"])
+                if where in records
+                else None
+            )
+            if saved is not None and _like_spec(leaf) != saved:
+                (shape, dtype), (like_shape, like_dtype) = saved, _like_spec(leaf)
+                mismatched.append(where)
+                details.append(
+                    f"{where or '<root>'}: checkpoint {dtype}{list(shape)}, "
+                    f"like {like_dtype}{list(like_shape)}"
+                )
+        nothing = bool(expected or records) and len(missing) == len(expected)
+        if mismatched or nothing or (strict and (missing or unexpected)):
+            message = _mismatch_message(
+                path, metadata, like, (missing, unexpected, details), strict, nothing
+            )
+            raise CheckpointMismatchError(
+                message,
+                missing=tuple(missing),
+                unexpected=tuple(unexpected),
+                mismatched=tuple(mismatched),
+            )
+        # Only the leaves `like` asks for are read, each after its header was checked.
+        values = {
+            where: _read_leaf(reader, records[where]) for where in expected if where in records
+        }
+    leaves = [
+        _place(values[where], leaf) if where in values else leaf for where, leaf in expected.items()
+    ]
+    tree = jax.tree_util.tree_unflatten(treedef, leaves)
+    if strict:
+        return tree
+    return tree, LoadReport(tuple(missing), tuple(unexpected))
+
+
+def _expected_leaves(like_leaves: list) -> dict[str, Any]:
     expected: dict[str, Any] = {}
     for key_path, leaf in like_leaves:
         if isinstance(leaf, jax.core.Tracer):
@@ -282,50 +333,38 @@ def load(path: PathLike, like: T, *, strict: bool = True) -> T | tuple[T, LoadRe
                 f"saved tree, with arrays (or jax.ShapeDtypeStruct) as leaves."
             )
         expected[where] = leaf
-    specs = {r["path"]: (tuple(r["shape"]), r["dtype"]) for r in metadata["leaves"]}
-    missing = [k for k in expected if k not in values]
-    unexpected = [k for k in values if k not in expected]
-    mismatched = []
-    for where, leaf in expected.items():
-        if where in specs and _like_spec(leaf) != specs[where]:
-            (shape, dtype), (like_shape, like_dtype) = specs[where], _like_spec(leaf)
-            mismatched.append(
-                f"{where or '<root>'}: checkpoint {dtype}{list(shape)}, "
-                f"like {like_dtype}{list(like_shape)}"
-            )
-    if mismatched or (strict and (missing or unexpected)):
-        raise CheckpointMismatchError(
-            _mismatch_message(path, metadata, like, missing, unexpected, mismatched, strict)
-        )
-    leaves = [
-        _place(values[where], leaf) if where in values else leaf for where, leaf in expected.items()
-    ]
-    tree = jax.tree_util.tree_unflatten(treedef, leaves)
-    if strict:
-        return tree
-    return tree, LoadReport(tuple(missing), tuple(unexpected))
+    return expected
 
 
 def _mismatch_message(
     path: str,
     metadata: dict,
     like: Any,
-    missing: list[str],
-    unexpected: list[str],
-    mismatched: list[str],
+    lists: tuple[list[str], list[str], list[str]],
     strict: bool,
+    nothing: bool,
 ) -> str:
-    saved_root, like_root = metadata.get("root"), type(like).__name__
-    parts = [
-        f"pax.load: {path} does not match `like` (saved: {saved_root}, like: {like_root}). "
-        f"Nothing was loaded."
-    ]
-    if strict and missing:
-        parts.append(_listing(f"{len(missing)} missing from the checkpoint", missing))
-    if strict and unexpected:
-        parts.append(_listing(f"{len(unexpected)} unexpected in the checkpoint", unexpected))
+    missing, unexpected, mismatched = lists
+    saved_root, like_root = metadata.get("root", "unknown"), type(like).__name__
+    roots = f"(saved: {saved_root}, like: {like_root})"
+    if nothing and not strict:
+        head = f"pax.load: no key path of the checkpoint is in `like` {roots}, so nothing "
+        head += f"would be loaded; {path} was not loaded."
+    else:
+        head = f"pax.load: {path} does not match `like` {roots}. Nothing was loaded."
+    parts = [head]
+    if strict or nothing:
+        if missing:
+            parts.append(_listing(f"{len(missing)} missing from the checkpoint", missing))
+        if unexpected:
+            parts.append(_listing(f"{len(unexpected)} unexpected in the checkpoint", unexpected))
     if mismatched:
         parts.append(_listing(f"{len(mismatched)} with another shape or dtype", mismatched))
+    if max(len(missing), len(unexpected), len(mismatched)) > _MAX_LISTED:
+        parts.append(
+            "Every key path is in the error's attributes: error.missing, error.unexpected, "
+            "error.mismatched."
+        )
     fixes = []
     if saved_root != like_root:
         fixes.append(
@@ -343,5 +382,7 @@ def _mismatch_message(
             "it (e.g. replace a layer, or cast with jax.tree_util.tree_map(lambda x: "
             "x.astype(jnp.bfloat16), model))"
         )
+    if not fixes:
+        fixes.append("pass a `like` built like the saved tree")
     parts.append("Fix: " + "; or ".join(fixes) + ".")
     return "\n".join(parts)

@@ -7,6 +7,7 @@ name of their implementation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -15,7 +16,19 @@ import numpy as np
 
 from pax._src.errors import CheckpointError
 
-_NATIVE_KINDS = frozenset("biufc")
+# The dtypes `.npy` stores as themselves. Others, even of kind "f" like ml_dtypes'
+# float8_e5m2 (whose `.npy` descriptor "<f1" numpy cannot read back), are stored as raw bits.
+_NATIVE = frozenset(
+    np.dtype(name)
+    for name in (
+        "bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 "
+        "float16 float32 float64 complex64 complex128"
+    ).split()
+)
+
+
+def _is_native(dtype: np.dtype) -> bool:
+    return dtype.newbyteorder("=") in _NATIVE
 
 
 def is_key_array(x: Any) -> bool:
@@ -32,7 +45,7 @@ def encode_leaf(where: str, leaf: Any) -> tuple[np.ndarray, dict]:
         )
     if is_key_array(leaf):
         data = np.asarray(jax.random.key_data(leaf))
-        meta = {"encoding": "key", "impl": str(jax.random.key_impl(leaf))}
+        meta: dict[str, Any] = {"encoding": "key", "impl": str(jax.random.key_impl(leaf))}
         return data, {**meta, "dtype": str(leaf.dtype), "shape": list(leaf.shape)}
     if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, bool, int, float, complex)):
         raise CheckpointError(
@@ -49,12 +62,18 @@ def encode_leaf(where: str, leaf: Any) -> tuple[np.ndarray, dict]:
     array = np.asarray(leaf)
     dtype = array.dtype
     meta = {"dtype": dtype.name, "shape": list(array.shape)}
-    if dtype.kind in _NATIVE_KINDS:  # ml_dtypes (bfloat16, ...) are of kind "V"
+    if _is_native(dtype):
         return _native_order(array), {**meta, "encoding": "array"}
     if _extension_dtype(dtype.name) is None:
         raise CheckpointError(
             f"pax.save: the leaf at {where} has dtype {dtype}, which a checkpoint cannot store. "
             f"Fix: convert it to a numeric dtype, e.g. x.astype(jnp.float32)."
+        )
+    if dtype.itemsize not in (1, 2, 4, 8):
+        raise CheckpointError(
+            f"pax.save: the leaf at {where} has dtype {dtype} ({dtype.itemsize} bytes per "
+            f"element), which a checkpoint cannot store bit for bit. Fix: convert it, e.g. "
+            f"x.astype(jnp.float32)."
         )
     bits = array.view(np.dtype(f"u{dtype.itemsize}"))
     return bits, {**meta, "encoding": "bits"}
@@ -77,7 +96,7 @@ def decode_leaf(path: str, where: str, stored: np.ndarray, meta: Any) -> Any:
     try:
         encoding, name, shape = meta["encoding"], meta["dtype"], tuple(meta["shape"])
         if encoding == "array":
-            if np.dtype(name).kind not in _NATIVE_KINDS:
+            if not _is_native(np.dtype(name)):
                 raise ValueError(f"dtype {name!r} is not a numeric dtype")
             value = _native_order(stored)
         elif encoding == "bits":
@@ -86,7 +105,7 @@ def decode_leaf(path: str, where: str, stored: np.ndarray, meta: Any) -> Any:
                 raise ValueError(f"unknown dtype {name!r}")
             value = _native_order(stored).view(dtype)
         elif encoding == "key":
-            value = jax.random.wrap_key_data(stored, impl=meta["impl"])
+            value = jax.random.wrap_key_data(jax.numpy.asarray(stored), impl=meta["impl"])
         else:
             raise ValueError(f"unknown encoding {encoding!r}")
         if tuple(value.shape) != shape or str(value.dtype) != name:
@@ -100,3 +119,32 @@ def decode_leaf(path: str, where: str, stored: np.ndarray, meta: Any) -> Any:
             f"Nothing was loaded."
         ) from None
     return value
+
+
+def stored_spec(meta: dict) -> Callable[[tuple[int, ...], np.dtype], bool] | None:
+    """Whether a stored array's (shape, dtype) is what `encode_leaf` writes for `meta`.
+
+    Used to refuse a member before reading it; None for an unknown encoding or dtype.
+    """
+    shape = tuple(meta["shape"])
+    encoding, name = meta.get("encoding"), meta["dtype"]
+    try:
+        if encoding == "array":
+            dtype = np.dtype(name)
+            return lambda s, d: s == shape and d.newbyteorder("=") == dtype
+        if encoding == "bits":
+            ext = _extension_dtype(name)
+            if ext is None:
+                return None
+            bits = np.dtype(f"u{ext.itemsize}")
+            return lambda s, d: s == shape and d.newbyteorder("=") == bits
+    except TypeError:
+        return None
+    if encoding == "key":  # key data: the key shape plus at most a few uint32 words
+        return lambda s, d: (
+            s[: len(shape)] == shape
+            and len(s) <= len(shape) + 1
+            and int(np.prod(s[len(shape) :])) <= 16
+            and d.newbyteorder("=") == np.uint32
+        )
+    return None

@@ -20,7 +20,28 @@ class CheckpointError(ValueError):
 
 
 class CheckpointMismatchError(CheckpointError):
-    """The checkpoint's leaves do not match the tree passed as ``like`` to `pax.load`."""
+    """The checkpoint's leaves do not match the tree passed as ``like`` to `pax.load`.
+
+    The message lists at most 20 key paths of each kind; the attributes hold all of them.
+
+    Attributes:
+      missing: every key path of ``like`` absent from the checkpoint.
+      unexpected: every key path of the checkpoint absent from ``like``.
+      mismatched: every key path present in both with another shape or dtype.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing: tuple[str, ...] = (),
+        unexpected: tuple[str, ...] = (),
+        mismatched: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.missing = tuple(missing)
+        self.unexpected = tuple(unexpected)
+        self.mismatched = tuple(mismatched)
 
 
 __all__ = [

@@ -1,0 +1,345 @@
+"""`pax.save` / `pax.load` refuse what they cannot do exactly, and never fail silently."""
+
+import fcntl
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+import pax
+from pax._src import checkpoint
+
+META = checkpoint.METADATA_KEY
+
+
+def _bits(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return (str(x.dtype), x.shape, np.asarray(jax.random.key_data(x)).tobytes())
+    x = np.asarray(x)
+    return (str(x.dtype), x.shape, x.tobytes())
+
+
+def _members(path):
+    """{member name: bytes} of a checkpoint, in order."""
+    with zipfile.ZipFile(path) as archive:
+        return {info.filename: archive.read(info) for info in archive.infolist()}
+
+
+def _npy(array):
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _metadata(members):
+    return json.loads(np.load(io.BytesIO(members[f"{META}.npy"])).tobytes())
+
+
+def _write(path, members, compression=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def _with_metadata(members, metadata):
+    blob = np.frombuffer(json.dumps(metadata).encode(), np.uint8)
+    return {**members, f"{META}.npy": _npy(blob)}
+
+
+# --- 19: every key path on the error ----------------------------------------------------------
+
+
+def test_mismatch_error_holds_every_key_path(tmp_path):
+    path = tmp_path / "many.npz"
+    pax.save(path, [jnp.ones(1)] * 30)
+    with pytest.raises(pax.CheckpointMismatchError, match=r"(?s)3 missing.*1 with another") as info:
+        pax.load(path, [jnp.ones(1)] * 2 + [jnp.ones(2)] + [jnp.ones(1)] * 30)
+    err = info.value
+    assert err.unexpected == ()
+    assert err.missing == tuple(f"[{i}]" for i in range(30, 33))
+    assert err.mismatched == ("[2]",)
+    with pytest.raises(pax.CheckpointMismatchError, match=r"30 unexpected in the checkpoint") as e:
+        pax.load(path, [])
+    assert e.value.unexpected == tuple(f"[{i}]" for i in range(30))
+    assert e.value.missing == () and e.value.mismatched == ()
+    assert "error.unexpected" in str(e.value)  # the message says where the full list is
+
+
+# --- 8b: non-strict loading that matches nothing ----------------------------------------------
+
+
+def test_non_strict_load_that_matches_nothing_raises(tmp_path):
+    path = tmp_path / "run.npz"
+    net = pax.nn.Linear(2, 2)
+    pax.save(path, (net, pax.nn.Linear(3, 3)))
+    with pytest.raises(
+        pax.CheckpointMismatchError,
+        match=r"no key path of the checkpoint is in `like` \(saved: tuple, like: Linear\)",
+    ) as info:
+        pax.load(path, net, strict=False)
+    assert info.value.missing == (".weight", ".bias")
+    assert info.value.unexpected == ("[0].weight", "[0].bias", "[1].weight", "[1].bias")
+
+
+def test_old_checkpoints_without_root_type_still_load(tmp_path):
+    path = tmp_path / "old.npz"
+    pax.save(path, {"w": jnp.arange(2.0)})
+    members = _members(path)
+    metadata = _metadata(members)
+    del metadata["root"]
+    _write(path, _with_metadata(members, metadata))
+    np.testing.assert_array_equal(pax.load(path, {"w": jnp.zeros(2)})["w"], jnp.arange(2.0))
+    with pytest.raises(pax.CheckpointMismatchError, match=r"saved: unknown, like: dict"):
+        pax.load(path, {"v": jnp.zeros(2)}, strict=False)
+
+
+# --- 13: every dtype round-trips bit for bit --------------------------------------------------
+
+
+def _dtype_cases():
+    jax_names = ["bool", "int8", "int16", "int32", "uint8", "uint16", "uint32"]
+    jax_names += ["float16", "float32", "bfloat16", "complex64", "int2", "uint2", "int4", "uint4"]
+    jax_names += sorted(n for n in dir(jnp) if n.startswith(("float8_", "float4_")))
+    cases = [pytest.param("jax", n, id=n) for n in jax_names]
+    numpy_names = ["int64", "uint64", "float64", "complex128", "float6_e2m3fn", "float6_e3m2fn"]
+    numpy_names += ["bfloat16", "float8_e5m2", "int4"]
+    cases += [pytest.param("numpy", n, id=f"numpy-{n}") for n in numpy_names]
+    return cases
+
+
+def _dtype(name):
+    return np.dtype(getattr(ml_dtypes, name, None) or name)
+
+
+def _random_leaf(kind, name, seed=0):
+    dtype = _dtype(name)
+    bits = 1 if name == "bool" else 8 * dtype.itemsize
+    for info in (ml_dtypes.iinfo, ml_dtypes.finfo):
+        try:
+            bits = info(dtype).bits
+        except (ValueError, TypeError):
+            pass
+    rng = np.random.default_rng(seed)
+    if bits < 8:  # sub-byte types and bool: only the low bits of each byte are used
+        raw = rng.integers(0, 2**bits, size=12, dtype=np.uint8)
+    else:  # any bit pattern: NaNs with payloads, infinities, subnormals
+        raw = rng.integers(0, 256, size=12 * dtype.itemsize, dtype=np.uint8)
+    value = raw.view(dtype).reshape(4, 3)
+    return jax.device_put(value) if kind == "jax" else value
+
+
+@pytest.mark.parametrize("kind, name", _dtype_cases())
+def test_every_dtype_round_trips_bit_for_bit(tmp_path, kind, name):
+    leaf = _random_leaf(kind, name)
+    assert str(leaf.dtype) == name
+    path = tmp_path / "x.npz"
+    pax.save(path, {"x": leaf, "s": leaf[0, 0]})
+    like = {"x": _random_leaf(kind, name, seed=1), "s": _random_leaf(kind, name, seed=1)[0, 0]}
+    restored = pax.load(path, like)
+    assert _bits(restored["x"]) == _bits(leaf)
+    assert _bits(restored["s"]) == _bits(leaf[0, 0])
+    assert type(restored["x"]) is type(like["x"])
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg", "unsafe_rbg"])
+def test_typed_keys_of_every_implementation_round_trip(tmp_path, impl):
+    keys = jax.random.split(jax.random.key(3, impl=impl), 4)
+    pax.save(tmp_path / "k.npz", {"k": keys})
+    like = {"k": jax.random.split(jax.random.key(0, impl=impl), 4)}
+    assert _bits(pax.load(tmp_path / "k.npz", like)["k"]) == _bits(keys)
+
+
+# --- 15: byte order -----------------------------------------------------------------------------
+
+
+def test_big_endian_leaf_loads_back_into_its_own_tree(tmp_path):
+    tree = {"w": np.arange(3, dtype=">f4"), "i": np.arange(2, dtype=">i8")}
+    pax.save(tmp_path / "x.npz", tree)
+    restored = pax.load(tmp_path / "x.npz", tree)
+    for key in tree:
+        np.testing.assert_array_equal(restored[key], tree[key])
+        assert restored[key].dtype == tree[key].dtype
+
+
+# --- 16: hostile or corrupt files fail before allocating ----------------------------------------
+
+
+def _quick_refusal(path, like, match):
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(pax.CheckpointError, match=match):
+            pax.load(path, like)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - start < 5
+    assert peak < 20 * 2**20
+
+
+def test_header_declaring_a_huge_shape_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "huge.npz"
+    pax.save(path, {"w": jnp.ones(2)})
+    members = _members(path)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (2**40,)}
+    )
+    members["['w'].npy"] = header.getvalue() + b"\0" * 8
+    _write(path, members)
+    assert path.stat().st_size < 4096
+    _quick_refusal(path, {"w": jnp.ones(2)}, r"declares float32\[1099511627776\]")
+
+
+def test_zip_bomb_is_refused_before_decompressing(tmp_path):
+    path = tmp_path / "bomb.npz"
+    pax.save(path, {"w": jnp.ones(2)})
+    members = _members(path)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(f"{META}.npy", members[f"{META}.npy"])
+        with archive.open("['w'].npy", "w") as member:
+            header = {"descr": "<f4", "fortran_order": False, "shape": (2**26,)}
+            np.lib.format.write_array_header_1_0(member, header)
+            zeros = bytes(2**20)
+            for _ in range(2**8):
+                member.write(zeros)
+    assert path.stat().st_size < 2**20
+    _quick_refusal(path, {"w": jnp.ones(2)}, r"\['w'\] declares")
+
+
+def test_metadata_bomb_is_refused_before_decompressing(tmp_path):
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open(f"{META}.npy", "w") as member:
+            np.lib.format.write_array_header_1_0(
+                member, {"descr": "|u1", "fortran_order": False, "shape": (2**28,)}
+            )
+            zeros = bytes(2**20)
+            for _ in range(2**8):
+                member.write(zeros)
+    _quick_refusal(path, {"w": jnp.ones(2)}, r"metadata.*declares")
+
+
+def test_non_regular_files_are_refused(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(pax.CheckpointError, match=r"fifo is not a regular file"):
+        pax.load(fifo, {"w": jnp.ones(2)})
+    script = textwrap.dedent(
+        """
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+        import pax, jax.numpy as jnp
+        pax.load("/dev/zero", {"w": jnp.ones(2)})
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "CheckpointError: pax.load: /dev/zero is not a regular file" in result.stderr
+
+
+# --- 17: stale temporary files --------------------------------------------------------------
+
+
+def test_next_save_removes_stale_temporaries_of_that_path_only(tmp_path):
+    path = tmp_path / "m.npz"
+    stale = tmp_path / ".m.npz.0123456789ab.tmp"
+    other = tmp_path / ".other.npz.0123456789ab.tmp"
+    live = tmp_path / ".m.npz.ba9876543210.tmp"
+    for name in (stale, other, live):
+        name.write_bytes(b"partial")
+    with open(live, "rb") as held:  # another writer is still writing this one
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        pax.save(path, {"w": jnp.ones(2)})
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.npz", other.name, live.name])
+
+
+def test_a_crashed_save_is_cleaned_up_by_the_next(tmp_path):
+    path = tmp_path / "model.npz"
+    script = textwrap.dedent(
+        f"""
+        import os, jax.numpy as jnp, pax
+        from pax._src import checkpoint_io
+        real = checkpoint_io.write_array
+        def crash(archive, name, array):
+            os._exit(3)
+        checkpoint_io.write_array = crash
+        pax.save({str(path)!r}, {{"w": jnp.zeros(4)}})
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120
+    )
+    assert result.returncode == 3
+    assert len(os.listdir(tmp_path)) == 1 and os.listdir(tmp_path)[0].startswith(".model.npz.")
+    pax.save(path, {"w": jnp.ones(4)})
+    assert os.listdir(tmp_path) == ["model.npz"]
+
+
+# --- 18: OS errors and file modes -----------------------------------------------------------
+
+
+def test_os_errors_name_the_target_not_the_temporary(tmp_path):
+    target = tmp_path / "no-such-dir" / "m.npz"
+    with pytest.raises(FileNotFoundError, match=r"no-such-dir/m\.npz") as info:
+        pax.save(target, {"w": jnp.ones(2)})
+    assert ".tmp" not in str(info.value)
+    assert info.value.filename == str(target)
+
+
+def test_saving_keeps_the_mode_of_the_existing_file(tmp_path):
+    path = tmp_path / "m.npz"
+    pax.save(path, {"w": jnp.zeros(2)})
+    os.chmod(path, 0o640)
+    pax.save(path, {"w": jnp.ones(2)})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    np.testing.assert_array_equal(pax.load(path, {"w": jnp.zeros(2)})["w"], jnp.ones(2))
+
+
+def test_saving_over_a_read_only_file_is_refused(tmp_path):
+    path = tmp_path / "m.npz"
+    pax.save(path, {"w": jnp.zeros(2)})
+    os.chmod(path, 0o444)
+    before = path.read_bytes()
+    with pytest.raises(PermissionError, match=r"m\.npz is read-only.*chmod u\+w") as info:
+        pax.save(path, {"w": jnp.ones(2)})
+    assert info.value.filename == str(path)
+    assert path.read_bytes() == before and stat.S_IMODE(path.stat().st_mode) == 0o444
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
+# --- 8: shared modules ----------------------------------------------------------------------
+
+
+def test_save_refuses_a_module_reachable_twice(tmp_path):
+    fc = pax.nn.Linear(2, 2)
+    with pytest.raises(
+        pax.CheckpointError,
+        match=r"Sequential\.modules\[2\] is the same Linear module as Sequential\.modules\[0\]",
+    ):
+        pax.save(tmp_path / "x.npz", pax.nn.Sequential(fc, pax.nn.Linear(2, 2), fc))
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_accepts_a_shared_plain_array(tmp_path):
+    w = jnp.arange(3.0)
+    pax.save(tmp_path / "x.npz", {"a": w, "b": w})
+    restored = pax.load(tmp_path / "x.npz", {"a": jnp.zeros(3), "b": jnp.zeros(3)})
+    np.testing.assert_array_equal(restored["b"], w)
