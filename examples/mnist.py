@@ -181,13 +181,13 @@ def conv_net(
         hk = pax.haiku
         conv = lambda cin, cout: hk.conv_2d(cin, cout, 3, padding="SAME", with_bias=False)
         norm = lambda c: hk.batch_norm_2d(c)
-        pool = lambda: hk.max_pool(window_shape=2, strides=2, padding="VALID")
+        pool = lambda: hk.max_pool(window_shape=2, stride=2, padding="VALID")
         linear = hk.linear
     else:
         nn = pax.nn
         conv = lambda cin, cout: nn.Conv2D(cin, cout, 3, padding="SAME", with_bias=False)
         norm = lambda c: nn.BatchNorm2D(c)
-        pool = lambda: nn.MaxPool(window_shape=2, strides=2, padding="VALID")
+        pool = lambda: nn.MaxPool(window_shape=2, stride=2, padding="VALID")
         linear = nn.Linear
     layers, channels = [], 1
     for out in (width, 2 * width, 4 * width):

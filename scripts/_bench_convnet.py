@@ -157,9 +157,9 @@ class _PaxConvNet(pax.Module):
         super().__init__()
         c1, c2 = CHANNELS
         self.conv1 = pax.nn.Conv2D(1, c1, 3, with_bias=False)
-        self.bn1 = pax.nn.BatchNorm2D(c1, decay_rate=DECAY, eps=EPS)
+        self.bn1 = pax.nn.BatchNorm2D(c1, decay=DECAY, eps=EPS)
         self.conv2 = pax.nn.Conv2D(c1, c2, 3, stride=2, with_bias=False)
-        self.bn2 = pax.nn.BatchNorm2D(c2, decay_rate=DECAY, eps=EPS)
+        self.bn2 = pax.nn.BatchNorm2D(c2, decay=DECAY, eps=EPS)
         self.linear = pax.nn.Linear(c2, CLASSES)
         self.conv1.weight = jnp.asarray(weights["k1"])
         self.conv2.weight = jnp.asarray(weights["k2"])

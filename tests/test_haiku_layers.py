@@ -33,7 +33,7 @@ CASES = {
         None,
     ),
     "batch_norm_2d": (
-        lambda: pax.haiku.batch_norm_2d(3, decay_rate=0.8, data_format="NCHW"),
+        lambda: pax.haiku.batch_norm_2d(3, decay=0.8, data_format="channels_first"),
         lambda x, is_training: hk.BatchNorm(True, True, 0.8, data_format="NCHW")(x, is_training),
         lambda: (_x(4, 3, 2, 2) * 2 + 1,),
         True,
@@ -57,13 +57,13 @@ CASES = {
         None,
     ),
     "conv_1d": (
-        lambda: pax.haiku.conv_1d(3, 4, kernel_shape=3, stride=2, data_format="NCW"),
+        lambda: pax.haiku.conv_1d(3, 4, kernel_shape=3, stride=2, data_format="channels_first"),
         lambda x: hk.Conv1D(4, 3, stride=2, data_format="NCW")(x),
         lambda: (_x(2, 3, 7),),
         None,
     ),
     "conv_2d": (
-        lambda: pax.haiku.conv_2d(2, 4, kernel_shape=(3, 2), padding="VALID", rate=2),
+        lambda: pax.haiku.conv_2d(2, 4, kernel_shape=(3, 2), padding="VALID", dilation=2),
         lambda x: hk.Conv2D(4, (3, 2), rate=2, padding="VALID")(x),
         lambda: (_x(2, 6, 5, 2),),
         None,
@@ -133,15 +133,56 @@ def test_initializers_in_both_conventions_and_rng_key():
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(c)
 
 
-def test_layer_argument_errors():
-    with pytest.raises(ValueError, match=r"pax.haiku.linear: in_dim must be a positive int, got 0"):
-        pax.haiku.linear(0, 3)
-    with pytest.raises(ValueError, match=r"pax.haiku.conv_2d: unknown data_format 'HWC'"):
-        pax.haiku.conv_2d(2, 3, 3, data_format="HWC")
-    with pytest.raises(ValueError, match=r"kernel_shape must be an int or 2 ints"):
-        pax.haiku.conv_2d(2, 3, (3, 3, 3))
-    with pytest.raises(TypeError, match=r"pax.haiku.embed: w_init must be an initializer"):
+# Errors name the function, the argument, the problem and what to pass instead.
+ARGUMENT_ERRORS = [
+    (lambda: pax.haiku.linear(0, 3), r"pax\.haiku\.linear: in_dim must be a positive int, got 0"),
+    (
+        lambda: pax.haiku.gru(3, True),
+        r"pax\.haiku\.gru: hidden_dim must be a positive int, got True",
+    ),
+    (
+        lambda: pax.haiku.conv_2d(2, 3, 3, data_format="HWC"),
+        r"pax\.haiku\.conv_2d: unknown data_format 'HWC' for 2 spatial axes; use 'channels_last'",
+    ),
+    (
+        lambda: pax.haiku.conv_1d(2, 3, 3, data_format="NHWC"),
+        r"pax\.haiku\.conv_1d: unknown data_format 'NHWC' for 1 spatial axis; use 'channels_last'",
+    ),
+    (
+        lambda: pax.haiku.batch_norm_2d(3, data_format="NC"),
+        r"pax\.haiku\.batch_norm_2d: unknown data_format 'NC' .* or 'channels_first'",
+    ),
+    (
+        lambda: pax.haiku.conv_2d(2, 3, (3, 3, 3)),
+        r"pax\.haiku\.conv_2d: kernel_shape must be a positive int or a sequence of 2 positive "
+        r"ints, got \(3, 3, 3\)",
+    ),
+    (
+        lambda: pax.haiku.conv_1d(2, 3, 3, dilation=0),
+        r"pax\.haiku\.conv_1d: dilation must be a positive int or a sequence of 1",
+    ),
+    (
+        lambda: pax.haiku.layer_norm(4, axis=()),
+        r"pax\.haiku\.layer_norm: axis must be an int or a non-empty sequence of ints, got \(\); "
+        r"e\.g\. axis=-1",
+    ),
+]
+
+
+@pytest.mark.parametrize("make, match", ARGUMENT_ERRORS)
+def test_layer_argument_errors(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_initializer_errors():
+    with pytest.raises(TypeError, match=r"pax\.haiku\.embed: w_init must be an initializer"):
         pax.haiku.embed(3, 2, w_init=1.0)
+
+
+def test_one_element_kernel_stands_for_every_axis_as_in_haiku():
+    conv = pax.haiku.conv_2d(2, 3, [3])
+    assert conv.params["conv2_d"]["w"].shape == (3, 3, 2, 3)
 
 
 def test_batch_norm_eval_mode_keeps_state():

@@ -34,7 +34,7 @@ def layer_of(module: str) -> str:
     if len(parts) == 2:
         return "base"
     name = parts[2]
-    if name in ("errors", "describe"):
+    if name in ("errors", "describe", "arguments"):
         return "base"
     if name.startswith("checkpoint"):
         return "checkpoint"

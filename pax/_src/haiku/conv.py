@@ -1,4 +1,10 @@
-"""`pax.haiku` convolutions: Haiku's ``Conv1D``/``Conv2D`` and their transposes, initialized."""
+"""`pax.haiku` convolutions: Haiku's ``Conv1D``/``Conv2D`` and their transposes, initialized.
+
+They take pax.nn's argument names (`in_dim`, `out_dim`, `dilation`,
+``data_format="channels_last"``); `in_features`, `out_features`, `rate` and the layouts
+``"NWC"``, ``"NHWC"``, ``"NCW"``, ``"NCHW"`` still work for one release, with a
+`DeprecationWarning`.
+"""
 
 from __future__ import annotations
 
@@ -8,99 +14,91 @@ from typing import Any
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from pax._src.arguments import positive_int, renamed_kwargs, replicate
 from pax._src.haiku.layers import (
     InitializerLike,
     IntOrSeq,
     as_haiku_initializer,
     build_layer,
-    channel_index,
-    positive_int,
+    haiku_layout,
 )
 from pax._src.haiku.module import HaikuModule
 
+# The keywords renamed by the one pax vocabulary (old -> new), accepted for one release.
+RENAMED = {"in_features": "in_dim", "out_features": "out_dim"}
+
 
 def _per_axis(fn: str, arg: str, value: IntOrSeq, n: int) -> tuple[int, ...]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return (int(value),) * n
-    values = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else ()
-    if len(values) == 1:
-        values = values * n
-    if len(values) != n or not all(isinstance(v, (int, np.integer)) for v in values):
-        raise ValueError(f"pax.haiku.{fn}: {arg} must be an int or {n} ints, got {value!r}.")
-    return tuple(int(v) for v in values)
-
-
-def _conv_dummy(
-    fn: str, n: int, in_features: int, kernel: IntOrSeq, rate: IntOrSeq, data_format: str
-) -> tuple[jax.Array]:
-    """A zero input whose spatial size fits one kernel application (any padding)."""
-    kernel = _per_axis(fn, "kernel_shape", kernel, n)
-    rate = _per_axis(fn, "rate", rate, n)
-    spatial = [max(1, (k - 1) * r + 1) for k, r in zip(kernel, rate)]
-    if channel_index(fn, data_format, n + 2) == 1:
-        shape = [1, in_features, *spatial]
-    else:
-        shape = [1, *spatial, in_features]
-    return (jnp.zeros(shape, jnp.float32),)
+    """`value` for each of the `n` spatial axes; as in Haiku, one int may stand for all."""
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 1:
+        value = value[0]
+    return replicate(fn, arg, value, n)
 
 
 def _conv(
     fn: str,
     hk_cls: type[hk.Module],
     n: int,
-    in_features: int,
-    out_features: int,
+    in_dim: int,
+    out_dim: int,
     rng_key: jax.Array | None,
     **kwargs: Any,
 ) -> HaikuModule:
-    """Builds `hk_cls` for the pax.haiku function `fn`.
+    """Builds `hk_cls` for the pax.haiku function `fn` (its public name, shown in errors).
 
-    `kwargs` go to Haiku under their own names, with the initializers adapted and
-    `out_features` as Haiku's ``output_channels``; `in_features` gives the dummy input's shape.
+    `kwargs` go to Haiku under their own names (``rate`` for the dilation), with the
+    initializers adapted, `out_dim` as Haiku's ``output_channels`` and `data_format` as
+    Haiku's layout string; `in_dim` gives the dummy input's shape.
     """
-    in_features = positive_int(fn, "in_features", in_features)
-    kwargs["output_channels"] = positive_int(fn, "out_features", out_features)
+    in_dim = positive_int(fn, "in_dim", in_dim)
+    kwargs["output_channels"] = positive_int(fn, "out_dim", out_dim)
     kwargs["w_init"] = as_haiku_initializer(fn, "w_init", kwargs["w_init"])
     kwargs["b_init"] = as_haiku_initializer(fn, "b_init", kwargs["b_init"])
-    kernel, fmt = kwargs["kernel_shape"], kwargs["data_format"]
-    dummy = _conv_dummy(fn, n, in_features, kernel, kwargs.get("rate", 1), fmt)
+    kwargs["data_format"] = layout = haiku_layout(fn, kwargs["data_format"], n)
+    # A zero input whose spatial size fits one kernel application (any padding).
+    kernel = _per_axis(fn, "kernel_shape", kwargs["kernel_shape"], n)
+    dilation = _per_axis(fn, "dilation", kwargs.get("rate", 1), n)
+    spatial = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+    shape = [1, *spatial, in_dim] if layout.endswith("C") else [1, in_dim, *spatial]
     # Parameters do not depend on output_shape; the dummy input need not produce it.
     init_changes = {"output_shape": None} if kwargs.get("output_shape") is not None else None
+    dummy = (jnp.zeros(shape, jnp.float32),)
     return build_layer(hk_cls, kwargs, dummy, rng_key, init_changes=init_changes)
 
 
+@renamed_kwargs("pax.haiku", **RENAMED, rate="dilation")
 def conv_1d(
-    in_features: int,
-    out_features: int,
+    in_dim: int,
+    out_dim: int,
     kernel_shape: IntOrSeq,
     stride: IntOrSeq = 1,
-    rate: IntOrSeq = 1,
+    dilation: IntOrSeq = 1,
     padding: str | Sequence[tuple[int, int]] = "SAME",
     with_bias: bool = True,
     w_init: InitializerLike | None = None,
     b_init: InitializerLike | None = None,
-    data_format: str = "NWC",
+    data_format: str = "channels_last",
     feature_group_count: int = 1,
     mask: jax.Array | None = None,
     *,
     name: str | None = None,
     rng_key: jax.Array | None = None,
 ) -> HaikuModule:
-    """``hk.Conv1D`` from `in_features` to `out_features` channels, initialized.
+    """``hk.Conv1D`` from `in_dim` to `out_dim` channels, initialized.
 
     Args:
-      in_features: number of input channels.
-      out_features: number of output channels (Haiku's ``output_channels``).
+      in_dim: number of input channels.
+      out_dim: number of output channels (Haiku's ``output_channels``).
       kernel_shape: an int or one int per spatial axis.
       stride: an int or one int per spatial axis.
-      rate: dilation rate, an int or one int per spatial axis.
+      dilation: kernel dilation, an int or one int per spatial axis (Haiku's ``rate``).
       padding: ``"SAME"``, ``"VALID"`` or explicit ``(low, high)`` pairs per spatial axis.
       with_bias: add a bias.
       w_init: weight initializer (Haiku's or pax's convention); default as Haiku.
       b_init: bias initializer; default zeros.
-      data_format: ``"NWC"`` (channels last) or ``"NCW"``.
+      data_format: ``"channels_last"`` (default, ``(N, W, C)``) or
+        ``"channels_first"`` (``(N, C, W)``).
       feature_group_count: number of input channel groups (grouped convolution).
       mask: optional mask multiplied into the weight (static; compared by content).
       name: the Haiku module name (see `pax.haiku.load_haiku_params`).
@@ -112,15 +110,15 @@ def conv_1d(
       (2, 7, 5)
     """
     return _conv(
-        "conv_1d",
+        "pax.haiku.conv_1d",
         hk.Conv1D,
         1,
-        in_features,
-        out_features,
+        in_dim,
+        out_dim,
         rng_key,
         kernel_shape=kernel_shape,
         stride=stride,
-        rate=rate,
+        rate=dilation,
         padding=padding,
         with_bias=with_bias,
         w_init=w_init,
@@ -132,36 +130,38 @@ def conv_1d(
     )
 
 
+@renamed_kwargs("pax.haiku", **RENAMED, rate="dilation")
 def conv_2d(
-    in_features: int,
-    out_features: int,
+    in_dim: int,
+    out_dim: int,
     kernel_shape: IntOrSeq,
     stride: IntOrSeq = 1,
-    rate: IntOrSeq = 1,
+    dilation: IntOrSeq = 1,
     padding: str | Sequence[tuple[int, int]] = "SAME",
     with_bias: bool = True,
     w_init: InitializerLike | None = None,
     b_init: InitializerLike | None = None,
-    data_format: str = "NHWC",
+    data_format: str = "channels_last",
     feature_group_count: int = 1,
     mask: jax.Array | None = None,
     *,
     name: str | None = None,
     rng_key: jax.Array | None = None,
 ) -> HaikuModule:
-    """``hk.Conv2D`` from `in_features` to `out_features` channels, initialized.
+    """``hk.Conv2D`` from `in_dim` to `out_dim` channels, initialized.
 
     Args:
-      in_features: number of input channels.
-      out_features: number of output channels (Haiku's ``output_channels``).
+      in_dim: number of input channels.
+      out_dim: number of output channels (Haiku's ``output_channels``).
       kernel_shape: an int or one int per spatial axis.
       stride: an int or one int per spatial axis.
-      rate: dilation rate, an int or one int per spatial axis.
+      dilation: kernel dilation, an int or one int per spatial axis (Haiku's ``rate``).
       padding: ``"SAME"``, ``"VALID"`` or explicit ``(low, high)`` pairs per spatial axis.
       with_bias: add a bias.
       w_init: weight initializer (Haiku's or pax's convention); default as Haiku.
       b_init: bias initializer; default zeros.
-      data_format: ``"NHWC"`` (channels last) or ``"NCHW"``.
+      data_format: ``"channels_last"`` (default, ``(N, H, W, C)``) or
+        ``"channels_first"`` (``(N, C, H, W)``).
       feature_group_count: number of input channel groups (grouped convolution).
       mask: optional mask multiplied into the weight (static; compared by content).
       name: the Haiku module name (see `pax.haiku.load_haiku_params`).
@@ -173,15 +173,15 @@ def conv_2d(
       (2, 4, 4, 5)
     """
     return _conv(
-        "conv_2d",
+        "pax.haiku.conv_2d",
         hk.Conv2D,
         2,
-        in_features,
-        out_features,
+        in_dim,
+        out_dim,
         rng_key,
         kernel_shape=kernel_shape,
         stride=stride,
-        rate=rate,
+        rate=dilation,
         padding=padding,
         with_bias=with_bias,
         w_init=w_init,
@@ -193,9 +193,10 @@ def conv_2d(
     )
 
 
+@renamed_kwargs("pax.haiku", **RENAMED)
 def conv_1d_transpose(
-    in_features: int,
-    out_features: int,
+    in_dim: int,
+    out_dim: int,
     kernel_shape: IntOrSeq,
     stride: IntOrSeq = 1,
     output_shape: IntOrSeq | None = None,
@@ -203,17 +204,17 @@ def conv_1d_transpose(
     with_bias: bool = True,
     w_init: InitializerLike | None = None,
     b_init: InitializerLike | None = None,
-    data_format: str = "NWC",
+    data_format: str = "channels_last",
     mask: jax.Array | None = None,
     *,
     name: str | None = None,
     rng_key: jax.Array | None = None,
 ) -> HaikuModule:
-    """``hk.Conv1DTranspose`` from `in_features` to `out_features` channels, initialized.
+    """``hk.Conv1DTranspose`` from `in_dim` to `out_dim` channels, initialized.
 
     Args:
-      in_features: number of input channels.
-      out_features: number of output channels (Haiku's ``output_channels``).
+      in_dim: number of input channels.
+      out_dim: number of output channels (Haiku's ``output_channels``).
       kernel_shape: an int or one int per spatial axis.
       stride: an int or one int per spatial axis.
       output_shape: the spatial output shape, to pick among the shapes a stride allows.
@@ -221,7 +222,8 @@ def conv_1d_transpose(
       with_bias: add a bias.
       w_init: weight initializer (Haiku's or pax's convention); default as Haiku.
       b_init: bias initializer; default zeros.
-      data_format: ``"NWC"`` (channels last) or ``"NCW"``.
+      data_format: ``"channels_last"`` (default, ``(N, W, C)``) or
+        ``"channels_first"`` (``(N, C, W)``).
       mask: optional mask multiplied into the weight (static; compared by content).
       name: the Haiku module name (see `pax.haiku.load_haiku_params`).
       rng_key: key for the initializers; default `pax.next_rng_key()`.
@@ -232,11 +234,11 @@ def conv_1d_transpose(
       (2, 8, 5)
     """
     return _conv(
-        "conv_1d_transpose",
+        "pax.haiku.conv_1d_transpose",
         hk.Conv1DTranspose,
         1,
-        in_features,
-        out_features,
+        in_dim,
+        out_dim,
         rng_key,
         kernel_shape=kernel_shape,
         stride=stride,
@@ -251,9 +253,10 @@ def conv_1d_transpose(
     )
 
 
+@renamed_kwargs("pax.haiku", **RENAMED)
 def conv_2d_transpose(
-    in_features: int,
-    out_features: int,
+    in_dim: int,
+    out_dim: int,
     kernel_shape: IntOrSeq,
     stride: IntOrSeq = 1,
     output_shape: IntOrSeq | None = None,
@@ -261,17 +264,17 @@ def conv_2d_transpose(
     with_bias: bool = True,
     w_init: InitializerLike | None = None,
     b_init: InitializerLike | None = None,
-    data_format: str = "NHWC",
+    data_format: str = "channels_last",
     mask: jax.Array | None = None,
     *,
     name: str | None = None,
     rng_key: jax.Array | None = None,
 ) -> HaikuModule:
-    """``hk.Conv2DTranspose`` from `in_features` to `out_features` channels, initialized.
+    """``hk.Conv2DTranspose`` from `in_dim` to `out_dim` channels, initialized.
 
     Args:
-      in_features: number of input channels.
-      out_features: number of output channels (Haiku's ``output_channels``).
+      in_dim: number of input channels.
+      out_dim: number of output channels (Haiku's ``output_channels``).
       kernel_shape: an int or one int per spatial axis.
       stride: an int or one int per spatial axis.
       output_shape: the spatial output shape, to pick among the shapes a stride allows.
@@ -279,7 +282,8 @@ def conv_2d_transpose(
       with_bias: add a bias.
       w_init: weight initializer (Haiku's or pax's convention); default as Haiku.
       b_init: bias initializer; default zeros.
-      data_format: ``"NHWC"`` (channels last) or ``"NCHW"``.
+      data_format: ``"channels_last"`` (default, ``(N, H, W, C)``) or
+        ``"channels_first"`` (``(N, C, H, W)``).
       mask: optional mask multiplied into the weight (static; compared by content).
       name: the Haiku module name (see `pax.haiku.load_haiku_params`).
       rng_key: key for the initializers; default `pax.next_rng_key()`.
@@ -290,11 +294,11 @@ def conv_2d_transpose(
       (2, 8, 8, 5)
     """
     return _conv(
-        "conv_2d_transpose",
+        "pax.haiku.conv_2d_transpose",
         hk.Conv2DTranspose,
         2,
-        in_features,
-        out_features,
+        in_dim,
+        out_dim,
         rng_key,
         kernel_shape=kernel_shape,
         stride=stride,

@@ -1,4 +1,10 @@
-"""`pax.haiku.*`: Haiku layers built from shapes known from their arguments (no dummy input)."""
+"""`pax.haiku.*`: Haiku layers built from shapes known from their arguments (no dummy input).
+
+The layers take pax.nn's argument names and its parsers (`pax._src.arguments`): `in_dim`,
+`out_dim`, `stride`, `decay`, ``data_format="channels_last"`` / ``"channels_first"``, and
+keyword-only `rng_key`; Haiku still receives its own names (``strides``, ``decay_rate``,
+``"NHWC"``).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,9 @@ from typing import Any
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from pax._src.arguments import CHANNELS_LAST, int_tuple, positive_int, renamed_kwargs
+from pax._src.arguments import data_format as parse_data_format
 from pax._src.core.rng import resolve_rng_key
 from pax._src.haiku.module import HaikuModule
 
@@ -40,22 +47,19 @@ class _KeyedInitializer:
 
 
 def as_haiku_initializer(fn: str, arg: str, init: InitializerLike | None) -> InitializerLike | None:
-    """Accepts both Haiku's ``init(shape, dtype)`` and pax's ``init(key, shape, dtype)``."""
+    """Accepts both Haiku's ``init(shape, dtype)`` and pax's ``init(key, shape, dtype)``.
+
+    `fn` is the public name shown in the error, e.g. ``"pax.haiku.linear"``.
+    """
     if init is None:
         return None
     if not callable(init):
-        raise TypeError(f"pax.haiku.{fn}: {arg} must be an initializer, got {init!r}.")
+        raise TypeError(f"{fn}: {arg} must be an initializer, got {init!r}.")
     try:
         first = next(iter(inspect.signature(init).parameters), "")
     except (TypeError, ValueError):
         return init
     return _KeyedInitializer(init) if first in ("key", "rng_key", "rng") else init
-
-
-def positive_int(fn: str, arg: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"pax.haiku.{fn}: {arg} must be a positive int, got {value!r}.")
-    return int(value)
 
 
 def build_layer(
@@ -74,15 +78,18 @@ def build_layer(
     return module
 
 
-def channel_index(fn: str, data_format: str, rank: int) -> int:
-    if data_format == "channels_last" or (data_format[:1] == "N" and data_format[-1:] == "C"):
-        return rank - 1
-    if data_format == "channels_first" or data_format.startswith("NC"):
-        return 1
-    raise ValueError(
-        f"pax.haiku.{fn}: unknown data_format {data_format!r}; use a channels-last layout such "
-        f"as 'NHWC' or a channels-first one such as 'NCHW'."
-    )
+_SPATIAL_AXES = {1: "W", 2: "HW", 3: "DHW"}
+
+
+def haiku_layout(fn: str, value: Any, num_spatial: int) -> str:
+    """`data_format` parsed as in pax.nn, spelled for Haiku: ``"NHWC"``, ``"NCW"``, ...
+
+    Haiku gets the layout string its own default uses, so a layer built with the default
+    ``"channels_last"`` has the same Haiku configuration as before the one vocabulary.
+    """
+    axes = _SPATIAL_AXES[num_spatial]
+    last = parse_data_format(fn, value, num_spatial) == CHANNELS_LAST
+    return f"N{axes}C" if last else f"NC{axes}"
 
 
 def linear(
@@ -117,14 +124,15 @@ def linear(
       >>> fc(jnp.ones((2, 3))).shape
       (2, 4)
     """
+    fn = "pax.haiku.linear"
     kwargs = dict(
-        output_size=positive_int("linear", "out_dim", out_dim),
+        output_size=positive_int(fn, "out_dim", out_dim),
         with_bias=with_bias,
-        w_init=as_haiku_initializer("linear", "w_init", w_init),
-        b_init=as_haiku_initializer("linear", "b_init", b_init),
+        w_init=as_haiku_initializer(fn, "w_init", w_init),
+        b_init=as_haiku_initializer(fn, "b_init", b_init),
         name=name,
     )
-    dummy = (jnp.zeros((1, positive_int("linear", "in_dim", in_dim)), jnp.float32),)
+    dummy = (jnp.zeros((1, positive_int(fn, "in_dim", in_dim)), jnp.float32),)
     return build_layer(hk.Linear, kwargs, dummy, rng_key)
 
 
@@ -162,52 +170,53 @@ def layer_norm(
       >>> ln(jnp.arange(8.0).reshape(2, 4)).std(axis=-1).round(2).tolist()
       [1.0, 1.0]
     """
-    in_dim = positive_int("layer_norm", "in_dim", in_dim)
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    if not axes or not all(isinstance(a, (int, np.integer)) for a in axes):
-        raise ValueError(f"pax.haiku.layer_norm: axis must be an int or ints, got {axis!r}.")
+    fn = "pax.haiku.layer_norm"
+    in_dim = positive_int(fn, "in_dim", in_dim)
+    axes = int_tuple(fn, "axis", axis, scalar=True, example="-1")
     rank = max(2, *(a + 1 if a >= 0 else -a for a in axes))
     kwargs = dict(
         axis=axis,
         create_scale=create_scale,
         create_offset=create_offset,
         eps=eps,
-        scale_init=as_haiku_initializer("layer_norm", "scale_init", scale_init),
-        offset_init=as_haiku_initializer("layer_norm", "offset_init", offset_init),
+        scale_init=as_haiku_initializer(fn, "scale_init", scale_init),
+        offset_init=as_haiku_initializer(fn, "offset_init", offset_init),
         name=name,
     )
     dummy = (jnp.zeros((1,) * (rank - 1) + (in_dim,), jnp.float32),)
     return build_layer(hk.LayerNorm, kwargs, dummy, rng_key)
 
 
+@renamed_kwargs("pax.haiku", in_features="in_dim", decay_rate="decay")
 def batch_norm_2d(
-    in_features: int,
+    in_dim: int,
     create_scale: bool = True,
     create_offset: bool = True,
-    decay_rate: float = 0.9,
+    decay: float = 0.9,
     eps: float = 1e-5,
     scale_init: InitializerLike | None = None,
     offset_init: InitializerLike | None = None,
-    data_format: str = "NHWC",
+    data_format: str = "channels_last",
     cross_replica_axis: str | Sequence[str] | None = None,
     *,
     name: str | None = None,
     rng_key: jax.Array | None = None,
 ) -> HaikuModule:
-    """``hk.BatchNorm`` for 4-D inputs with `in_features` channels (``is_training`` from the mode).
+    """``hk.BatchNorm`` for 4-D inputs with `in_dim` channels (``is_training`` from the mode).
 
     The moving averages are Haiku state, updated in training mode only (``model.eval()``
-    freezes them).
+    freezes them). `in_features`, `decay_rate` and the layouts ``"NHWC"`` / ``"NCHW"`` are
+    deprecated spellings of `in_dim`, `decay` and the two `data_format` values.
 
     Args:
-      in_features: number of channels.
+      in_dim: number of channels.
       create_scale: learn a scale.
       create_offset: learn an offset.
-      decay_rate: decay of the moving averages.
+      decay: decay of the moving averages (Haiku's ``decay_rate``).
       eps: added to the variance.
       scale_init: scale initializer; default ones.
       offset_init: offset initializer; default zeros.
-      data_format: ``"NHWC"`` (channels last) or ``"NCHW"``.
+      data_format: ``"channels_last"`` (default, ``(N, H, W, C)``) or ``"channels_first"``.
       cross_replica_axis: named axis (``jax.pmap``/``shard_map``) to average the batch
         statistics over.
       name: the Haiku module name.
@@ -219,17 +228,18 @@ def batch_norm_2d(
       >>> bn(jnp.ones((2, 5, 5, 3))).shape
       (2, 5, 5, 3)
     """
-    in_features = positive_int("batch_norm_2d", "in_features", in_features)
-    shape = [1, 1, 1, 1]
-    shape[channel_index("batch_norm_2d", data_format, 4)] = in_features
+    fn = "pax.haiku.batch_norm_2d"
+    in_dim = positive_int(fn, "in_dim", in_dim)
+    layout = haiku_layout(fn, data_format, 2)
+    shape = [1, 1, 1, in_dim] if layout == "NHWC" else [1, in_dim, 1, 1]
     kwargs = dict(
         create_scale=create_scale,
         create_offset=create_offset,
-        decay_rate=decay_rate,
+        decay_rate=decay,
         eps=eps,
-        scale_init=as_haiku_initializer("batch_norm_2d", "scale_init", scale_init),
-        offset_init=as_haiku_initializer("batch_norm_2d", "offset_init", offset_init),
-        data_format=data_format,
+        scale_init=as_haiku_initializer(fn, "scale_init", scale_init),
+        offset_init=as_haiku_initializer(fn, "offset_init", offset_init),
+        data_format=layout,
         cross_replica_axis=cross_replica_axis,
         name=name,
     )
@@ -265,10 +275,11 @@ def embed(
       >>> emb(jnp.array([[1, 2, 3]])).shape
       (1, 3, 4)
     """
+    fn = "pax.haiku.embed"
     kwargs = dict(
-        vocab_size=positive_int("embed", "vocab_size", vocab_size),
-        embed_dim=positive_int("embed", "embed_dim", embed_dim),
-        w_init=as_haiku_initializer("embed", "w_init", w_init),
+        vocab_size=positive_int(fn, "vocab_size", vocab_size),
+        embed_dim=positive_int(fn, "embed_dim", embed_dim),
+        w_init=as_haiku_initializer(fn, "w_init", w_init),
         lookup_style=lookup_style,
         name=name,
     )
@@ -281,9 +292,10 @@ def _pool(hk_cls: type, kwargs: dict) -> HaikuModule:
     return module
 
 
+@renamed_kwargs("pax.haiku", strides="stride")
 def avg_pool(
     window_shape: IntOrSeq,
-    strides: IntOrSeq,
+    stride: IntOrSeq,
     padding: str,
     channel_axis: int | None = -1,
     *,
@@ -293,7 +305,8 @@ def avg_pool(
 
     Args:
       window_shape: the window, an int or one int per input axis.
-      strides: the strides, an int or one int per input axis.
+      stride: the step of the window, an int or one int per input axis (Haiku's ``strides``;
+        `strides` is a deprecated spelling).
       padding: ``"SAME"`` or ``"VALID"``.
       channel_axis: the channel axis (not pooled when the window is an int); None for none.
       name: the Haiku module name.
@@ -304,13 +317,14 @@ def avg_pool(
       >>> pool(jnp.ones((1, 4, 4, 3))).shape
       (1, 2, 2, 3)
     """
-    kwargs = dict(window_shape=window_shape, strides=strides, padding=padding)
+    kwargs = dict(window_shape=window_shape, strides=stride, padding=padding)
     return _pool(hk.AvgPool, dict(kwargs, channel_axis=channel_axis, name=name))
 
 
+@renamed_kwargs("pax.haiku", strides="stride")
 def max_pool(
     window_shape: IntOrSeq,
-    strides: IntOrSeq,
+    stride: IntOrSeq,
     padding: str,
     channel_axis: int | None = -1,
     *,
@@ -320,7 +334,8 @@ def max_pool(
 
     Args:
       window_shape: the window, an int or one int per input axis.
-      strides: the strides, an int or one int per input axis.
+      stride: the step of the window, an int or one int per input axis (Haiku's ``strides``;
+        `strides` is a deprecated spelling).
       padding: ``"SAME"`` or ``"VALID"``.
       channel_axis: the channel axis (not pooled when the window is an int); None for none.
       name: the Haiku module name.
@@ -331,5 +346,5 @@ def max_pool(
       >>> pool(jnp.arange(16.0).reshape(1, 4, 4, 1))[0, :, :, 0].tolist()
       [[5.0, 7.0], [13.0, 15.0]]
     """
-    kwargs = dict(window_shape=window_shape, strides=strides, padding=padding)
+    kwargs = dict(window_shape=window_shape, strides=stride, padding=padding)
     return _pool(hk.MaxPool, dict(kwargs, channel_axis=channel_axis, name=name))

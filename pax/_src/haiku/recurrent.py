@@ -6,8 +6,9 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from pax._src.arguments import positive_int
 from pax._src.core.rng import resolve_rng_key
-from pax._src.haiku.layers import InitializerLike, as_haiku_initializer, positive_int
+from pax._src.haiku.layers import InitializerLike, as_haiku_initializer
 from pax._src.haiku.module import HaikuModule
 
 
@@ -42,8 +43,8 @@ def lstm(
       >>> out.shape, state.cell.shape
       ((2, 8), (2, 8))
     """
-    kwargs = dict(hidden_size=positive_int("lstm", "hidden_dim", hidden_dim), name=name)
-    return _rnn("lstm", hk.LSTM, in_dim, kwargs, rng_key)
+    kwargs = dict(hidden_size=positive_int("pax.haiku.lstm", "hidden_dim", hidden_dim), name=name)
+    return _rnn("pax.haiku.lstm", hk.LSTM, in_dim, kwargs, rng_key)
 
 
 def gru(
@@ -75,10 +76,10 @@ def gru(
       (2, 8)
     """
     kwargs = dict(
-        hidden_size=positive_int("gru", "hidden_dim", hidden_dim),
-        w_i_init=as_haiku_initializer("gru", "w_i_init", w_i_init),
-        w_h_init=as_haiku_initializer("gru", "w_h_init", w_h_init),
-        b_init=as_haiku_initializer("gru", "b_init", b_init),
+        hidden_size=positive_int("pax.haiku.gru", "hidden_dim", hidden_dim),
+        w_i_init=as_haiku_initializer("pax.haiku.gru", "w_i_init", w_i_init),
+        w_h_init=as_haiku_initializer("pax.haiku.gru", "w_h_init", w_h_init),
+        b_init=as_haiku_initializer("pax.haiku.gru", "b_init", b_init),
         name=name,
     )
-    return _rnn("gru", hk.GRU, in_dim, kwargs, rng_key)
+    return _rnn("pax.haiku.gru", hk.GRU, in_dim, kwargs, rng_key)

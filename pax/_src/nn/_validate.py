@@ -1,260 +1,48 @@
-"""Argument parsing shared by the layers: one parser per kind of argument, one renaming rule.
+"""Argument parsing of the pax.nn layers: `pax._src.arguments`, with pax.nn's public names.
 
-Every error names the layer (or function), the argument, what was wrong and what to pass
-instead. Renamed arguments keep working for one release through `renamed_kwargs` (keywords) and
-`RenamedAttribute` (stored attributes), with a `DeprecationWarning` naming the new spelling.
+The parsers live in `pax._src.arguments`, shared with `pax.haiku`; they are re-exported here so
+the layers keep writing ``v.positive_int(...)``. The deprecation helpers are bound to the
+``pax.nn`` namespace: a renamed keyword of `Conv2D` warns as ``pax.nn.Conv2D``.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-import sys
-import warnings
-from collections.abc import Callable, Sequence
-from types import FrameType
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
-import jax.numpy as jnp
-import numpy as np
+from pax._src import arguments
+from pax._src.arguments import CHANNELS_FIRST as CHANNELS_FIRST
+from pax._src.arguments import CHANNELS_LAST as CHANNELS_LAST
+from pax._src.arguments import F as F
+from pax._src.arguments import check_last_dim as check_last_dim
+from pax._src.arguments import int_tuple as int_tuple
+from pax._src.arguments import legacy_spatial_axes as legacy_spatial_axes
+from pax._src.arguments import padding_arg as padding_arg
+from pax._src.arguments import positive_float as positive_float
+from pax._src.arguments import positive_int as positive_int
+from pax._src.arguments import rate_in_unit_interval as rate_in_unit_interval
+from pax._src.arguments import replicate as replicate
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-CHANNELS_LAST = "channels_last"
-CHANNELS_FIRST = "channels_first"
-
-# The layout strings accepted before the one vocabulary: spelling -> (new value, spatial axes).
-_LEGACY_FORMATS: dict[Any, tuple[str, int | None]] = {
-    None: (CHANNELS_LAST, None),
-    "NC": (CHANNELS_FIRST, 0),
-    "NWC": (CHANNELS_LAST, 1),
-    "NCW": (CHANNELS_FIRST, 1),
-    "NHWC": (CHANNELS_LAST, 2),
-    "NCHW": (CHANNELS_FIRST, 2),
-    "NDHWC": (CHANNELS_LAST, 3),
-    "NCDHW": (CHANNELS_FIRST, 3),
-}
-
-
-# --- deprecations ------------------------------------------------------------------------------
-
-
-def _caller_stacklevel() -> int:
-    """The `stacklevel` of the first frame outside pax.nn (the user's call)."""
-    level = 1
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("pax._src.nn"):
-        level, frame = level + 1, frame.f_back
-    return level
+NAMESPACE = "pax.nn"
 
 
 def warn_deprecated(owner: str, old: str, new: str) -> None:
     """Emits ``pax.nn.<owner>: `old` is deprecated, use `new`.`` at the user's call."""
-    warnings.warn(
-        f"pax.nn.{owner}: `{old}` is deprecated, use `{new}`. The old spelling will be removed "
-        "in the next release.",
-        DeprecationWarning,
-        stacklevel=_caller_stacklevel(),
-    )
+    arguments.warn_deprecated(f"{NAMESPACE}.{owner}", old, new)
 
 
 def renamed_kwargs(**renamed: str) -> Callable[[F], F]:
-    """Decorator accepting the old keyword names ``old="new"`` of a function or ``__init__``.
-
-    An old keyword is passed on under its new name with a `DeprecationWarning`; the old and the
-    new name together raise a `TypeError`. The signature (``inspect.signature``, IDEs) shows the
-    new names only.
-
-    Raises:
-      TypeError: at decoration when a new name is not a parameter or an old one still is.
-    """
-
-    def decorate(fn: F) -> F:
-        params = inspect.signature(fn).parameters
-        positions = {}
-        for old, new in renamed.items():
-            if new not in params or old in params:
-                raise TypeError(
-                    f"renamed_kwargs: {fn.__qualname__} must have the parameter {new!r} and not "
-                    f"{old!r}."
-                )
-            if params[new].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
-                positions[new] = list(params).index(new)
-        is_init = fn.__name__ == "__init__"
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not renamed.keys().isdisjoint(kwargs):
-                owner = type(args[0]).__name__ if is_init else fn.__name__
-                for old, new in renamed.items():
-                    if old not in kwargs:
-                        continue
-                    if new in kwargs or len(args) > positions.get(new, len(args)):
-                        raise TypeError(
-                            f"pax.nn.{owner}: got both `{old}` (deprecated) and `{new}`; pass "
-                            f"only `{new}`."
-                        )
-                    warn_deprecated(owner, old, new)
-                    kwargs[new] = kwargs.pop(old)
-            return fn(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
+    """`arguments.renamed_kwargs` for a pax.nn layer or function (warns as ``pax.nn.<name>``)."""
+    return arguments.renamed_kwargs(NAMESPACE, **renamed)
 
 
-class RenamedAttribute:
-    """A read-only class attribute ``old = RenamedAttribute("new")`` forwarding to ``new``.
-
-    Reading it on an instance warns (`DeprecationWarning`) and returns the new attribute.
-    """
+class RenamedAttribute(arguments.RenamedAttribute):
+    """``old = RenamedAttribute("new")`` on a pax.nn layer: reading it warns and forwards."""
 
     def __init__(self, new: str) -> None:
-        self.new = new
-        self.old = ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.old = name
-
-    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
-        if obj is None:
-            return self
-        warn_deprecated(type(obj).__name__, self.old, self.new)
-        return getattr(obj, self.new)
-
-
-# --- numbers and shapes ------------------------------------------------------------------------
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def positive_int(cls: str, name: str, value: Any, *, allow_zero: bool = False) -> int:
-    """Returns `value` as an int, or raises naming `cls.name` when it is not an int > 0 (>= 0)."""
-    if not _is_int(value) or value < 0 or (value == 0 and not allow_zero):
-        kind = "an int >= 0" if allow_zero else "a positive int"
-        raise ValueError(f"{cls}: {name} must be {kind}, got {value!r}.")
-    return int(value)
-
-
-def rate_in_unit_interval(cls: str, name: str, value: Any) -> float:
-    """Returns `value` as a float in ``[0, 1)``, or raises."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise ValueError(f"{cls}: {name} must be a float in [0, 1), got {value!r}.")
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{cls}: {name} must be in [0, 1), got {value!r}.")
-    return float(value)
-
-
-def positive_float(cls: str, name: str, value: Any, *, allow_zero: bool = False) -> float:
-    """Returns `value` as a float > 0 (or >= 0), or raises."""
-    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-    if not ok or float(value) < 0 or (float(value) == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{cls}: {name} must be a number {bound}, got {value!r}.")
-    return float(value)
-
-
-def replicate(cls: str, name: str, value: Any, n: int) -> tuple[int, ...]:
-    """Turns an int or a length-`n` sequence of positive ints into a tuple of `n` ints."""
-    if _is_int(value):
-        values: Sequence[Any] = (value,) * n
-    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == n:
-        values = value
-    else:
-        values = (0,)
-    if not all(_is_int(v) and v > 0 for v in values):
-        raise ValueError(
-            f"{cls}: {name} must be a positive int or a sequence of {n} positive ints, "
-            f"got {value!r}."
-        )
-    return tuple(int(v) for v in values)
-
-
-def int_tuple(cls: str, name: str, value: Any, *, scalar: bool, example: str) -> tuple[int, ...]:
-    """An axis argument as a tuple of ints: a sequence of ints, or (with `scalar`) one int.
-
-    With `scalar` the sequence must be non-empty (an axis to act on is required); without it an
-    empty sequence is fine (no axis singled out). `example` is a valid value shown in the error.
-    """
-    if scalar and _is_int(value):
-        return (int(value),)
-    if (
-        isinstance(value, Sequence)
-        and not isinstance(value, str)
-        and (len(value) > 0 or not scalar)
-        and all(map(_is_int, value))
-    ):
-        return tuple(int(a) for a in value)
-    kind = "an int or a non-empty sequence of ints" if scalar else "a sequence of ints"
-    raise ValueError(f"{cls}: {name} must be {kind}, got {value!r}; e.g. {name}={example}.")
-
-
-def padding_arg(cls: str, padding: Any, n: int) -> str | tuple[tuple[int, int], ...]:
-    """Normalizes a padding argument: "SAME", "VALID", an int, or `n` (low, high) pairs."""
-    if isinstance(padding, str):
-        upper = padding.upper()
-        if upper in ("SAME", "VALID"):
-            return upper
-    elif _is_int(padding) and padding >= 0:
-        return ((int(padding), int(padding)),) * n
-    elif isinstance(padding, Sequence) and len(padding) == n:
-        pairs = []
-        for pair in padding:
-            if _is_int(pair) and pair >= 0:
-                pairs.append((int(pair), int(pair)))
-            elif isinstance(pair, Sequence) and len(pair) == 2 and all(map(_is_int, pair)):
-                pairs.append((int(pair[0]), int(pair[1])))
-            else:
-                break
-        else:
-            return tuple(pairs)
-    example = ", ".join(["(1, 1)"] * n)
-    raise ValueError(
-        f"{cls}: unknown padding {padding!r}; use 'SAME', 'VALID', a non-negative int, or "
-        f"{n} (low, high) pairs such as padding=({example},)."
-    )
-
-
-# --- layouts -----------------------------------------------------------------------------------
-
-
-def legacy_spatial_axes(value: Any) -> int | None:
-    """The number of spatial axes an old layout string such as ``"NWC"`` names, else None."""
-    legacy = _LEGACY_FORMATS.get(value) if isinstance(value, str) else None
-    return None if legacy is None else legacy[1]
+        super().__init__(NAMESPACE, new)
 
 
 def data_format(cls: str, value: Any, num_spatial: int | None = None, also: str = "") -> str:
-    """The one `data_format` parser: returns ``"channels_last"`` or ``"channels_first"``.
-
-    The old layout strings (``"NWC"``, ``"NCHW"``, ...) are accepted with a
-    `DeprecationWarning` naming the new value (and `also`, any other argument the new spelling
-    needs); when the layer knows its number of spatial axes (`num_spatial`) the old string must
-    have that many.
-
-    Raises:
-      ValueError: for anything else, naming the two accepted values.
-    """
-    if isinstance(value, str) and value in (CHANNELS_LAST, CHANNELS_FIRST):
-        return value
-    legacy = _LEGACY_FORMATS.get(value) if value is None or isinstance(value, str) else None
-    if legacy is not None and (legacy[1] is None or num_spatial in (None, legacy[1])):
-        warn_deprecated(cls, f"data_format={value!r}", f"data_format={legacy[0]!r}{also}")
-        return legacy[0]
-    axes = "axis" if num_spatial == 1 else "axes"
-    spatial = "" if num_spatial is None else f" for {num_spatial} spatial {axes}"
-    raise ValueError(
-        f"{cls}: unknown data_format {value!r}{spatial}; use 'channels_last' (channels on the "
-        "last axis, the default) or 'channels_first' (channels on axis 1, after the batch axis)."
-    )
-
-
-def check_last_dim(cls: str, x: Any, size: int, what: str = "features") -> None:
-    """Raises when `x` has rank 0 or its last axis is not `size`."""
-    shape = jnp.shape(x)
-    if len(shape) < 1 or shape[-1] != size:
-        raise ValueError(
-            f"{cls}: expected input of shape (..., {size}) ({what} last), got shape {shape}."
-        )
+    """`arguments.data_format` for the pax.nn layer `cls` (warns as ``pax.nn.<cls>``)."""
+    return arguments.data_format(cls, value, num_spatial, also, owner=f"{NAMESPACE}.{cls}")
