@@ -343,3 +343,36 @@ def test_save_accepts_a_shared_plain_array(tmp_path):
     pax.save(tmp_path / "x.npz", {"a": w, "b": w})
     restored = pax.load(tmp_path / "x.npz", {"a": jnp.zeros(3), "b": jnp.zeros(3)})
     np.testing.assert_array_equal(restored["b"], w)
+
+
+# --- 14: weak types and device commitment -------------------------------------------------------
+
+
+def test_weak_types_are_restored(tmp_path):
+    tree = {"lr": jnp.asarray(0.5), "step": jnp.asarray(3), "w": jnp.ones(2), "v": jnp.ones(2)}
+    tree["v"] = jnp.broadcast_to(jnp.asarray(2.0), (2,))  # a weak-typed vector
+    assert tree["lr"].weak_type and tree["v"].weak_type and not tree["w"].weak_type
+    pax.save(tmp_path / "x.npz", tree)
+    like = {"lr": jnp.float32(0), "step": jnp.int32(0), "w": jnp.zeros(2), "v": jnp.zeros(2)}
+    restored = pax.load(tmp_path / "x.npz", like)
+    for key, value in tree.items():
+        assert restored[key].weak_type == value.weak_type, key
+        assert _bits(restored[key]) == _bits(value)
+        assert restored[key].committed == value.committed, key
+
+
+def test_a_loaded_tree_reuses_the_compiled_step(tmp_path):
+    from compile_count import count_compilations
+
+    def loaded_step(tree, x):
+        return tree["w"] * tree["lr"] + x * tree["step"]
+
+    step = jax.jit(loaded_step)
+    tree = {"w": jnp.ones(3), "lr": jnp.asarray(0.5), "step": jnp.asarray(2)}
+    x = jnp.arange(3.0)
+    pax.save(tmp_path / "x.npz", tree)
+    restored = pax.load(tmp_path / "x.npz", jax.tree_util.tree_map(jnp.zeros_like, tree))
+    with count_compilations(loaded_step) as compilations:
+        expected = step(tree, x)
+        np.testing.assert_array_equal(step(restored, x), expected)
+    assert compilations() == 1

@@ -18,7 +18,7 @@ from typing import Any, Literal, NamedTuple, TypeVar, overload
 import jax
 import numpy as np
 
-from pax._src.checkpoint_codec import decode_leaf, encode_leaf, is_key_array, stored_spec
+from pax._src.checkpoint_codec import decode_leaf, encode_leaf, place, stored_spec
 from pax._src.checkpoint_io import Reader, atomic_write
 from pax._src.core.registry import is_module
 from pax._src.core.sharing import _find
@@ -207,19 +207,6 @@ def _like_spec(leaf: Any) -> tuple[tuple[int, ...], str]:
     return tuple(leaf.shape), _dtype_name(leaf.dtype)
 
 
-def _place(value: Any, like: Any) -> Any:
-    """`value` (numpy or key array) converted to the kind of leaf `like` is."""
-    if isinstance(like, (bool, int, float, complex)):
-        return type(like)(np.asarray(value).item())
-    if isinstance(like, (np.ndarray, np.generic)) and not is_key_array(value):
-        value = value.astype(like.dtype, copy=False)  # like's byte order
-        return value if isinstance(like, np.ndarray) else value[()]
-    sharding = getattr(like, "sharding", None)
-    if isinstance(sharding, jax.sharding.Sharding):
-        return jax.device_put(value, sharding)
-    return jax.device_put(value)
-
-
 def _listing(title: str, items: list[str]) -> str:
     return f"{title}:\n" + "\n".join(f"  {item}" for item in listing(items, _MAX_LISTED))
 
@@ -306,7 +293,10 @@ def load(path: PathLike, like: T, *, strict: bool = True) -> T | tuple[T, LoadRe
             where: _read_leaf(reader, records[where]) for where in expected if where in records
         }
     leaves = [
-        _place(values[where], leaf) if where in values else leaf for where, leaf in expected.items()
+        place(values[where], leaf, records[where].get("weak_type") is True)
+        if where in values
+        else leaf
+        for where, leaf in expected.items()
     ]
     tree = jax.tree_util.tree_unflatten(treedef, leaves)
     if strict:

@@ -7,6 +7,7 @@ name of their implementation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -62,6 +63,8 @@ def encode_leaf(where: str, leaf: Any) -> tuple[np.ndarray, dict]:
     array = np.asarray(leaf)
     dtype = array.dtype
     meta = {"dtype": dtype.name, "shape": list(array.shape)}
+    if isinstance(leaf, jax.Array) and leaf.weak_type:
+        meta["weak_type"] = True  # restored by `place`: a weak type changes jit's cache key
     if _is_native(dtype):
         return _native_order(array), {**meta, "encoding": "array"}
     if _extension_dtype(dtype.name) is None:
@@ -148,3 +151,31 @@ def stored_spec(meta: dict) -> Callable[[tuple[int, ...], np.dtype], bool] | Non
             and d.newbyteorder("=") == np.uint32
         )
     return None
+
+
+def place(value: Any, like: Any, weak_type: bool) -> Any:
+    """`value` (numpy or key array) converted to the kind of leaf `like` is.
+
+    Jax leaves get ``like``'s sharding (committed only if ``like`` is), and the saved weak type.
+    """
+    if isinstance(like, (bool, int, float, complex)):
+        return type(like)(np.asarray(value).item())
+    if isinstance(like, (np.ndarray, np.generic)) and not is_key_array(value):
+        value = value.astype(like.dtype, copy=False)  # like's byte order
+        return value if isinstance(like, np.ndarray) else value[()]
+    sharding = getattr(like, "sharding", None)
+    if isinstance(sharding, jax.sharding.Sharding) and getattr(like, "committed", True):
+        value = jax.device_put(value, sharding)
+    else:
+        value = jax.device_put(value)
+    if weak_type and not is_key_array(value):
+        sharding = value.sharding if value.committed else None
+        value = _weak_identity(value.shape, value.dtype, sharding)(value)
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def _weak_identity(shape: tuple, dtype: Any, sharding: Any) -> Callable:
+    """A compiled identity whose output is weakly typed: the public way to set a weak type."""
+    spec = jax.ShapeDtypeStruct(shape, dtype, weak_type=True, sharding=sharding)
+    return jax.jit(lambda x: x).lower(spec).compile()
