@@ -54,16 +54,20 @@ def save(path: PathLike, tree: Any) -> None:
 
     The file is written atomically: to a temporary file in the same directory, flushed and
     fsynced, then renamed over ``path``. If anything fails midway, the previous file at ``path``
-    is left untouched. Leaves that are None (e.g. in ``model.parameters()``) are not stored.
-    Only arrays are stored; the structure and static attributes come from the ``like`` tree
-    given to `pax.load`.
+    is left untouched; an existing file keeps its permission bits, a read-only one is not
+    replaced. Temporaries left by a killed save to the same path are removed (see README).
+    Leaves that are None (e.g. in ``model.parameters()``) are not stored. Only arrays (and
+    their weak types) are stored; the structure and static attributes come from ``like``.
 
     Args:
       path: where to write; the name is used as given (``.npz`` is a good extension).
       tree: a pytree whose leaves are arrays, e.g. ``model`` or ``(model, optimizer)``.
 
     Raises:
-      CheckpointError: if a leaf is not an array (or is a tracer, inside ``jax.jit``).
+      CheckpointError: if a leaf is not an array of a storable dtype (or is a tracer, inside
+        ``jax.jit``), or a module is reachable twice in ``tree`` (both key paths are named).
+      PermissionError: if ``path`` is an existing read-only file.
+      OSError: any other error of the file system, naming ``path``.
 
     Example:
       >>> import os, tempfile, pax
@@ -222,12 +226,14 @@ def load(path: PathLike, like: T, *, strict: Literal[False]) -> tuple[T, LoadRep
 def load(path: PathLike, like: T, *, strict: bool = True) -> T | tuple[T, LoadReport]:
     """Loads a checkpoint written by `pax.save` into a tree shaped like ``like``.
 
-    The whole file is read and verified (checksums, format, every key path, shape and dtype)
-    before anything is built, so a failure never yields a half-loaded model. ``like`` is not
-    modified: the result is a new tree with ``like``'s structure and static attributes and the
-    checkpoint's arrays (bit-identical), placed like ``like``'s leaves (same sharding for jax
-    arrays, numpy for numpy). ``like``'s leaves may be arrays or ``jax.ShapeDtypeStruct``; its
-    None leaves (e.g. from ``model.parameters()``) stay None.
+    The metadata (format, every key path, shape and dtype) is checked against ``like``, then
+    every leaf to load is read with its checksum verified, each after its declared size was
+    checked, before anything is built: a failure never yields a half-loaded model. ``like`` is
+    not modified: the result is a new tree with ``like``'s structure and static attributes and
+    the checkpoint's arrays (bit-identical, with their saved weak types), placed like ``like``'s
+    leaves (same sharding and commitment for jax arrays, numpy with ``like``'s byte order for
+    numpy). ``like``'s leaves may be arrays or ``jax.ShapeDtypeStruct``; its None leaves (e.g.
+    from ``model.parameters()``) stay None.
 
     Args:
       path: a file written by `pax.save`.
@@ -242,9 +248,11 @@ def load(path: PathLike, like: T, *, strict: bool = True) -> T | tuple[T, LoadRe
 
     Raises:
       FileNotFoundError: if ``path`` does not exist.
-      CheckpointError: if the file is truncated, corrupted or not a pax checkpoint.
-      CheckpointMismatchError: listing every missing key, unexpected key (both only when
-        ``strict``), and every shape or dtype mismatch (always).
+      CheckpointError: if the file is truncated, corrupted, declares sizes it does not hold,
+        is not a regular file or not a pax checkpoint.
+      CheckpointMismatchError: for missing or unexpected keys (only when ``strict``), shape
+        or dtype mismatches (always), or no common key at all (even if not ``strict``); its
+        ``missing``, ``unexpected`` and ``mismatched`` attributes hold every key path.
 
     Example:
       >>> import os, tempfile, jax.numpy as jnp, pax

@@ -28,6 +28,16 @@ class CheckpointMismatchError(CheckpointError):
       missing: every key path of ``like`` absent from the checkpoint.
       unexpected: every key path of the checkpoint absent from ``like``.
       mismatched: every key path present in both with another shape or dtype.
+
+    Example:
+      >>> import os, tempfile, jax.numpy as jnp, pax
+      >>> path = os.path.join(tempfile.mkdtemp(), "x.npz")
+      >>> pax.save(path, {"a": jnp.ones(2), "b": jnp.ones(2)})
+      >>> try:
+      ...     pax.load(path, {"a": jnp.ones(3), "c": jnp.ones(2)})
+      ... except pax.CheckpointMismatchError as error:
+      ...     print(error.missing, error.unexpected, error.mismatched)
+      ("['c']",) ("['b']",) ("['a']",)
     """
 
     def __init__(
