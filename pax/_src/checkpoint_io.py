@@ -177,7 +177,10 @@ class Reader:
             )
         self._file = open(path, "rb")  # closed by close()
         try:
-            self.size = os.fstat(self._file.fileno()).st_size
+            opened = os.fstat(self._file.fileno())
+            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                raise CheckpointError(f"pax.load: {path} was replaced while being opened.")
+            self.size = opened.st_size
             self.archive = zipfile.ZipFile(self._file)
             self.members = self._check_members()
         except CheckpointError:
