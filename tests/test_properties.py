@@ -416,3 +416,78 @@ def test_the_generator_covers_what_it_claims():
     collect()
     assert all(seen.values()), seen
     assert {"bfloat16", "int4", "bool"} <= dtypes
+
+
+# --- containers filled after assignment: every reader sees flatten's classification ------------
+
+
+class Cell(pax.Module):
+    """One parameter and one state."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.register_parameter("w", jnp.zeros((n,)))
+        self.register_state("s", jnp.zeros((n + 1,), jnp.int32))
+
+
+# a fill plan: ("direct", n) a submodule, ("list", plans) a list assigned empty then appended to,
+# ("dict", plans) a dict assigned empty then filled, ("nested", plans) a Filler submodule
+fill_plans = st.recursive(
+    st.tuples(st.just("direct"), st.integers(0, 2)),
+    lambda inner: st.tuples(
+        st.sampled_from(["list", "dict", "nested"]), st.lists(inner, min_size=0, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+class Filler(pax.Module):
+    def __init__(self, plans):
+        super().__init__()
+        for i, plan in enumerate(plans):
+            setattr(self, f"a{i}", _realize(plan))
+
+
+def _realize(plan):
+    what, arg = plan
+    if what == "direct":
+        return Cell(arg)
+    if what == "nested":
+        return Filler(arg)
+    if what == "list":
+        items: list = []
+        holder = _Holder(items)
+        for sub in arg:  # appended after the (empty) list is stored: not seen by __setattr__
+            items.append(_realize(sub) if sub[0] != "list" else [_realize(sub)])
+        return holder
+    table: dict = {}
+    holder = _Holder(table)
+    for j, sub in enumerate(arg):
+        table[f"k{j}"] = _realize(sub)
+    return holder
+
+
+class _Holder(pax.Module):
+    def __init__(self, container):
+        super().__init__()
+        self.items = container  # empty (static) when assigned, filled afterwards by the caller
+
+
+def _paths_of(tree) -> set[str]:
+    return set(_paths(tree))
+
+
+@SETTINGS
+@given(st.lists(fill_plans, max_size=3))
+def test_containers_filled_after_assignment_are_classified_like_flatten(plans):
+    before = Filler(plans)  # read through the views first
+    params, states = _paths_of(before.parameters()), _paths_of(before.states())
+    after = Filler(plans)
+    everything = _paths_of(after)  # flatten first, then read
+    assert params | states == everything
+    assert not params & states
+    assert params == _paths_of(after.parameters())
+    assert states == _paths_of(after.states())
+    assert all(p.endswith(".w") for p in params) and all(p.endswith(".s") for p in states)
+    assert len(before.submodules()) == len(after.submodules())
+    assert dict(before.registry) == dict(after.registry)

@@ -33,6 +33,11 @@ def _pick(mine: Any, theirs: Any) -> Any:
         return mine
     if mine is not None:
         try:
+            if mine.aval == theirs.aval:  # jax arrays and tracers: one cheap comparison
+                return theirs
+        except AttributeError:  # numpy arrays have no aval
+            pass
+        try:  # weak types, numpy arrays
             same = mine.shape == theirs.shape and mine.dtype == theirs.dtype
         except AttributeError:  # a leaf that is not an array: nothing to compare
             return theirs
