@@ -363,3 +363,64 @@ def test_pickle_and_deepcopy_keep_treedef():
     for clone in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net)):
         assert jax.tree_util.tree_structure(clone) == jax.tree_util.tree_structure(net)
         np.testing.assert_array_equal(clone.modules[0].weight, net.modules[0].weight)
+
+
+# --- the flatten cache -----------------------------------------------------------------------
+
+
+def test_flatten_sees_every_reassignment_and_in_place_change():
+    class Holder(pax.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_parameter("w", jnp.zeros(2))
+            self.register_parameter_subtree("tree", {"a": jnp.zeros(1)})
+            self.blocks = [pax.nn.Linear(1, 1)]
+
+    m = Holder()
+    jax.tree_util.tree_flatten(m)  # fills the cache
+    m.w = jnp.ones(2)
+    m.tree["a"] = jnp.full(1, 5.0)  # in place: the cached child is the dict itself
+    m.blocks.append(pax.nn.Linear(1, 1))  # in place, in a module subtree
+    leaves = jax.tree_util.tree_leaves(m)
+    assert len(leaves) == 1 + 1 + 2 * 2  # w, tree["a"], two Linears
+    np.testing.assert_array_equal(leaves[0], jnp.ones(2))
+    np.testing.assert_array_equal(leaves[1], jnp.full(1, 5.0))
+
+
+def test_unflattened_modules_flatten_from_their_cache_and_stay_correct():
+    net = pax.nn.Linear(2, 2)
+    leaves, treedef = jax.tree_util.tree_flatten(net)
+    rebuilt = jax.tree_util.tree_unflatten(treedef, [x + 1 for x in leaves])
+    assert jax.tree_util.tree_structure(rebuilt) == treedef
+    np.testing.assert_array_equal(jax.tree_util.tree_leaves(rebuilt)[0], leaves[0] + 1)
+    rebuilt.bias = jnp.zeros(2)
+    np.testing.assert_array_equal(jax.tree_util.tree_leaves(rebuilt)[1], jnp.zeros(2))
+    assert pax.nn.Linear(2, 2).eval().training is False  # views copy without the cache
+
+
+def test_a_subclass_with_its_own_getattr_still_flattens():
+    class Delegating(pax.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = pax.nn.Linear(2, 2)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    m = Delegating()
+    assert len(jax.tree_util.tree_leaves(m)) == 2
+    assert m.weight is m.inner.weight
+    m.inner = pax.nn.Linear(2, 3)
+    assert jax.tree_util.tree_leaves(m)[0].shape == (2, 3)
+
+
+def test_a_property_raising_attribute_error_keeps_its_own_message():
+    class Broken(pax.Module):
+        @property
+        def size(self):
+            raise AttributeError("Broken.size: no size before the first call")
+
+    with pytest.raises(AttributeError, match="no size before the first call"):
+        Broken().size
+    with pytest.raises(AttributeError, match="'Broken' object has no attribute 'missing'"):
+        Broken().missing

@@ -20,7 +20,7 @@ class Aux(tuple):
     """
 
     get_children: Callable[[dict], tuple]
-    fill: Callable[[dict, Any], None]
+    fill: Callable[[dict, Any, Any], None]
     template: dict[str, Any]
 
 

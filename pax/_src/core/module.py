@@ -13,18 +13,13 @@ from typing import Any, TypeVar
 import jax
 
 from pax._src.core import lazy, pytree, registry
-from pax._src.core._jax_compat import Tracer, trace_state_clean
-from pax._src.core.registry import Kind, Layout, Registered
+from pax._src.core.assignment import AssignmentRules, init_registry
+from pax._src.core.registry import Kind, Registered
 from pax._src.core.summary import module_repr, summary
 from pax._src.core.tracing import is_wrapped, wrap_call
 from pax._src.core.validate import (
     as_jax,
-    check_leaf,
-    check_not_shadowing,
-    check_state_dtype,
-    check_subtree,
     kind_after_registration,
-    layout_after_assignment,
 )
 from pax._src.core.views import (
     ONLY_PARAMETERS,
@@ -45,7 +40,7 @@ __all__ = ["Module"]
 # --- the Module class --------------------------------------------------------------------------
 
 
-class Module(Registered):
+class Module(AssignmentRules):
     """Base class of every pax module: a mutable Python object that is also a pytree.
 
     A module keeps a registry of which attributes are its pytree children: parameters
@@ -77,23 +72,17 @@ class Module(Registered):
     training: bool = True
 
     def __init__(self) -> None:
-        self.__init_registry()
+        init_registry(self)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         pytree.register(cls)
+        getattr_ = cls.__dict__.get("__getattr__")
+        if getattr_ is not None and not getattr(getattr_, "__flatten_aware__", False):
+            cls.__getattr__ = pytree.wrap_getattr(getattr_)  # type: ignore[attr-defined]
         call = cls.__dict__.get("__call__")
         if call is not None and not is_wrapped(call):
             cls.__call__ = wrap_call(call)  # type: ignore[method-assign]
-
-    def __init_registry(self) -> Layout:
-        d = self.__dict__
-        layout = registry.stored_layout(d)
-        if layout is None:
-            layout = registry.EMPTY.with_static("training")
-            registry.set_layout(d, layout)
-            d.setdefault("training", True)
-        return layout
 
     @property
     def registry(self) -> Mapping[str, Kind]:
@@ -106,64 +95,6 @@ class Module(Registered):
         """
         pytree.ensure_promoted(self)  # a static list filled with modules after assignment
         return Registered.registry.fget(self)  # type: ignore[attr-defined]
-
-    # --- attribute assignment ----------------------------------------------------------------
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        d = self.__dict__
-        layout = d.get(_LAYOUT_KEY) or self.__init_registry()
-        kind = layout.kind_of.get(name)
-        if kind is None or kind in registry.MODULE_KINDS:
-            if registry.is_private(name):
-                raise AttributeError(
-                    f"{type(self).__name__}.{name}: names starting with {registry.PREFIX!r} are "
-                    f"reserved to pax. Fix: choose another name."
-                )
-            self.__assign_unregistered(name, value, layout, kind)
-        elif kind in registry.LEAF_KINDS:
-            check_leaf(self, name, kind, value, allow_none=True)
-            if kind is Kind.STATE:
-                check_state_dtype(self, name, d.get(name), value)
-            d[name] = value
-            if isinstance(value, Tracer):
-                registry.mark_traced(d)
-        else:
-            if value is not None:
-                check_subtree(self, name, kind, value)
-            d[name] = value
-            if not trace_state_clean():
-                registry.mark_traced(d)
-
-    def __assign_unregistered(
-        self, name: str, value: Any, layout: Layout, kind: Kind | None
-    ) -> None:
-        descriptor = getattr(type(self), name, None)
-        if descriptor is not None:
-            if hasattr(descriptor, "__set__"):
-                object.__setattr__(self, name, value)
-                return
-            check_not_shadowing(self, name, descriptor)
-        new_layout = layout_after_assignment(self, name, value, layout, kind)
-        d = self.__dict__
-        d[name] = value
-        if kind is not None and not trace_state_clean():
-            registry.mark_traced(d)
-        if new_layout is not layout or name in new_layout.static:
-            registry.set_layout(d, new_layout)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # The cached aux is a reference cycle through the layout; it is rebuilt on next flatten.
-        return registry.without_cache(self.__dict__)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-    def __delattr__(self, name: str) -> None:
-        object.__delattr__(self, name)
-        d = self.__dict__
-        layout = registry.stored_layout(d)
-        if layout is not None and (name in layout.kind_of or name in layout.static):
-            registry.set_layout(d, layout.without(name))
 
     # --- registration ------------------------------------------------------------------------
 
@@ -246,7 +177,7 @@ class Module(Registered):
         self.__register(name, tree, Kind.MODULE_SUBTREE)
 
     def __register(self, name: str, value: Any, kind: Kind) -> None:
-        layout = registry.stored_layout(self.__dict__) or self.__init_registry()
+        layout = registry.stored_layout(self.__dict__) or init_registry(self)
         if kind in registry.LEAF_KINDS:
             value = as_jax(value)  # JAX's dtype rules: float64 -> float32 unless x64
         elif kind is not Kind.MODULE and kind is not Kind.MODULE_SUBTREE:

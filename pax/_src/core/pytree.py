@@ -1,16 +1,20 @@
 """Flatten and unflatten of modules: the hot path, run on every jitted call.
 
-`flatten` reads the cached aux (layout + static values) and picks the children out of the
-attribute dict with one `operator.itemgetter`. `unflatten` makes the object without running
-``__init__``, copies the static values into its dict and stores the children with the
-layout's compiled `fill` (one unpacking assignment).
-Only the first flatten of a module (or the first after its layout, a static value or a traced
-assignment changed) takes the slow path, `build_aux`, which also promotes static containers
-that came to hold modules.
+`flatten` is C-level: an `operator.attrgetter` of the module's flatten cache, the
+``(children, aux)`` pair kept in its dict. When the cache is missing (a child was reassigned,
+the layout or a static value changed, a tracer was assigned), the attribute lookup falls back
+to ``Module.__getattr__``, which calls `compute_flat`: it reads the cached aux (layout + static
+values) and picks the children out of the attribute dict with one `operator.itemgetter`. Only
+the first flatten of a module (or the first after its layout, a static value or a traced
+assignment changed) builds the aux, `build_aux`, which also promotes static containers that
+came to hold modules. `unflatten` copies the aux's template (static values, private entries
+and placeholders for the children), stores the children (and the new module's flatten cache)
+with the layout's compiled `fill`, and gives the dict to an object made without ``__init__``.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -22,15 +26,34 @@ from pax._src.core.registry import Kind
 from pax._src.core.tracing import check_no_leaked_tracers
 from pax._src.core.validate import check_module_subtree
 
+flatten: Callable[[Any], tuple[tuple, Aux]] = operator.attrgetter(registry.FLAT_KEY)
 
-def flatten(module: Any, _key: str = registry.AUX_KEY) -> tuple[tuple, Aux]:
+
+def compute_flat(module: Any) -> tuple[tuple, Aux]:
+    """The ``(children, aux)`` pair of `module`; cached in it when its aux is cacheable."""
     d = module.__dict__
-    aux = d.get(_key)
+    aux = d.get(registry.AUX_KEY)
     if aux is None:  # first flatten, changed static attributes, or tracers assigned
         if registry.is_traced(d):
             check_no_leaked_tracers(module)
         aux = build_aux(module)
-    return aux.get_children(d), aux
+    flat = (aux.get_children(d), aux)
+    if d.get(registry.AUX_KEY) is aux:
+        d[registry.FLAT_KEY] = flat
+    return flat
+
+
+def wrap_getattr(getattr_: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+    """Wraps a subclass's own ``__getattr__`` so that the flatten cache fallback still works."""
+    key = registry.FLAT_KEY
+
+    def __getattr__(self: Any, name: str) -> Any:
+        if name == key:
+            return compute_flat(self)
+        return getattr_(self, name)
+
+    __getattr__.__flatten_aware__ = True  # type: ignore[attr-defined]
+    return __getattr__
 
 
 def flatten_with_keys(module: Any) -> tuple[tuple, Aux]:
@@ -38,15 +61,25 @@ def flatten_with_keys(module: Any) -> tuple[tuple, Aux]:
     return tuple(zip(aux[0].keys, children)), aux
 
 
+def _dict_setter(cls: type) -> Callable[[Any, dict], None]:
+    """``set_dict(obj, d)``: replaces the attribute dict of an instance of `cls` (C-level)."""
+    for klass in cls.__mro__:
+        descriptor = vars(klass).get("__dict__")
+        if descriptor is not None and hasattr(descriptor, "__set__"):
+            return descriptor.__set__
+    raise TypeError(f"{cls.__name__} instances have no attribute dict")
+
+
 def make_unflatten(cls: type) -> Callable[[Aux, Any], Any]:
     """``unflatten(aux, children)`` for modules of `cls`."""
     new = object.__new__
+    set_dict = _dict_setter(cls)
 
     def unflatten(aux: Aux, children: Any) -> Any:
+        d = aux.template.copy()
+        aux.fill(d, children, aux)
         module: Any = new(cls)
-        d = module.__dict__
-        d.update(aux.template)
-        aux.fill(d, children)
+        set_dict(module, d)
         return module
 
     return unflatten
@@ -84,7 +117,7 @@ def build_aux(module: Any) -> Aux:
     template.update(registry.template_entries(layout, aux if cache else None))
     aux.template = template
     aux.get_children = layout.get_children
-    aux.fill = layout.fill
+    aux.fill = layout.fill_and_cache if cache else layout.fill
     if cache:
         registry.cache_aux(d, aux)
     return aux

@@ -4,10 +4,12 @@ This file owns every private key a module keeps in its ``__dict__``:
 
 - the `Layout` (``_pax_layout``): an interned, immutable description of the attributes;
 - the cached aux data (``_pax_aux``), valid as long as the layout and static values are;
+- the flatten cache (``_pax_flat``): the ``(children, aux)`` pair flatten returns, valid as
+  long as the aux is and no child was reassigned;
 - the tracer mark (``_pax_tracers``), set when a traced value is assigned.
 
 No other file spells these keys: they call the helpers below. Replacing a layout with
-`set_layout` always drops the cached aux, so the two can never disagree.
+`set_layout` always drops the cached aux and the flatten cache, so they can never disagree.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ PREFIX = "_pax_"
 LAYOUT_KEY = "_pax_layout"
 AUX_KEY = "_pax_aux"
 TRACERS_KEY = "_pax_tracers"
-_LAYOUT, _AUX, _TRACERS = LAYOUT_KEY, AUX_KEY, TRACERS_KEY
+FLAT_KEY = "_pax_flat"
+_LAYOUT, _AUX, _TRACERS, _FLAT = LAYOUT_KEY, AUX_KEY, TRACERS_KEY, FLAT_KEY
 
 
 class Kind(enum.Enum):
@@ -74,13 +77,14 @@ FAMILY = {
 }
 
 
-def _make_fill(names: tuple[str, ...]) -> Callable[[dict, Any], None]:
-    """Compiles ``fill(d, children)``: one unpacking assignment into the attribute dict."""
-    if not names:
-        return lambda d, children: None
-    targets = "".join(f"d[{name!r}], " for name in names)
+def _make_fill(names: tuple[str, ...], cache: bool) -> Callable[[dict, Any, Any], None]:
+    """Compiles ``fill(d, children, aux)``: one unpacking assignment into the attribute dict,
+    and with `cache` the flatten cache ``(children, aux)`` too."""
+    body = f"    {''.join(f'd[{name!r}], ' for name in names)}= children\n" if names else ""
+    if cache:
+        body += f"    d[{_FLAT!r}] = (children, aux)\n"
     namespace: dict[str, Any] = {}
-    exec(f"def fill(d, children):\n    {targets}= children\n", namespace)
+    exec(f"def fill(d, children, aux):\n{body or '    pass'}\n", namespace)
     return namespace["fill"]
 
 
@@ -105,7 +109,8 @@ class Layout:
       static: names of static attributes (aux data), in assignment order.
       keys: `GetAttrKey` of each child, for key paths.
       get_children: ``get_children(obj.__dict__)`` returns the children as a tuple.
-      fill: ``fill(obj.__dict__, children)`` stores the children (the inverse).
+      fill: ``fill(obj.__dict__, children, aux)`` stores the children (the inverse).
+      fill_and_cache: the same, also storing the flatten cache ``(children, aux)``.
       kind_of: ``{name: kind}`` of the children.
       module_children: ``(name, kind)`` of the children that hold submodules.
     """
@@ -113,6 +118,7 @@ class Layout:
     __slots__ = (
         "children",
         "fill",
+        "fill_and_cache",
         "get_children",
         "keys",
         "kind_of",
@@ -129,7 +135,8 @@ class Layout:
     static: tuple[str, ...]
     keys: tuple[GetAttrKey, ...]
     get_children: Callable[[dict], tuple]
-    fill: Callable[[dict, Any], None]
+    fill: Callable[[dict, Any, Any], None]
+    fill_and_cache: Callable[[dict, Any, Any], None]
     module_children: tuple[tuple[str, Kind], ...]
     kind_of: dict[str, Kind]
 
@@ -150,7 +157,8 @@ class Layout:
                     set_(layout, "static", static)
                     set_(layout, "keys", tuple(GetAttrKey(n) for n in children))
                     set_(layout, "get_children", _make_getter(children))
-                    set_(layout, "fill", _make_fill(children))
+                    set_(layout, "fill", _make_fill(children, cache=False))
+                    set_(layout, "fill_and_cache", _make_fill(children, cache=True))
                     set_(layout, "kind_of", dict(zip(children, kinds)))
                     module_children = tuple(
                         (n, k) for n, k in zip(children, kinds) if k in MODULE_KINDS
@@ -266,11 +274,26 @@ def set_layout(d: dict, layout: Layout) -> None:
     """Stores `layout` in `d` and drops the cached aux (which described the old one)."""
     d[_LAYOUT] = layout
     d.pop(_AUX, None)
+    d.pop(_FLAT, None)
 
 
 def invalidate(d: dict) -> None:
     """Drops the cached aux of `d` (static values changed): the next flatten rebuilds it."""
     d.pop(_AUX, None)
+    d.pop(_FLAT, None)
+
+
+def drop_flat(d: dict) -> None:
+    """Drops the flatten cache of `d` (a child was reassigned): the next flatten rebuilds it."""
+    d.pop(_FLAT, None)
+
+
+def replace_state(target: Any, source: Any) -> None:
+    """Makes `target` hold `source`'s attributes in place (its caches dropped, not copied)."""
+    d = target.__dict__
+    d.update(source.__dict__)
+    d.pop(_AUX, None)
+    d.pop(_FLAT, None)
 
 
 def cached_aux(d: dict) -> Any:
@@ -284,19 +307,27 @@ def cache_aux(d: dict, aux: Any) -> None:
 
 
 def template_entries(layout: Layout, aux: Any | None) -> dict[str, Any]:
-    """The private entries an unflattened module starts with: its layout (and cached aux)."""
-    return {_LAYOUT: layout} if aux is None else {_LAYOUT: layout, _AUX: aux}
+    """What an unflattened module's dict starts with, after its static values: placeholders
+    for the children, its layout and, when `aux` is cached, the aux and a placeholder for the
+    flatten cache. With the placeholders, filling a copy of the template never grows it."""
+    entries: dict[str, Any] = dict.fromkeys(layout.children)
+    entries[_LAYOUT] = layout
+    if aux is not None:
+        entries[_AUX] = aux
+        entries[_FLAT] = None
+    return entries
 
 
 def without_cache(d: dict) -> dict:
     """A copy of `d` without the cached aux (for pickling: the aux holds compiled code)."""
-    return {k: v for k, v in d.items() if k != _AUX}
+    return {k: v for k, v in d.items() if k != _AUX and k != _FLAT}
 
 
 def mark_traced(d: dict) -> None:
     """Flags a module given traced values; its flatten then takes the slow, checking path."""
     d[_TRACERS] = True
     d.pop(_AUX, None)
+    d.pop(_FLAT, None)
 
 
 def is_traced(d: dict) -> bool:

@@ -141,6 +141,7 @@ def rebuild(module: T, visit: Visit) -> T:
     """Copies `module` and its submodules, letting `visit` edit each copy's attribute dict."""
     pytree.ensure_promoted(module)  # the layout flatten would use (static lists filled later)
     d = dict(module.__dict__)
+    registry.drop_flat(d)
     layout = registry.layout_in(d)
     for name, kind in layout.module_children:
         if kind is Kind.MODULE:

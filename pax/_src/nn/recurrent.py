@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pax._src.core import registry
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
 from pax._src.core.structure import check_same_structure
@@ -333,7 +334,7 @@ def dynamic_unroll(
         (new_cell, final_state), outputs = jax.lax.scan(
             step, (cell, initial_state), inputs, reverse=reverse, unroll=unroll
         )
-        cell.__dict__.update(new_cell.__dict__)
+        registry.replace_state(cell, new_cell)
     if not time_major:
         outputs = _swap(outputs)
     return outputs, final_state
