@@ -13,8 +13,9 @@ CPU devices, on a GPU or on a TPU pod slice:
     python examples/char_rnn.py --data input.txt --steps 5000          # any text file
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python examples/char_rnn.py --steps 50
 
-Every `--sample-every` steps (and at the end) it prints text sampled from `--prompt`, and at the
-end it writes a checkpoint that `--resume` loads again.
+The progress bar shows the mean loss since its last update, a `pax.metrics.Mean` updated inside
+the jitted step. Every `--sample-every` steps (and at the end) it prints text sampled from
+`--prompt`, and at the end it writes a checkpoint that `--resume` loads again.
 """
 
 from __future__ import annotations
@@ -125,6 +126,18 @@ def loss_fn(params: LanguageModel, model: LanguageModel, inputs):
     return loss, (loss, model)
 
 
+def make_train_step(update_fn):
+    """``step(model, optimizer, running_loss, batch) -> (loss, model, optimizer, running_loss)``:
+    one `update_fn` step that also folds its loss into `running_loss` (a `pax.metrics.Mean`)."""
+
+    def train_step(model, optimizer, running_loss: pax.metrics.Mean, batch):
+        loss, model, optimizer = update_fn(model, optimizer, batch)
+        running_loss(loss)
+        return loss, model, optimizer, running_loss
+
+    return train_step
+
+
 @partial(jax.jit, static_argnames=("length",))
 def _generate(model: LanguageModel, prompt: jax.Array, key: jax.Array, temperature, length: int):
     logits, state = model.unroll(prompt[None], model.lstm.initial_state(1))
@@ -198,8 +211,11 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
     optimizer = pax.optim.from_optax(tx)(model.parameters())
     if args.resume:
         model, optimizer = pax.load(args.checkpoint, (model, optimizer))
-    model, optimizer = dp.replicate((model, optimizer), mesh)
-    update_fn = dp.jit_step(pax.utils.build_update_fn(loss_fn, jit=False), mesh, n_replicated=2)
+    # the mean loss since the last progress report, accumulated on the device
+    running_loss = pax.metrics.Mean()
+    model, optimizer, running_loss = dp.replicate((model, optimizer, running_loss), mesh)
+    update = pax.utils.build_update_fn(loss_fn, jit=False)
+    train_step = dp.jit_step(make_train_step(update), mesh, n_replicated=3)
 
     print(
         f"char_rnn: {len(corpus):,} bytes of text, {mesh.size} device(s) "
@@ -212,13 +228,15 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
     bar = tqdm(range(1, args.steps + 1), disable=args.no_progress, desc="train", unit="step")
     last_time, last_step = time.perf_counter(), 0
     for step in bar:
-        loss, model, optimizer = update_fn(model, optimizer, dp.shard_batch(next(data), mesh))
+        batch = dp.shard_batch(next(data), mesh)
+        loss, model, optimizer, running_loss = train_step(model, optimizer, running_loss, batch)
         losses.append(loss)
         if step == 1:  # the first step compiled the update; measure throughput from here
             float(loss)
             last_time, last_step = time.perf_counter(), 1
         elif step % 20 == 0 or step == args.steps:
-            loss_value = float(loss)  # waits for the step to finish
+            loss_value = float(running_loss.compute())  # waits for the step to finish
+            running_loss = running_loss.reset()
             now = time.perf_counter()
             rate = (step - last_step) * tokens_per_step / (now - last_time)
             last_time, last_step = now, step

@@ -12,8 +12,8 @@ Data: the standard IDX files (``train-images-idx3-ubyte.gz``, ``train-labels-idx
 Training is data-parallel over every visible device (the batch is split along its leading axis,
 the model and optimizer are replicated; see ``_data_parallel.py``); BatchNorm's statistics are
 those of the whole global batch. Each epoch ends with the test accuracy of the model in
-``eval()`` mode (BatchNorm then uses its moving averages, dropout is off); the last model is
-saved with ``pax.save``.
+``eval()`` mode (BatchNorm then uses its moving averages, dropout is off), counted by a
+`pax.metrics.Accuracy` updated in a jitted step; the last model is saved with ``pax.save``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm import tqdm
@@ -211,23 +210,26 @@ def loss_fn(params, model, inputs):
     return loss, (loss, model)
 
 
-def _count_correct(model, inputs):
-    images, labels = inputs
-    return jnp.sum(jnp.argmax(model(images), axis=-1) == labels)
+def eval_step(model, accuracy: pax.metrics.Accuracy, inputs):
+    """Folds one test batch into `accuracy` (a `pax.metrics.Accuracy`) and returns it."""
+    images, labels, mask = inputs
+    accuracy(model(images), labels, mask=mask)
+    return accuracy
 
 
 def evaluate(model, images: np.ndarray, labels: np.ndarray, mesh, eval_fn, batch_size: int):
-    """Test accuracy of `model` (use ``model.eval()``); the last batch is padded with
-    label -1, which never counts as correct."""
-    correct = 0
+    """Test accuracy of `model` (use ``model.eval()``). The last batch is padded to
+    `batch_size` and the padding is masked out; the device is read once, at the end."""
+    accuracy = dp.replicate(pax.metrics.Accuracy(), mesh)
     for i in range(0, len(images), batch_size):
         x, y = images[i : i + batch_size], labels[i : i + batch_size]
+        mask = np.arange(batch_size) < len(x)
         pad = batch_size - len(x)
         if pad:
             x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-            y = np.concatenate([y, np.full((pad,), -1, y.dtype)])
-        correct += int(eval_fn(model, dp.shard_batch((x, y), mesh)))
-    return correct / len(images)
+            y = np.concatenate([y, np.zeros((pad,), y.dtype)])
+        accuracy = eval_fn(model, accuracy, dp.shard_batch((x, y, mask), mesh))
+    return float(accuracy.compute())
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -277,7 +279,7 @@ def run(
     model, optimizer = dp.replicate((model, optimizer), mesh)
 
     update_fn = dp.jit_step(pax.utils.build_update_fn(loss_fn, jit=False), mesh, n_replicated=2)
-    eval_fn = dp.jit_step(_count_correct, mesh, n_replicated=1)
+    eval_fn = dp.jit_step(eval_step, mesh, n_replicated=2)
     eval_batch = -(-1000 // mesh.size) * mesh.size
     rng = np.random.default_rng(args.seed)
 

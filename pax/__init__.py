@@ -7,6 +7,7 @@ Haiku.
 from typing import TYPE_CHECKING, Any
 
 from pax import initializers as initializers
+from pax import metrics as metrics
 from pax import nn as nn
 from pax import optim as optim
 from pax import utils as utils
@@ -68,6 +69,7 @@ __all__ = [
     "haiku",
     "initializers",
     "load",
+    "metrics",
     "next_rng_key",
     "nn",
     "optim",

@@ -23,6 +23,7 @@ ALLOWED = {
     "checkpoint": {"base", "core", "checkpoint"},
     "training": {"base", "core", "optim", "training"},
     "haiku": {"base", "core", "haiku"},
+    "metrics": {"base", "core", "metrics"},
 }
 
 
@@ -132,6 +133,7 @@ def test_the_package_respects_its_layers_and_has_no_import_cycle():
         ("pax._src.nn.linear", "from pax._src.optim.base import Optimizer", "nn -> optim"),
         ("pax._src.optim.base", "import pax", "imports the public face pax"),
         ("pax._src.nn.linear", "import haiku as hk", "imports haiku"),
+        ("pax._src.metrics.mean", "from pax._src.nn.linear import Linear", "metrics -> nn"),
     ],
 )
 def test_an_upward_import_is_reported(module, source, expected):
