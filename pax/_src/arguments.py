@@ -162,6 +162,24 @@ def positive_int(cls: str, name: str, value: Any, *, allow_zero: bool = False) -
     return int(value)
 
 
+def boolean(cls: str, name: str, value: Any) -> bool:
+    """Returns `value` as a bool, or raises when it is not a `bool` (a numpy bool is fine).
+
+    Ints, strings and arrays are refused: ``with_bias="no"`` would otherwise be true.
+
+    Example:
+      >>> boolean("Linear", "with_bias", "no")
+      Traceback (most recent call last):
+      TypeError: Linear: with_bias must be a bool (True or False), got 'no' (str). Fix: ...
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(
+        f"{cls}: {name} must be a bool (True or False), got {value!r} ({type(value).__name__}). "
+        f"Fix: pass {name}=True or {name}=False."
+    )
+
+
 def rate_in_unit_interval(cls: str, name: str, value: Any) -> float:
     """Returns `value` as a float in ``[0, 1)``, or raises."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):

@@ -142,7 +142,8 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
         attributes or registry changed (e.g. a Python int counter incremented in
         ``__call__``), naming the attribute.
       ValueError: (when called) if the optimizer was built for another model, naming the first
-        differing key path.
+        differing key path; with `donate`, if the model or optimizer passed in was donated to
+        an earlier step (use the returned ones).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, pax
@@ -209,7 +210,30 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
             checked.append(True)
         elif not modules_are_distinct(model, optimizer):
             check((model, optimizer), donate=donate)
-        return step(model, optimizer, inputs)
+        if not donate:
+            return step(model, optimizer, inputs)
+        try:
+            return step(model, optimizer, inputs)
+        except Exception as error:
+            # Only on failure (free on the hot path): JAX's "Buffer has been deleted or
+            # donated" names neither the argument nor the fix.
+            _check_not_donated(model, optimizer, error)
+            raise
 
     first_call_checked.step = step  # type: ignore[attr-defined]
     return first_call_checked
+
+
+def _check_not_donated(model: Any, optimizer: Any, error: Exception) -> None:
+    """Raises naming `model` or `optimizer` when one of their arrays was donated (deleted)."""
+    for what, tree in (("model", model), ("optimizer", optimizer)):
+        leaves = jax.tree_util.tree_leaves_with_path(tree)
+        deleted = [p for p, x in leaves if isinstance(x, jax.Array) and x.is_deleted()]
+        if deleted:
+            raise ValueError(
+                f"update_fn: the {what} passed to update_fn was donated to a previous step "
+                f"(build_update_fn(..., donate=True)): its arrays are deleted, e.g. "
+                f"{type(tree).__name__}{jax.tree_util.keystr(deleted[0])}. Fix: loss, model, "
+                f"opt = update_fn(model, opt, batch) -- use the returned model and optimizer, "
+                f"never the ones passed in."
+            ) from error

@@ -14,6 +14,7 @@ from pax._src import arguments
 from pax._src.arguments import CHANNELS_FIRST as CHANNELS_FIRST
 from pax._src.arguments import CHANNELS_LAST as CHANNELS_LAST
 from pax._src.arguments import F as F
+from pax._src.arguments import boolean as boolean
 from pax._src.arguments import check_last_dim as check_last_dim
 from pax._src.arguments import int_tuple as int_tuple
 from pax._src.arguments import legacy_spatial_axes as legacy_spatial_axes

@@ -77,6 +77,7 @@ class MultiHeadAttention(Module):
         super().__init__()
         cls = type(self).__name__
         in_dim = v.positive_int(cls, "in_dim", in_dim)
+        with_bias = v.boolean(cls, "with_bias", with_bias)
         self.num_heads = v.positive_int(cls, "num_heads", num_heads)
         if key_size is None:
             if in_dim % num_heads:

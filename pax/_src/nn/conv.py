@@ -84,7 +84,7 @@ class ConvND(Module):
                 )
         self.feature_group_count = groups
         self.data_format = v.data_format(cls, data_format, n)
-        self.with_bias = bool(with_bias)
+        self.with_bias = v.boolean(cls, "with_bias", with_bias)
         in_per_group = self.in_dim // groups
         if self._transpose:
             w_shape = (*self.kernel_shape, self.out_dim, in_per_group)

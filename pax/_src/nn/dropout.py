@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,46 @@ import jax.numpy as jnp
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
 from pax._src.nn import _validate as v
+
+_AXIS_NAME_FIX = "axis_name='batch' (or a tuple of names, axis_name=('data', 'model'))"
+
+
+def _axis_names(cls: str, axis_name: Any) -> tuple[str, ...] | None:
+    """`axis_name` as a tuple of non-empty strings, or None."""
+    if axis_name is None:
+        return None
+    names = (axis_name,) if isinstance(axis_name, str) else axis_name
+    if isinstance(names, (tuple, list)) and names and all(isinstance(n, str) and n for n in names):
+        return tuple(names)
+    raise TypeError(
+        f"{cls}: axis_name must be None, an axis name or a tuple of axis names, got "
+        f"{axis_name!r}. Fix: {_AXIS_NAME_FIX}, the names given to jax.shard_map's mesh, "
+        f"jax.pmap(axis_name=...) or jax.vmap(axis_name=...)."
+    )
+
+
+def _is_batch_tracer(x: Any) -> bool:
+    # JAX has no public API telling whether a value is batched by an enclosing vmap; the tracer
+    # type's name is the least fragile signal (a renamed type only loses the warning).
+    for _ in range(4):  # look through grad's tracers (vmap of grad)
+        if not isinstance(x, jax.core.Tracer):
+            return False
+        if type(x).__name__ == "BatchTracer":
+            return True
+        x = getattr(x, "primal", None)
+    return False
+
+
+def _varying_axes(x: Any) -> frozenset[str]:
+    """The shard_map axes `x` varies over (empty when unknown or outside shard_map)."""
+    try:
+        aval = jax.typeof(x)
+    except Exception:  # best effort: any failure means "unknown"
+        return frozenset()
+    vma = getattr(aval, "vma", None)  # the attribute's older spelling
+    if vma is None:
+        vma = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
+    return frozenset(vma) if isinstance(vma, (set, frozenset)) else frozenset()
 
 
 class Dropout(Module):
@@ -20,23 +62,43 @@ class Dropout(Module):
     other, so successive calls draw new masks, also inside ``jax.jit`` when the updated module
     is returned. In ``eval()`` mode the module is the identity and the key does not change.
 
+    Data parallelism: under ``jax.shard_map``, ``jax.pmap`` or ``jax.vmap`` with a model shared
+    by every device or example (``in_specs=P()``, ``in_axes=None``) the key is the same
+    everywhere, so without `axis_name` **every shard or example gets the same mask**. Pass the
+    names of the mapped axes as `axis_name`: the index along each is folded into the key of the
+    mask, so the masks differ per device / shard / example, while the stored key stays the
+    same everywhere (the model can be returned replicated, ``out_specs=P()`` or
+    ``out_axes=None``). Under plain ``jax.jit``, also with sharded inputs (``NamedSharding``),
+    there is no mapped axis: the whole array gets one mask, the same as on one device. A shared
+    key under ``jax.vmap`` or ``jax.shard_map`` without `axis_name` warns when it can be
+    detected (not under ``jax.pmap``).
+
     Args:
       rate: probability of dropping an entry, in ``[0, 1)``.
       broadcast_dims: axes along which the mask is shared (e.g. ``(1,)`` drops the same
         features at every time step of a ``(N, T, C)`` input).
+      axis_name: the name (or tuple of names) of the mapped axes over which the masks must
+        differ; the layer must then be called where these names are bound.
       rng_key: the initial key; default `pax.next_rng_key()`.
 
     Raises:
-      ValueError: for a rate outside ``[0, 1)``, or (at call) a broadcast axis the input lacks.
+      ValueError: for a rate outside ``[0, 1)``, or (at call) a broadcast axis the input lacks or
+        an `axis_name` that is not bound.
+      TypeError: for an `axis_name` that is not a string or a tuple of strings.
 
     Example:
-      >>> import jax.numpy as jnp, pax
+      >>> import jax, jax.numpy as jnp, pax
       >>> drop = pax.nn.Dropout(0.5)
       >>> y = drop(jnp.ones((1000,)))
       >>> sorted(set(y.tolist()))
       [0.0, 2.0]
       >>> drop.eval()(jnp.ones((3,))).tolist()
       [1.0, 1.0, 1.0]
+      >>> drop = pax.nn.Dropout(0.5, axis_name="batch")
+      >>> f = jax.vmap(lambda m, x: m(x), in_axes=(None, 0), axis_name="batch")
+      >>> y = f(drop, jnp.ones((2, 100)))  # one mask per example
+      >>> bool((y[0] != y[1]).any())
+      True
     """
 
     rng_key: jax.Array
@@ -46,6 +108,7 @@ class Dropout(Module):
         rate: float,
         broadcast_dims: Sequence[int] = (),
         *,
+        axis_name: str | Sequence[str] | None = None,
         rng_key: jax.Array | None = None,
     ) -> None:
         super().__init__()
@@ -54,6 +117,7 @@ class Dropout(Module):
         self.broadcast_dims = v.int_tuple(
             cls, "broadcast_dims", broadcast_dims, scalar=False, example="(1,)"
         )
+        self.axis_name = _axis_names(cls, axis_name)
         self.register_state("rng_key", resolve_rng_key(rng_key))
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -69,7 +133,44 @@ class Dropout(Module):
                 )
             shape[dim] = 1
         new_key, sub = jax.random.split(self.rng_key)
+        if self.axis_name is None:
+            self._warn_if_shared(x)
+        else:
+            sub = self._fold_axis_indices(sub)
         self.rng_key = new_key
         keep_rate = 1.0 - self.rate
         keep = jnp.broadcast_to(jax.random.bernoulli(sub, keep_rate, shape=shape), x.shape)
         return keep * x / jnp.asarray(keep_rate, x.dtype)
+
+    def _fold_axis_indices(self, key: jax.Array) -> jax.Array:
+        for name in self.axis_name or ():
+            try:
+                index = jax.lax.axis_index(name)
+            except NameError:
+                raise ValueError(
+                    f"{type(self).__name__}: axis_name {name!r} is not bound here; the layer "
+                    f"must be called inside jax.shard_map / jax.pmap / jax.vmap over an axis "
+                    f"named {name!r}. Fix: call it there, or outside them use a layer without "
+                    f"named axes: drop.axis_name = None (or pax.nn.Dropout(rate))."
+                ) from None
+            key = jax.random.fold_in(key, index)
+        return key
+
+    def _warn_if_shared(self, x: jax.Array) -> None:
+        """Warns when a shared key meets an input mapped by vmap or split by shard_map."""
+        cls = type(self).__name__
+        where, axes = "", frozenset(_varying_axes(x) - _varying_axes(self.rng_key))
+        if axes:
+            where = f"inside jax.shard_map over {tuple(sorted(axes))}"
+        elif _is_batch_tracer(x) and not _is_batch_tracer(self.rng_key):
+            where = "under jax.vmap with an unbatched rng_key (in_axes=None)"
+        if where:
+            name = sorted(axes)[0] if axes else "batch"
+            warnings.warn(
+                f"{cls}: called {where} without axis_name: every shard or example gets the "
+                f"same mask. Fix: name the mapped axis, pax.nn.Dropout(rate, "
+                f"axis_name={name!r}) with jax.vmap(..., axis_name={name!r}) or the mesh axis "
+                f"{name!r}; or give each example its own key.",
+                UserWarning,
+                stacklevel=3,
+            )

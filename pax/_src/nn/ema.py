@@ -58,13 +58,14 @@ class EMA(Module):
         super().__init__()
         cls = type(self).__name__
         self.decay = v.rate_in_unit_interval(cls, "decay", decay)
+        zero_debias = v.boolean(cls, "zero_debias", zero_debias)
         warmup_length = v.positive_int(cls, "warmup_length", warmup_length, allow_zero=True)
         if warmup_length and zero_debias:
             raise ValueError(
                 f"{cls}: zero debiasing makes no sense with a warmup; pass zero_debias=False "
                 f"with warmup_length={warmup_length}."
             )
-        self.zero_debias = bool(zero_debias)
+        self.zero_debias = zero_debias
         self.warmup_length = warmup_length
         average = jax.tree_util.tree_map(jnp.asarray, initial_value)
         self.register_state("counter", jnp.array(-warmup_length, jnp.int32))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -56,12 +57,12 @@ class Linear(Module):
         cls = type(self).__name__
         self.in_dim = v.positive_int(cls, "in_dim", in_dim)
         self.out_dim = v.positive_int(cls, "out_dim", out_dim)
-        self.with_bias = bool(with_bias)
+        self.with_bias = v.boolean(cls, "with_bias", with_bias)
         w_init = w_init or initializers.truncated_normal(stddev=1.0 / np.sqrt(in_dim))
         b_init = b_init or initializers.zeros
         w_key, b_key = jax.random.split(resolve_rng_key(rng_key))
         self.register_parameter("weight", w_init(w_key, (in_dim, out_dim), jnp.float32))
-        if with_bias:
+        if self.with_bias:
             self.register_parameter("bias", b_init(b_key, (out_dim,), jnp.float32))
         else:
             self.bias = None
@@ -87,8 +88,66 @@ class Identity(Module):
         return x
 
 
+def _import_by_name(module: str, qualname: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _by_name(fn: Any) -> tuple[str, str] | None:
+    """``(module, qualname)`` under which `fn` itself can be imported, else None."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
+        return None
+    try:
+        found = _import_by_name(module, qualname)
+    except (ImportError, AttributeError):
+        return None
+    return (module, qualname) if found is fn else None
+
+
+class _PicklableFn:
+    """`Lambda.fn` while pickling: by qualified name when importable, so that `jax.nn.relu`
+    (a jitted custom_jvp function that pickle cannot save by value) round-trips. Copies
+    (`copy.copy`, `copy.deepcopy`) get the function itself."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        name = _by_name(self.fn)
+        if name is not None:
+            return _import_by_name, name
+        qualname = getattr(self.fn, "__qualname__", "")
+        if isinstance(qualname, str) and "<" in qualname:  # <lambda>, <locals>
+            raise TypeError(
+                f"Lambda: cannot pickle fn={self.fn!r}: a lambda or a function defined inside "
+                f"another function cannot be imported back. Fix: define it at module level "
+                f"(def act(x): ...; pax.nn.Lambda(act)), or save only the arrays with "
+                f"pax.save(path, model)."
+            )
+        return _identity, (self.fn,)  # anything else: pickle it by value
+
+    def __copy__(self) -> Any:
+        return self.fn
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        return self.fn
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
 class Lambda(Module):
     """Wraps a stateless function (such as `jax.nn.relu`) as a module.
+
+    A Lambda pickles its function by qualified name (module and name, as pickle does for plain
+    functions), which also works for `jax.nn.relu` and the other jitted functions of JAX; a
+    lambda or a local function cannot be pickled (`TypeError`): define it at module level.
 
     Args:
       fn: the function; it is static (part of the treedef).
@@ -111,3 +170,14 @@ class Lambda(Module):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state["fn"] = _PicklableFn(state["fn"])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        fn = state.get("fn")
+        if isinstance(fn, _PicklableFn):  # copy.copy passes the state on as is
+            state = {**state, "fn": fn.fn}
+        super().__setstate__(state)

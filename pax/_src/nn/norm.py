@@ -40,6 +40,8 @@ def _scale_offset(
     Without `with_offset` (RMSNorm) the module has no `offset` attribute at all.
     """
     cls = type(module).__name__
+    create_scale = v.boolean(cls, "create_scale", create_scale)
+    create_offset = v.boolean(cls, "create_offset", create_offset)
     if not create_scale and scale_init is not None:
         raise ValueError(f"{cls}: scale_init is set but create_scale=False; drop one of them.")
     if not create_offset and offset_init is not None:
@@ -109,7 +111,7 @@ class LayerNorm(Module):
         self.in_dim = v.positive_int(cls, "in_dim", in_dim)
         self.axis = v.int_tuple(cls, "axis", axis, scalar=True, example="-1")
         self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
-        self.use_fast_variance = bool(use_fast_variance)
+        self.use_fast_variance = v.boolean(cls, "use_fast_variance", use_fast_variance)
         _scale_offset(
             self, rng_key, (self.in_dim,), create_scale, create_offset, scale_init, offset_init
         )

@@ -238,7 +238,7 @@ class VanillaRNN(Module):
         if not callable(activation):
             raise TypeError(f"{cls}: activation must be callable, got {activation!r}.")
         self.activation = activation
-        self.double_bias = bool(double_bias)
+        self.double_bias = v.boolean(cls, "double_bias", double_bias)
         k1, k2 = jax.random.split(resolve_rng_key(rng_key))
         w_ih = initializers.truncated_normal(1.0 / np.sqrt(in_dim))(
             k1, (in_dim, hidden_dim), jnp.float32
@@ -310,6 +310,8 @@ def dynamic_unroll(
       >>> ys.shape, state.hidden.shape
       ((5, 2, 8), (2, 8))
     """
+    time_major = v.boolean("dynamic_unroll", "time_major", time_major)
+    reverse = v.boolean("dynamic_unroll", "reverse", reverse)
     if not time_major:
         inputs = _swap(inputs)
     if not isinstance(cell, Module):

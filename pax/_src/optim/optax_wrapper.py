@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any, TypeVar
 
 import jax
@@ -38,6 +39,38 @@ def _check_transform(transform: Any, where: str) -> None:
             f"{where}: the transform must be hashable (it is static data of the optimizer's "
             f"treedef), got an unhashable {type(transform).__name__}."
         ) from None
+
+
+class _TransformState:
+    """`OptaxOptimizer.transform` while pickling: optax transforms are closures, which pickle
+    cannot save, so pickling refuses with the fix; copies get the transform itself."""
+
+    __slots__ = ("transform",)
+
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        try:
+            pickle.dumps(self.transform)
+        except Exception as error:
+            raise TypeError(
+                "OptaxOptimizer: cannot be pickled: its optax transform is made of closures "
+                f"({type(error).__name__}: {error}). Fix: save the arrays with "
+                "pax.save(path, (model, opt)) and load them into a freshly built model and "
+                "optimizer with pax.load."
+            ) from None
+        return _identity, (self.transform,)
+
+    def __copy__(self) -> Any:
+        return self.transform
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        return self.transform
+
+
+def _identity(x: Any) -> Any:
+    return x
 
 
 class OptaxOptimizer(Optimizer):
@@ -219,6 +252,17 @@ class OptaxOptimizer(Optimizer):
     @learning_rate.setter
     def learning_rate(self, value: Any) -> None:
         self.set_hyperparams(learning_rate=value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state["transform"] = _TransformState(state["transform"])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        transform = state.get("transform")
+        if isinstance(transform, _TransformState):  # copy.copy passes the state on as is
+            state = {**state, "transform": transform.transform}
+        super().__setstate__(state)
 
     def __repr__(self) -> str:
         def short(x: Any) -> Any:
