@@ -20,6 +20,7 @@ from pax._src.core.rng import next_rng_key as next_rng_key
 from pax._src.core.rng import seed_rng_key as seed_rng_key
 from pax._src.core.sharing import check as check
 from pax._src.core.sharing import find_shared as find_shared
+from pax._src.core.tracing import discarding as discard_state_changes
 from pax._src.errors import CheckpointError as CheckpointError
 from pax._src.errors import CheckpointMismatchError as CheckpointMismatchError
 from pax._src.errors import SharedObjectError as SharedObjectError
@@ -63,6 +64,7 @@ __all__ = [
     "SharedObjectError",
     "StructureChangedError",
     "check",
+    "discard_state_changes",
     "dynamic_unroll",
     "find_shared",
     "from_haiku",

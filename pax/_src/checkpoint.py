@@ -20,6 +20,7 @@ import numpy as np
 
 from pax._src.checkpoint_codec import decode_leaf, encode_leaf, place, stored_spec
 from pax._src.checkpoint_io import Reader, atomic_write
+from pax._src.core import tracing
 from pax._src.core.registry import is_module
 from pax._src.core.sharing import _find
 from pax._src.describe import listing
@@ -79,6 +80,7 @@ def save(path: PathLike, tree: Any) -> None:
       True
     """
     path = os.fspath(path)
+    tracing.check_pending()  # a module changed in a transformation and not returned: refuse
     _refuse_shared_modules(tree)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     entries: dict[str, np.ndarray] = {}

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from pax._src.core import registry
+from pax._src.core import registry, tracing
 from pax._src.core.module import Module
 from pax._src.core.sharing import check, modules_are_distinct
 from pax._src.core.structure import check_same_structure, describe_difference
@@ -202,6 +202,7 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
         # Before JAX sees the arguments: an optax transform would fail inside jit's argument
         # handling with an unrelated message.
         _check_arguments(model, optimizer)
+        tracing.check_pending()  # a module changed in an earlier transformation, not returned
         # Sharing is invisible inside jit (the flattened copies are already independent), so
         # look at the real arguments: in full once (arrays too when donated), then modules by
         # identity on every call (a few microseconds), for sharing introduced between steps.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pax._src.core import pytree, registry
+from pax._src.core import pytree, registry, tracing
 from pax._src.core._jax_compat import Tracer, trace_state_clean
 from pax._src.core.registry import Kind, Layout, Registered
 from pax._src.core.validate import (
@@ -59,20 +59,20 @@ class AssignmentRules(Registered):
             d[name] = value
             d.pop(_FLAT_KEY, None)
             if isinstance(value, Tracer):
-                registry.mark_traced(d)
+                tracing.mark(self, name)
         else:
             if value is not None:
                 check_subtree(self, name, kind, value)
             d[name] = value
             d.pop(_FLAT_KEY, None)
             if not trace_state_clean():
-                registry.mark_traced(d)
+                tracing.mark(self, name)
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: for the flatten cache, build it (pytree.py).
         if name == _FLAT_KEY:
             return pytree.compute_flat(self)
-        descriptor = getattr(type(self), name, None)
+        descriptor: Any = getattr(type(self), name, None)
         if hasattr(descriptor, "__get__"):  # a property whose getter raised AttributeError:
             return descriptor.__get__(self, type(self))  # raise its own error again
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -107,6 +107,6 @@ def _assign_unregistered(
     d[name] = value
     d.pop(_FLAT_KEY, None)
     if kind is not None and not trace_state_clean():
-        registry.mark_traced(d)
+        tracing.mark(self, name)
     if new_layout is not layout or name in new_layout.static:
         registry.set_layout(d, new_layout)

@@ -79,7 +79,7 @@ class Module(AssignmentRules):
         pytree.register(cls)
         getattr_ = cls.__dict__.get("__getattr__")
         if getattr_ is not None and not getattr(getattr_, "__flatten_aware__", False):
-            cls.__getattr__ = pytree.wrap_getattr(getattr_)  # type: ignore[attr-defined]
+            cls.__getattr__ = pytree.wrap_getattr(getattr_)  # type: ignore[method-assign]
         call = cls.__dict__.get("__call__")
         if call is not None and not is_wrapped(call):
             cls.__call__ = wrap_call(call)  # type: ignore[method-assign]

@@ -21,9 +21,15 @@ from typing import Any
 import jax
 
 from pax._src.core import registry
+from pax._src.core._jax_compat import trace_state_clean
 from pax._src.core.aux import Aux, FrozenStatic, freeze_static
 from pax._src.core.registry import Kind
-from pax._src.core.tracing import check_no_leaked_tracers
+from pax._src.core.tracing import (
+    PENDING,
+    check_no_leaked_tracers,
+    check_pending,
+    flattened_in_trace,
+)
 from pax._src.core.validate import check_module_subtree
 
 flatten: Callable[[Any], tuple[tuple, Aux]] = operator.attrgetter(registry.FLAT_KEY)
@@ -35,8 +41,13 @@ def compute_flat(module: Any) -> tuple[tuple, Aux]:
     aux = d.get(registry.AUX_KEY)
     if aux is None:  # first flatten, changed static attributes, or tracers assigned
         if registry.is_traced(d):
-            check_no_leaked_tracers(module)
+            if trace_state_clean():
+                check_no_leaked_tracers(module)
+            else:
+                flattened_in_trace(module)  # returned (or copied) by the transformation
         aux = build_aux(module)
+    elif PENDING:
+        check_pending()
     flat = (aux.get_children(d), aux)
     if d.get(registry.AUX_KEY) is aux:
         d[registry.FLAT_KEY] = flat

@@ -1,15 +1,27 @@
-"""Tracer marking: detecting modules that still hold tracers after their transformation returned.
+"""Tracer marking: detecting modules changed inside a transformation and not returned by it.
 
-Assigning a traced value to a registered attribute marks the module (`registry.mark_traced`).
-A marked module takes a checking path in flatten and in ``__call__``: outside any
-transformation, a tracer left in it means the module was changed inside a transformed function
-and not returned from it.
+Assigning a traced value to a registered attribute marks the module (`mark`). Two checks
+follow from it:
+
+- A marked module takes a checking path in flatten and in ``__call__``: outside any
+  transformation, a tracer left in it means it was changed inside a transformed function and
+  used afterwards (the module was closed over).
+- A marked module is also recorded as *pending* until it is flattened inside the
+  transformation (as its output, e.g. ``return y, model``). Modules passed as arguments are
+  copies made by JAX, so when one is changed and not returned the user never touches it again:
+  the next pax operation outside any transformation (a module call, a flatten that rebuilds
+  its cache, a view such as ``parameters()``, a `build_update_fn` step, `pax.save`) finds the
+  leftover and raises, naming ``Class.attribute``. The check costs one truthiness test of a
+  list while nothing is pending.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -28,11 +40,93 @@ LEAK_FIX = (
 )
 
 
+_NOT_RETURNED = (
+    "{where} was changed inside a transformed function (jax.jit, jax.grad, jax.vmap, "
+    "jax.lax.scan, ...) that did not return the module: the change is lost, and the model "
+    "you passed in still holds its old state (e.g. BatchNorm statistics that never move). "
+    "To drop such changes on purpose (gradients only, jax.eval_shape), run the "
+    "transformation under `with pax.discard_state_changes():`. "
+)
+
+# Modules changed inside a transformation and not flattened there yet: a weak reference to
+# each, and ``Class.attribute`` of the first change. A module that dies while pending was
+# never returned (its change is lost for sure); one still alive is the user's own object (it
+# was closed over), and is a loss only if it still holds tracers.
+PENDING: list[tuple[weakref.ref, str]] = []
+_LOCK = threading.Lock()
+_LOCAL = threading.local()
+
+
+def mark(module: Any, name: str) -> None:
+    """Records that `module.name` was given a traced value (see the module docstring)."""
+    d = module.__dict__
+    registry.mark_traced(d)
+    if getattr(_LOCAL, "discarding", False):
+        return
+    with _LOCK:
+        if not any(ref() is module for ref, _ in PENDING):
+            PENDING.append((weakref.ref(module), f"{type(module).__name__}.{name}"))
+
+
+def flattened_in_trace(module: Any) -> None:
+    """`module` is being flattened inside a transformation (it is returned, not lost), or was
+    checked outside of it: it is no longer pending."""
+    if PENDING:
+        with _LOCK:
+            PENDING[:] = [(ref, where) for ref, where in PENDING if ref() is not module]
+
+
+@contextlib.contextmanager
+def discarding() -> Iterator[None]:
+    """Within this block, modules changed inside transformations may be dropped on purpose.
+
+    Public as `pax.discard_state_changes`. For computations whose state changes you do not
+    want: gradients only, `jax.eval_shape`, a `jax.vmap` over copies of a model.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, pax
+      >>> bn = pax.nn.BatchNorm1D(3)
+      >>> with pax.discard_state_changes():
+      ...     y = jax.jit(lambda m, x: m(x))(bn, jnp.ones((4, 3)))
+      >>> y.shape
+      (4, 3)
+    """
+    previous = getattr(_LOCAL, "discarding", False)
+    _LOCAL.discarding = True
+    try:
+        yield
+    finally:
+        _LOCAL.discarding = previous
+
+
+def check_pending() -> None:
+    """Outside any transformation: raises if a module changed inside one was not returned."""
+    if not PENDING or not trace_state_clean():
+        return
+    with _LOCK:
+        pending = list(PENDING)
+        PENDING.clear()
+    for ref, where in pending:
+        module = ref()
+        if module is None or _holds_tracers(module):
+            raise RuntimeError(_NOT_RETURNED.format(where=where) + LEAK_FIX)
+
+
+def _holds_tracers(module: Any) -> bool:
+    d = module.__dict__
+    return any(
+        isinstance(leaf, Tracer)
+        for child in registry.layout_in(d).children
+        for leaf in jax.tree_util.tree_leaves(d[child])
+    )
+
+
 def check_no_leaked_tracers(module: Any) -> None:
     """Raises if `module` (touched inside a transform) still holds tracers outside of it."""
     if not trace_state_clean():
         return  # inside a transformation: tracers are legitimate here
     d = module.__dict__
+    flattened_in_trace(module)  # reported here (or clean): no longer pending
     for name in registry.layout_in(d).children:
         for path, leaf in jax.tree_util.tree_leaves_with_path(d[name]):
             if isinstance(leaf, Tracer):
@@ -53,6 +147,8 @@ def wrap_call(call: Callable) -> Callable:
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         if key in self.__dict__:
             check_no_leaked_tracers(self)
+        if PENDING:
+            check_pending()
         return call(self, *args, **kwargs)
 
     __call__.__leak_checked__ = True  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import jax
 
-from pax._src.core import pytree, registry
+from pax._src.core import pytree, registry, tracing
 from pax._src.core.registry import Kind, Layout, is_module
 from pax._src.core.structure import describe_difference
 
@@ -140,6 +140,7 @@ def set_training(flag: bool) -> Visit:
 def rebuild(module: T, visit: Visit) -> T:
     """Copies `module` and its submodules, letting `visit` edit each copy's attribute dict."""
     pytree.ensure_promoted(module)  # the layout flatten would use (static lists filled later)
+    tracing.check_pending()
     d = dict(module.__dict__)
     registry.drop_flat(d)
     layout = registry.layout_in(d)

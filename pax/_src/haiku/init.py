@@ -6,6 +6,7 @@ from typing import Any, cast
 
 import jax
 
+from pax._src.core import tracing
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
 from pax._src.core.validate import ARRAY_TYPES
@@ -71,7 +72,8 @@ def _initialize_in_jit(
         call_args, call_kwargs = jax.tree_util.tree_unflatten(treedef, full)
         return _initialize_in_forward(model, key, call_args, call_kwargs)
 
-    return jax.jit(run)(model, base_key, [leaves[i] for i in dynamic])
+    with tracing.discarding():  # the traced copy of the model is thrown away on purpose
+        return jax.jit(run)(model, base_key, [leaves[i] for i in dynamic])
 
 
 def hk_init(
