@@ -172,12 +172,20 @@ class Lambda(Module):
         return self.fn(*args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(super().__getstate__())
-        state["fn"] = _PicklableFn(state["fn"])
-        return state
+        return pickle_functions(super().__getstate__(), "fn")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        fn = state.get("fn")
-        if isinstance(fn, _PicklableFn):  # copy.copy passes the state on as is
-            state = {**state, "fn": fn.fn}
-        super().__setstate__(state)
+        super().__setstate__(unpickle_functions(state))
+
+
+def pickle_functions(state: dict[str, Any], *names: str) -> dict[str, Any]:
+    """A module's pickled state with the functions under `names` saved by qualified name."""
+    state = dict(state)
+    for name in names:
+        state[name] = _PicklableFn(state[name])
+    return state
+
+
+def unpickle_functions(state: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `pickle_functions` (``copy.copy`` passes the state on as is)."""
+    return {k: v.fn if isinstance(v, _PicklableFn) else v for k, v in state.items()}

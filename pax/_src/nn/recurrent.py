@@ -16,6 +16,7 @@ from pax._src.core.structure import check_same_structure
 from pax._src.nn import _validate as v
 from pax._src.nn import initializers
 from pax._src.nn.initializers import Initializer
+from pax._src.nn.linear import pickle_functions, unpickle_functions
 
 State = TypeVar("State")
 
@@ -253,6 +254,12 @@ class VanillaRNN(Module):
             self.register_parameter("bias_hh", jnp.zeros((hidden_dim,)))
         else:
             self.bias_hh = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return pickle_functions(super().__getstate__(), "activation")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(unpickle_functions(state))
 
     def __call__(self, x: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
         _check(type(self).__name__, x, self.in_dim, state, self.hidden_dim)

@@ -11,7 +11,7 @@ from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
 from pax._src.nn import _validate as v
 from pax._src.nn.initializers import Initializer
-from pax._src.nn.linear import Lambda, Linear
+from pax._src.nn.linear import Lambda, Linear, pickle_functions, unpickle_functions
 
 
 class Sequential(Module):
@@ -98,11 +98,18 @@ class MLP(Module):
         self.dims = tuple(v.positive_int(cls, f"dims[{i}]", d) for i, d in enumerate(sizes))
         keys = jax.random.split(resolve_rng_key(rng_key), len(sizes) - 1)
         self.activation = activation
-        self.activate_final = activate_final
+        self.activate_final = v.boolean(cls, "activate_final", activate_final)
+        with_bias = v.boolean(cls, "with_bias", with_bias)
         self.layers = [
             Linear(i, o, with_bias, w_init, b_init, rng_key=k)
             for i, o, k in zip(self.dims[:-1], self.dims[1:], keys)
         ]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return pickle_functions(super().__getstate__(), "activation")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(unpickle_functions(state))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         last = len(self.layers) - 1
