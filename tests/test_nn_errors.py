@@ -194,7 +194,7 @@ CALLS = [
     ),
     (
         lambda: nn.Embed(5, 3)(jnp.ones((2,))),
-        r"Embed: ids must be integers, got an array of dtype float32 .*ids.astype\(jnp.int32\)",
+        r"Embed: ids must be integers, got f32\[2\]\. Fix: ids.astype\(jnp.int32\)",
     ),
     (
         lambda: nn.Embed(5, 3).attend(jnp.ones((2, 4))),

@@ -15,6 +15,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from pax._src.describe import describe, short_dtype
 from pax._src.errors import CheckpointError
 
 # The dtypes `.npy` stores as themselves. Others, even of kind "f" like ml_dtypes'
@@ -112,10 +113,8 @@ def decode_leaf(path: str, where: str, stored: np.ndarray, meta: Any) -> Any:
         else:
             raise ValueError(f"unknown encoding {encoding!r}")
         if tuple(value.shape) != shape or str(value.dtype) != name:
-            raise ValueError(
-                f"the metadata says {name}{list(shape)}, the array is {value.dtype}"
-                f"{list(value.shape)}"
-            )
+            declared = f"{short_dtype(name)}[{','.join(map(str, shape))}]"
+            raise ValueError(f"the metadata says {declared}, the array is {describe(value)}")
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(
             f"pax.load: {path} is corrupted: the entry {where} cannot be decoded ({err}). "

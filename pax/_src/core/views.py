@@ -14,6 +14,7 @@ import jax
 from pax._src.core import pytree, registry, tracing
 from pax._src.core.registry import Kind, Layout, is_module
 from pax._src.core.structure import describe_difference
+from pax._src.describe import describe
 
 T = TypeVar("T")
 
@@ -47,7 +48,7 @@ def _pick(mine: Any, theirs: Any) -> Any:
 
 
 def _leaf_text(x: Any) -> str:
-    return f"shape {tuple(x.shape)} {x.dtype}"
+    return describe(x)
 
 
 def _first_leaf_difference(mine: Any, theirs: Any) -> str:

@@ -17,6 +17,8 @@ import haiku as hk
 import jax
 import numpy as np
 
+from pax._src.describe import describe
+
 _MAX_DEPTH = 32
 _MAX_CONTENT_SIZE = 4096  # bigger arrays (e.g. an embedding_matrix) compare by identity
 
@@ -220,7 +222,7 @@ class HaikuConfig:
 
 def _short(value: Any) -> str:
     if hasattr(value, "shape") and hasattr(value, "dtype"):
-        return f"{type(value).__name__}{tuple(value.shape)}"
+        return describe(value)
     if callable(value) and hasattr(value, "__name__"):
         return value.__name__
     return repr(value)

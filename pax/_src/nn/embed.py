@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
+from pax._src.describe import describe
 from pax._src.nn import _validate as v
 from pax._src.nn import initializers
 from pax._src.nn.initializers import Initializer
@@ -58,8 +59,8 @@ class Embed(Module):
         ids = jnp.asarray(ids)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise ValueError(
-                f"{type(self).__name__}: ids must be integers, got an array of dtype "
-                f"{ids.dtype} and shape {ids.shape}. Fix: ids.astype(jnp.int32)."
+                f"{type(self).__name__}: ids must be integers, got {describe(ids)}. Fix: "
+                f"ids.astype(jnp.int32)."
             )
         return jnp.asarray(self.weight)[ids,]
 
