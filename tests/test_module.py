@@ -279,10 +279,11 @@ def test_repr_and_summary():
     assert "counter=i32[] (state)" in text and "Lambda(fn=relu)" in text
     summary = net.summary()
     lines = summary.splitlines()
-    assert lines[0].split() == ["module", "type", "params", "states"]
-    assert lines[1].split() == ["Sequential", "Sequential", "10", "1"]
-    assert lines[2].split() == [".modules[0]", "Linear", "9", "0"]
-    assert lines[4].split() == [".modules[2]", "Counter", "1", "1"]
+    assert lines[0].split() == ["module", "type", "params", "states", "leaves", "t/f/s", "bytes"]
+    assert lines[1].split() == ["Sequential", "Sequential", "10", "1", "3/0/1", "44", "B"]
+    assert lines[2].split() == [".modules[0]", "Linear", "9", "0", "2/0/0", "36", "B"]
+    assert lines[4].split() == [".modules[2]", "Counter", "1", "1", "1/0/1", "8", "B"]
+    assert lines[5].split() == ["total", "10", "1", "3/0/1", "44", "B"]
 
 
 def test_vmap_over_module():

@@ -28,6 +28,8 @@ from pax._src.nn.recurrent import LSTM as LSTM
 from pax._src.nn.recurrent import LSTMState as LSTMState
 from pax._src.nn.recurrent import VanillaRNN as VanillaRNN
 from pax._src.nn.recurrent import dynamic_unroll as dynamic_unroll
+from pax._src.nn.reshape import Flatten as Flatten
+from pax._src.nn.reshape import Reshape as Reshape
 from pax._src.nn.sequential import MLP as MLP
 from pax._src.nn.sequential import Sequential as Sequential
 
@@ -48,6 +50,7 @@ __all__ = [
     "Conv3DTranspose",
     "Dropout",
     "Embed",
+    "Flatten",
     "GroupNorm",
     "Identity",
     "LSTMState",
@@ -57,6 +60,7 @@ __all__ = [
     "MaxPool",
     "MultiHeadAttention",
     "RMSNorm",
+    "Reshape",
     "Sequential",
     "VanillaRNN",
     "avg_pool",

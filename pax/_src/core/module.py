@@ -15,7 +15,7 @@ import jax
 from pax._src.core import lazy, pytree, registry
 from pax._src.core.assignment import AssignmentRules, init_registry
 from pax._src.core.registry import Kind, Registered
-from pax._src.core.summary import module_repr, summary
+from pax._src.core.summary import module_repr, summary, treescope_repr
 from pax._src.core.tracing import is_wrapped, wrap_call
 from pax._src.core.validate import (
     as_jax,
@@ -312,19 +312,23 @@ class Module(AssignmentRules):
         """
         return lazy.initialize(self, *args, enable_jit=enable_jit, **kwargs)
 
-    def summary(self) -> str:
-        """Returns a table of the submodules with their parameter and state counts.
+    def summary(self, *example_inputs: Any, **kwargs: Any) -> str:
+        """Returns a table of the submodules: counts, bytes, and with example inputs (arrays or
+        `jax.ShapeDtypeStruct`) each call's shapes, from `jax.eval_shape` (nothing allocated).
 
         Example:
           >>> import pax
           >>> print(pax.nn.Linear(2, 3).summary())
-          module  type    params  states
-          Linear  Linear       9       0
+          module  type    params  states  leaves t/f/s  bytes
+          Linear  Linear       9       0         2/0/0   36 B
+          total                9       0         2/0/0   36 B
         """
-        return summary(self)
+        return summary(self, *example_inputs, **kwargs)
 
     def __repr__(self) -> str:
         return module_repr(self)
+
+    __treescope_repr__ = treescope_repr  # rendered as a foldable tree in notebooks
 
 
 pytree.register(Module)

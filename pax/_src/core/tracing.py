@@ -26,7 +26,7 @@ from typing import Any
 
 import jax
 
-from pax._src.core import registry
+from pax._src.core import recording, registry
 from pax._src.core._jax_compat import Tracer, trace_state_clean
 
 LEAK_FIX = (
@@ -142,6 +142,7 @@ def check_no_leaked_tracers(module: Any) -> None:
 def wrap_call(call: Callable) -> Callable:
     """Wraps a module's ``__call__`` so that a module holding leaked tracers raises first."""
     key = registry.TRACERS_KEY
+    recorders = recording.ACTIVE  # non-empty only while `summary(*inputs)` records calls
 
     @functools.wraps(call)
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -149,6 +150,8 @@ def wrap_call(call: Callable) -> Callable:
             check_no_leaked_tracers(self)
         if PENDING:
             check_pending()
+        if recorders:
+            return recording.record(self, call, args, kwargs)
         return call(self, *args, **kwargs)
 
     __call__.__leak_checked__ = True  # type: ignore[attr-defined]

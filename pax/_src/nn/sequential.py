@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import jax
+import numpy as np
 
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
@@ -17,7 +18,14 @@ from pax._src.nn.linear import Lambda, Linear, pickle_functions, unpickle_functi
 class Sequential(Module):
     """Calls its layers in order; plain functions are wrapped in `pax.nn.Lambda`.
 
-    The layers are kept in the list ``modules``, which can be indexed and replaced.
+    The layers are kept in the list ``modules``, which can be indexed and replaced. ``net[i]``
+    is the i-th layer; ``net[:2]`` is a new `Sequential` of the same layer objects (not copies:
+    a change to a layer of the slice is a change to the net).
+
+    A plain function (a ``lambda``) is a static value of the model, and every build of the
+    model holds a different function object, so two builds of the same model are different
+    pytrees (``update``, checkpoints and `jax.jit` caches then mismatch). Prefer modules such
+    as `pax.nn.Flatten` and `pax.nn.Reshape`, or named functions such as ``jax.nn.relu``.
 
     Args:
       *layers: modules or functions.
@@ -28,6 +36,8 @@ class Sequential(Module):
       >>> net.modules[2] = pax.nn.Linear(8, 3)
       >>> net(jnp.ones((1, 4))).shape
       (1, 3)
+      >>> net[:2](jnp.ones((1, 4))).shape, type(net[-1]).__name__
+      ((1, 8), 'Linear')
     """
 
     modules: list[Any]  # pax modules; plain functions are wrapped in a Lambda
@@ -43,7 +53,28 @@ class Sequential(Module):
             x = module(x)
         return x
 
-    def __getitem__(self, index: int) -> Module:
+    @overload
+    def __getitem__(self, index: int) -> Module: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequential: ...
+
+    def __getitem__(self, index: int | slice) -> Module | Sequential:
+        cls = type(self).__name__
+        if isinstance(index, slice):
+            out = Sequential(*self.modules[index])
+            out.training = self.training
+            return out
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise TypeError(
+                f"{cls}: index must be an int or a slice, got {index!r} "
+                f"({type(index).__name__}); e.g. net[0] or net[:2]."
+            )
+        n = len(self.modules)
+        if not -n <= index < n:
+            raise IndexError(
+                f"{cls}: index {index} is out of range for {n} layers; use -{n} to {n - 1}."
+            )
         return self.modules[index]
 
     def __len__(self) -> int:
