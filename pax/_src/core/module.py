@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import jax
 
-from pax._src.core import lazy, pytree, registry
+from pax._src.core import lazy, pytree, registry, select
 from pax._src.core.assignment import AssignmentRules, init_registry
 from pax._src.core.registry import Kind, Registered
 from pax._src.core.summary import module_repr, summary, treescope_repr
@@ -189,8 +189,17 @@ class Module(AssignmentRules):
 
     # --- functional views --------------------------------------------------------------------
 
-    def parameters(self: T) -> T:
-        """Returns a copy whose non-parameter leaves (states, frozen parameters) are None.
+    def parameters(self: T, where: select.Where | None = None) -> T:
+        r"""Returns a copy whose non-parameter leaves (states, frozen parameters) are None.
+
+        Args:
+          where: keep only the leaves it selects: a regular expression searched in the key
+            path (``r"\.bias$"``) or a function of ``(key_path, leaf)``. Key paths are
+            `jax.tree_util.keystr` of the path from this module (``".layers[0].bias"``).
+
+        Raises:
+          ValueError: if `where` selects no leaf (most likely a typo) or is an invalid regex.
+          TypeError: if `where` is neither a string nor a function.
 
         Example:
           >>> import jax, pax
@@ -199,18 +208,30 @@ class Module(AssignmentRules):
           [(2, 3), (3,)]
           >>> jax.tree_util.tree_leaves(net.freeze().parameters())
           []
+          >>> [x.shape for x in jax.tree_util.tree_leaves(net.parameters(where="bias$"))]
+          [(3,)]
         """
-        return rebuild(self, ONLY_PARAMETERS)
+        if where is None:
+            return rebuild(self, ONLY_PARAMETERS)
+        return select.select(self, where, states=False)
 
-    def states(self: T) -> T:
-        """Returns a copy whose parameter leaves are None (the converse of `parameters`).
+    def states(self: T, where: select.Where | None = None) -> T:
+        r"""Returns a copy whose parameter leaves are None (the converse of `parameters`).
+
+        Args:
+          where: keep only the leaves it selects, as in `parameters`.
 
         Example:
           >>> import jax, pax
           >>> jax.tree_util.tree_leaves(pax.nn.Linear(2, 3).states())
           []
+          >>> net = pax.nn.Linear(2, 3).freeze()
+          >>> [x.shape for x in jax.tree_util.tree_leaves(net.states(where=r"\.weight$"))]
+          [(2, 3)]
         """
-        return rebuild(self, ONLY_STATES)
+        if where is None:
+            return rebuild(self, ONLY_STATES)
+        return select.select(self, where, states=True)
 
     def update(self: T, other: T, *rest: T) -> T:
         """Returns a copy of self where the non-None leaves of `other` (then `rest`) win.
@@ -228,28 +249,51 @@ class Module(AssignmentRules):
         """
         return merge(self, (other, *rest))
 
-    def freeze(self: T) -> T:
-        """Returns a copy where every parameter (recursively) is a non-trainable state.
+    def freeze(self: T, where: select.Where | None = None) -> T:
+        r"""Returns a copy where every parameter (recursively) is a non-trainable state.
+
+        Args:
+          where: freeze only the parameters it selects: a regular expression searched in the
+            key path (``r"\.bias$"``, ``r"^\.blocks\[[0-3]\]"``) or a function of
+            ``(key_path, leaf)``; single leaves inside parameter subtrees (the ``params`` of a
+            `pax.from_haiku` module) too. Freezing the same leaves gives the same treedef.
+
+        Raises:
+          ValueError: if `where` selects no parameter (listing key paths) or is an invalid regex.
+          TypeError: if `where` is neither a string nor a function.
 
         Example:
           >>> import pax
           >>> frozen = pax.nn.Linear(2, 3).freeze()
           >>> print(frozen.parameters().weight)
           None
+          >>> net = pax.nn.MLP([2, 4, 1]).freeze(where=r"\.bias$")
+          >>> print(net.parameters().layers[0].bias)
+          None
         """
-        return rebuild(self, map_kinds(registry.FREEZE))
+        if where is None:
+            return rebuild(self, map_kinds(registry.FREEZE))
+        return select.set_frozen(self, where, frozen=True)
 
-    def unfreeze(self: T) -> T:
+    def unfreeze(self: T, where: select.Where | None = None) -> T:
         """Returns a copy where the parameters frozen by `freeze` are trainable again.
 
         States that were never parameters stay states.
+
+        Args:
+          where: unfreeze only the parameters it selects, as in `freeze`.
 
         Example:
           >>> import pax
           >>> pax.nn.Linear(2, 3).freeze().unfreeze().parameters().weight.shape
           (2, 3)
+          >>> net = pax.nn.Linear(2, 3).freeze().unfreeze(where="weight")
+          >>> net.parameters().weight.shape, net.parameters().bias
+          ((2, 3), None)
         """
-        return rebuild(self, map_kinds(registry.UNFREEZE))
+        if where is None:
+            return rebuild(self, map_kinds(registry.UNFREEZE))
+        return select.set_frozen(self, where, frozen=False)
 
     def train(self: T) -> T:
         """Returns a copy with `training = True` on every submodule.

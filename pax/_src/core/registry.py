@@ -113,12 +113,18 @@ class Layout:
       fill_and_cache: the same, also storing the flatten cache ``(children, aux)``.
       kind_of: ``{name: kind}`` of the children.
       module_children: ``(name, kind)`` of the children that hold submodules.
+      frozen: ``((name, paths), ...)`` sorted by name: the leaves frozen one by one inside
+        parameter subtrees (``paths``: a frozenset of `jax.tree_util.keystr` paths inside the
+        subtree), so that a partial freeze is static, hashable treedef data.
+      frozen_in: ``{name: paths}`` of `frozen`.
     """
 
     __slots__ = (
         "children",
         "fill",
         "fill_and_cache",
+        "frozen",
+        "frozen_in",
         "get_children",
         "keys",
         "kind_of",
@@ -139,12 +145,18 @@ class Layout:
     fill_and_cache: Callable[[dict, Any, Any], None]
     module_children: tuple[tuple[str, Kind], ...]
     kind_of: dict[str, Kind]
+    frozen: tuple[tuple[str, frozenset[str]], ...]
+    frozen_in: dict[str, frozenset[str]]
 
     @classmethod
     def intern(
-        cls, children: tuple[str, ...], kinds: tuple[Kind, ...], static: tuple[str, ...]
+        cls,
+        children: tuple[str, ...],
+        kinds: tuple[Kind, ...],
+        static: tuple[str, ...],
+        frozen: tuple[tuple[str, frozenset[str]], ...] = (),
     ) -> Layout:
-        key = (children, kinds, static)
+        key = (children, kinds, static, frozen)
         layout = cls._table.get(key)
         if layout is None:
             with cls._lock:
@@ -164,6 +176,8 @@ class Layout:
                         (n, k) for n, k in zip(children, kinds) if k in MODULE_KINDS
                     )
                     set_(layout, "module_children", module_children)
+                    set_(layout, "frozen", frozen)
+                    set_(layout, "frozen_in", dict(frozen))
                     cls._table[key] = layout
         return layout
 
@@ -171,7 +185,7 @@ class Layout:
         raise AttributeError("Layout is immutable")
 
     def __reduce__(self) -> tuple:
-        return (Layout.intern, (self.children, self.kinds, self.static))
+        return (Layout.intern, (self.children, self.kinds, self.static, self.frozen))
 
     def __copy__(self) -> Layout:
         return self
@@ -181,7 +195,8 @@ class Layout:
 
     def __repr__(self) -> str:
         kids = ", ".join(f"{n}: {k.value}" for n, k in zip(self.children, self.kinds))
-        return f"Layout(children=({kids}), static={self.static})"
+        frozen = f", frozen={dict((n, sorted(p)) for n, p in self.frozen)}" if self.frozen else ""
+        return f"Layout(children=({kids}), static={self.static}{frozen})"
 
     # --- derived layouts -------------------------------------------------------------------
 
@@ -190,8 +205,9 @@ class Layout:
         static = tuple(s for s in self.static if s != name)
         if name in self.kind_of:
             kinds = tuple(kind if n == name else k for n, k in zip(self.children, self.kinds))
-            return Layout.intern(self.children, kinds, static)
-        return Layout.intern(self.children + (name,), self.kinds + (kind,), static)
+            frozen = self.frozen if self.kind_of[name] is kind else self._frozen_without(name)
+            return Layout.intern(self.children, kinds, static, frozen)
+        return Layout.intern(self.children + (name,), self.kinds + (kind,), static, self.frozen)
 
     def with_static(self, name: str) -> Layout:
         """Returns this layout with `name` as a static attribute (and not a child)."""
@@ -199,7 +215,10 @@ class Layout:
             return self
         pairs = [(n, k) for n, k in zip(self.children, self.kinds) if n != name]
         return Layout.intern(
-            tuple(n for n, _ in pairs), tuple(k for _, k in pairs), self.static + (name,)
+            tuple(n for n, _ in pairs),
+            tuple(k for _, k in pairs),
+            self.static + (name,),
+            self._frozen_without(name),
         )
 
     def without(self, name: str) -> Layout:
@@ -209,14 +228,34 @@ class Layout:
             tuple(n for n, _ in pairs),
             tuple(k for _, k in pairs),
             tuple(s for s in self.static if s != name),
+            self._frozen_without(name),
         )
 
     def map_kinds(self, mapping: dict[Kind, Kind]) -> Layout:
-        """Returns this layout with each kind replaced through `mapping` (others kept)."""
+        """Returns this layout with each kind replaced through `mapping` (others kept), and
+        without leaves frozen one by one (whole-module `freeze()` / `unfreeze()` reset them)."""
         kinds = tuple(mapping.get(k, k) for k in self.kinds)
-        if kinds == self.kinds:
+        if kinds == self.kinds and not self.frozen:
             return self
         return Layout.intern(self.children, kinds, self.static)
+
+    def with_leaf_freezes(
+        self, kinds: dict[str, Kind], frozen: dict[str, frozenset[str]]
+    ) -> Layout:
+        """Returns this layout with the children in `kinds` re-classified and the leaves frozen
+        one by one inside parameter subtrees replaced by `frozen` (``{name: paths}``; a name
+        missing from it keeps its paths, an empty set of paths removes them)."""
+        new_kinds = tuple(kinds.get(n, k) for n, k in zip(self.children, self.kinds))
+        merged = {**self.frozen_in, **frozen}
+        pairs = tuple(sorted((n, p) for n, p in merged.items() if p))
+        if new_kinds == self.kinds and pairs == self.frozen:
+            return self
+        return Layout.intern(self.children, new_kinds, self.static, pairs)
+
+    def _frozen_without(self, name: str) -> tuple[tuple[str, frozenset[str]], ...]:
+        if name not in self.frozen_in:
+            return self.frozen
+        return tuple((n, p) for n, p in self.frozen if n != name)
 
 
 EMPTY = Layout.intern((), (), ())

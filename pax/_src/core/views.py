@@ -84,9 +84,30 @@ def merge(module: T, trees: tuple) -> T:
     return result
 
 
-def _nonify(value: Any, kind: Kind) -> Any:
+class _Partial:
+    """In place of a kind in `keep_only`'s work list: a parameter subtree with leaves frozen one
+    by one, of which the frozen leaves (`keep_frozen`) or the others are kept."""
+
+    __slots__ = ("keep_frozen", "paths")
+
+    def __init__(self, paths: frozenset[str], keep_frozen: bool) -> None:
+        self.paths = paths
+        self.keep_frozen = keep_frozen
+
+    def keep(self, value: Any) -> Any:
+        paths, keep_frozen = self.paths, self.keep_frozen
+
+        def pick(path: tuple, leaf: Any) -> Any:
+            return leaf if (jax.tree_util.keystr(path) in paths) is keep_frozen else None
+
+        return jax.tree_util.tree_map_with_path(pick, value)
+
+
+def _nonify(value: Any, kind: Kind | _Partial) -> Any:
     if kind in registry.LEAF_KINDS or value is None:
         return None
+    if type(kind) is _Partial:
+        return kind.keep(value)
     return jax.tree_util.tree_map(_to_none, value)
 
 
@@ -95,17 +116,29 @@ def _to_none(_: Any) -> None:
 
 
 def keep_only(keep: frozenset) -> Visit:
-    """A visit that sets every leaf whose kind is not in `keep` to None (per-layout cached)."""
-    cache: dict[Layout, tuple[tuple[str, Kind], ...]] = {}
+    """A visit that sets every leaf whose kind is not in `keep` to None (per-layout cached).
+
+    A parameter subtree with leaves frozen one by one (`Layout.frozen`) keeps its frozen leaves
+    as `Kind.FROZEN_PARAMETER_SUBTREE` would, and its other leaves as its own kind would; the
+    modules without such subtrees pay nothing for it.
+    """
+    cache: dict[Layout, tuple[tuple[str, Kind | _Partial], ...]] = {}
+    keep_frozen = Kind.FROZEN_PARAMETER_SUBTREE in keep
+
+    def work(layout: Layout) -> tuple[tuple[str, Kind | _Partial], ...]:
+        todo: list[tuple[str, Kind | _Partial]] = []
+        for name, kind in zip(layout.children, layout.kinds):
+            paths = layout.frozen_in.get(name)
+            if paths and (kind in keep) is not keep_frozen:
+                todo.append((name, _Partial(paths, keep_frozen)))
+            elif kind not in keep and kind not in registry.MODULE_KINDS:
+                todo.append((name, kind))
+        return tuple(todo)
 
     def visit(d: dict, layout: Layout) -> None:
         todo = cache.get(layout)
         if todo is None:
-            todo = cache[layout] = tuple(
-                (name, kind)
-                for name, kind in zip(layout.children, layout.kinds)
-                if kind not in keep and kind not in registry.MODULE_KINDS
-            )
+            todo = cache[layout] = work(layout)
         for name, kind in todo:
             d[name] = _nonify(d[name], kind)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import optax
 
+from pax._src.core import select
 from pax._src.core.module import Module
 from pax._src.optim.optax_wrapper import OptaxOptimizer
 
@@ -15,16 +17,24 @@ ScalarOrSchedule = float | Callable[[Any], Any]
 
 
 class by_key_path:
-    """Turns a function of key-path strings into an optax mask or label function.
+    r"""Turns a leaf selection by key path into an optax mask or label function.
 
     optax transforms such as ``optax.masked``, ``optax.add_decayed_weights(mask=...)`` and
     ``optax.multi_transform(param_labels=...)`` take a function of the parameters. Inside a pax
     optimizer the parameters are a flat mapping keyed by key-path strings (``".layers[0].bias"``),
-    so ``by_key_path(fn)`` returns the function ``params -> {key: fn(key)}``. Two instances
-    wrapping the same `fn` compare equal.
+    so ``by_key_path(fn)`` returns the function ``params -> {key: fn(key, leaf)}``. It takes the
+    same selections as ``model.freeze(where=...)``: a regular expression searched in the key
+    path (a mask: True where it matches), or a function of ``(key_path, leaf)`` or of the key
+    path alone (a mask or labels). Two instances wrapping the same `fn` compare equal.
 
     Args:
-      fn: called with each trainable parameter's key path; returns a bool (mask) or a label.
+      fn: a regular expression (str), or a function called with each trainable parameter's
+        key path (and leaf) that returns a bool (mask) or a label.
+
+    Raises:
+      TypeError: if `fn` is neither a string nor a function.
+      ValueError: if `fn` is an invalid regular expression, or (when the mask is applied) a
+        regular expression that matches no parameter's key path.
 
     Example:
       >>> import optax, pax
@@ -34,17 +44,21 @@ class by_key_path:
       >>> opt = pax.optim.from_optax(tx)(net.parameters())
       >>> dict(no_bias({".weight": 0, ".bias": 0}))
       {'.weight': True, '.bias': False}
+      >>> dict(pax.optim.by_key_path(r"\.weight$")({".weight": 0, ".bias": 0}))
+      {'.weight': True, '.bias': False}
     """
 
-    __slots__ = ("fn",)
+    __slots__ = ("_match", "fn")
 
-    def __init__(self, fn: Callable[[str], Any]) -> None:
-        if not callable(fn):
+    def __init__(self, fn: select.Where) -> None:
+        if not (callable(fn) or isinstance(fn, (str, re.Pattern))):
             raise TypeError(
-                f"by_key_path: expected a function of a key-path string, got "
-                f"{type(fn).__name__}. Fix: pax.optim.by_key_path(lambda path: "
-                f"not path.endswith('.bias'))."
+                f"by_key_path: expected a function of a key-path string (or of (key_path, "
+                f"leaf)), or a regular expression searched in each key path, got "
+                f"{type(fn).__name__}. Fix: pax.optim.by_key_path(r'\\.bias$') or "
+                f"pax.optim.by_key_path(lambda path: not path.endswith('.bias'))."
             )
+        self._match = select.as_predicate(fn, "pax.optim.by_key_path")
         self.fn = fn
 
     def __call__(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -55,7 +69,16 @@ class by_key_path:
                 f"transforms only."
             )
         rebuild: Any = type(params)
-        return rebuild((key, self.fn(key)) for key in params)
+        match = self._match
+        result = rebuild((key, match(key, leaf)) for key, leaf in params.items())
+        if params and not callable(self.fn) and not any(result.values()):
+            raise ValueError(
+                f"pax.optim.by_key_path: the regular expression {self.fn!r} matches no "
+                f"parameter (most likely a typo). The key paths are: "
+                f"{', '.join(list(params)[:6])}{', ...' if len(params) > 6 else ''}. Fix: "
+                f"match one of them, e.g. r'\\.bias$'."
+            )
+        return result
 
     def __eq__(self, other: object) -> bool:
         return type(other) is by_key_path and other.fn == self.fn
@@ -86,13 +109,15 @@ def _transform(factory: Callable[..., Any], **kwargs: Any) -> optax.GradientTran
     return _cached(factory, key)
 
 
-def _key_path_mask(mask: Callable[[str], bool] | None, where: str) -> Any:
+def _key_path_mask(mask: select.Where | None, where: str) -> Any:
     if mask is None or isinstance(mask, by_key_path):
         return mask
-    if not callable(mask):
+    if not (callable(mask) or isinstance(mask, str)):
         raise TypeError(
-            f"{where}: mask must be a function of a key-path string returning True where weight "
-            f"decay applies, got {type(mask).__name__}. Fix: mask=lambda path: "
+            f"{where}: mask must be a function of a key-path string (or of (key_path, leaf)), "
+            f"or a regular expression searched in each key path, selecting where weight decay "
+            f"applies; got "
+            f"{type(mask).__name__}. Fix: mask=r'\\.weight$', or mask=lambda path: "
             f"not path.endswith('.bias')."
         )
     return by_key_path(mask)
@@ -179,7 +204,7 @@ def adamw(
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 1e-4,
-    mask: Callable[[str], bool] | None = None,
+    mask: select.Where | None = None,
     nesterov: bool = False,
 ) -> OptaxOptimizer:
     """Adam with decoupled weight decay: ``optax.adamw``, with injected learning rate and decay.
@@ -191,8 +216,10 @@ def adamw(
       b2: decay of the second moment.
       eps: added to the denominator.
       weight_decay: decay rate (read or set with ``opt.set_hyperparams(weight_decay=...)``).
-      mask: a function of each parameter's key-path string (``".layers[0].bias"``) returning
-        True where weight decay applies; default everywhere.
+      mask: selects where weight decay applies (default everywhere), as
+        ``model.freeze(where=...)`` does: a regular expression searched in each parameter's
+        key-path string (``r"\\.weight$"``), or a function of ``(key_path, leaf)`` or of the
+        key path alone (``lambda path: not path.endswith(".bias")``).
       nesterov: use Nesterov momentum.
 
     Returns:
