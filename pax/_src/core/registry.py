@@ -114,8 +114,7 @@ class Layout:
       kind_of: ``{name: kind}`` of the children.
       module_children: ``(name, kind)`` of the children that hold submodules.
       frozen: ``((name, paths), ...)`` sorted by name: the leaves frozen one by one inside
-        parameter subtrees (``paths``: a frozenset of `jax.tree_util.keystr` paths inside the
-        subtree), so that a partial freeze is static, hashable treedef data.
+        parameter subtrees (`jax.tree_util.keystr` paths inside each): static treedef data.
       frozen_in: ``{name: paths}`` of `frozen`.
     """
 
@@ -239,22 +238,18 @@ class Layout:
             return self
         return Layout.intern(self.children, kinds, self.static)
 
-    def with_leaf_freezes(
-        self, kinds: dict[str, Kind], frozen: dict[str, frozenset[str]]
-    ) -> Layout:
+    def with_leaf_freezes(self, kinds: dict[str, Kind], paths: dict[str, frozenset[str]]) -> Layout:
         """Returns this layout with the children in `kinds` re-classified and the leaves frozen
-        one by one inside parameter subtrees replaced by `frozen` (``{name: paths}``; a name
+        one by one inside parameter subtrees replaced by `paths` (``{name: paths}``; a name
         missing from it keeps its paths, an empty set of paths removes them)."""
         new_kinds = tuple(kinds.get(n, k) for n, k in zip(self.children, self.kinds))
-        merged = {**self.frozen_in, **frozen}
+        merged = {**self.frozen_in, **paths}
         pairs = tuple(sorted((n, p) for n, p in merged.items() if p))
         if new_kinds == self.kinds and pairs == self.frozen:
             return self
         return Layout.intern(self.children, new_kinds, self.static, pairs)
 
     def _frozen_without(self, name: str) -> tuple[tuple[str, frozenset[str]], ...]:
-        if name not in self.frozen_in:
-            return self.frozen
         return tuple((n, p) for n, p in self.frozen if n != name)
 
 
