@@ -229,3 +229,16 @@ def test_optimizer_mask_errors():
         pax.optim.adamw(net.parameters(), 1e-2, mask=3)
     with pytest.raises(ValueError, match=r"by_key_path: where='\[' is not a valid regular"):
         pax.optim.by_key_path("[")
+
+
+def test_a_partial_freeze_follows_the_attribute():
+    m = pax.Module()
+    m.register_parameter_subtree("params", {"a": jnp.ones(2), "b": jnp.zeros(2)})
+    frozen = m.freeze(where=r"\['b'\]")
+    frozen.params = {"a": jnp.full(2, 3.0), "b": jnp.full(2, 4.0)}  # new values, same leaves
+    assert keys(frozen.parameters()) == [".params['a']"]
+    frozen.register_parameter_subtree("params", {"a": jnp.ones(2), "b": jnp.ones(2)})
+    assert keys(frozen.states()) == [".params['b']"]  # registered again: still frozen
+    del frozen.params  # removing the attribute drops its freezes
+    frozen.register_parameter_subtree("params", {"a": jnp.ones(2), "b": jnp.ones(2)})
+    assert jax.tree_util.tree_structure(frozen) == jax.tree_util.tree_structure(m)
