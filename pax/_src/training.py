@@ -214,12 +214,16 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
         if not donate:
             return step(model, optimizer, inputs)
         try:
-            return step(model, optimizer, inputs)
+            result = step(model, optimizer, inputs)
         except Exception as error:
             # Only on failure (free on the hot path): JAX's "Buffer has been deleted or
             # donated" names neither the argument nor the fix.
             _check_not_donated(model, optimizer, error)
             raise
+        # The objects passed in now hold deleted arrays: their next use raises, naming this.
+        registry.mark_donated(model.__dict__, "model")
+        registry.mark_donated(optimizer.__dict__, "optimizer")
+        return result
 
     first_call_checked.step = step  # type: ignore[attr-defined]
     return first_call_checked

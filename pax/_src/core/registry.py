@@ -364,6 +364,23 @@ def mark_traced(d: dict) -> None:
     d.pop(_FLAT, None)
 
 
+DONATED = "donated"
+
+
+def mark_donated(d: dict, what: str) -> None:
+    """Flags a module whose buffers were donated to a compiled step (`what` names it): its
+    next call or flatten raises instead of failing on a deleted array."""
+    d[_TRACERS] = (DONATED, what)
+    d.pop(_AUX, None)
+    d.pop(_FLAT, None)
+
+
+def donated_as(d: dict) -> str | None:
+    """What the module was donated as (see `mark_donated`), or None."""
+    mark = d.get(_TRACERS)
+    return mark[1] if isinstance(mark, tuple) and mark[0] == DONATED else None
+
+
 def is_traced(d: dict) -> bool:
     """True if a traced value was assigned to the module since its last check."""
     return _TRACERS in d

@@ -126,6 +126,14 @@ def check_no_leaked_tracers(module: Any) -> None:
     if not trace_state_clean():
         return  # inside a transformation: tracers are legitimate here
     d = module.__dict__
+    donated = registry.donated_as(d)
+    if donated is not None:
+        raise RuntimeError(
+            f"{type(module).__name__}: this module was the {donated} passed to a step built "
+            f"with build_update_fn(..., donate=True): its arrays were donated to the step and "
+            f"are deleted. Fix: use the {donated} the step returned, never the one passed in: "
+            f"loss, model, opt = update_fn(model, opt, batch)."
+        )
     flattened_in_trace(module)  # reported here (or clean): no longer pending
     for name in registry.layout_in(d).children:
         for path, leaf in jax.tree_util.tree_leaves_with_path(d[name]):

@@ -32,7 +32,11 @@ def is_inexact(dtype: Any) -> bool:
 
 def as_jax(value: Any) -> Any:
     """A numpy array or scalar converted as `jnp.asarray` would (float64 -> float32 unless x64)."""
-    return jnp.asarray(value) if isinstance(value, (np.ndarray, np.generic)) else value
+    if not isinstance(value, (np.ndarray, np.generic)):
+        return value
+    if not value.dtype.isnative:  # big-endian data: JAX refuses it; same values, native order
+        value = value.astype(value.dtype.newbyteorder("="))
+    return jnp.asarray(value)
 
 
 def _check_inexact(module: Any, where: str, value: Any, subtree: bool) -> None:

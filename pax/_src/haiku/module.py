@@ -13,6 +13,7 @@ import numpy as np
 
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
+from pax._src.core.summary import MAX_VALUE_CHARS, truncate
 from pax._src.describe import describe, is_array_like
 from pax._src.haiku.config import HaikuConfig, haiku_class_name, transformed
 
@@ -272,9 +273,9 @@ class HaikuModule(Module):
         if self.params is None:
             parts.append("uninitialized")
         else:
-            parts.append(f"params={_dict_repr(self.params)}")
+            parts.append(f"params={_bounded_dict_repr(self.params)}")
             if self.state:
-                parts.append(f"state={_dict_repr(self.state)}")
+                parts.append(f"state={_bounded_dict_repr(self.state)}")
         if self.use_rng:
             parts.append("use_rng=True")
         if self.pass_is_training:
@@ -282,6 +283,12 @@ class HaikuModule(Module):
         if not self.training:
             parts.append("training=False")
         return f"HaikuModule({', '.join(parts)})"
+
+
+def _bounded_dict_repr(tree: Any) -> str:
+    """`_dict_repr`, cut (with the leaf count) beyond `MAX_VALUE_CHARS` characters."""
+    text = _dict_repr(tree)
+    return truncate(text, MAX_VALUE_CHARS, len(jax.tree_util.tree_leaves(tree)), "leaves")
 
 
 def _dict_repr(tree: Any) -> str:
