@@ -202,6 +202,9 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
         # Before JAX sees the arguments: an optax transform would fail inside jit's argument
         # handling with an unrelated message.
         _check_arguments(model, optimizer)
+        for what, tree in (("model", model), ("optimizer", optimizer)):
+            if registry.donated_as(tree.__dict__) is not None:  # passed to an earlier step
+                raise ValueError(_donated_message(what, type(tree).__name__))
         tracing.check_pending()  # a module changed in an earlier transformation, not returned
         # Sharing is invisible inside jit (the flattened copies are already independent), so
         # look at the real arguments: in full once (arrays too when donated), then modules by
@@ -235,10 +238,14 @@ def _check_not_donated(model: Any, optimizer: Any, error: Exception) -> None:
         leaves = jax.tree_util.tree_leaves_with_path(tree)
         deleted = [p for p, x in leaves if isinstance(x, jax.Array) and x.is_deleted()]
         if deleted:
-            raise ValueError(
-                f"update_fn: the {what} passed to update_fn was donated to a previous step "
-                f"(build_update_fn(..., donate=True)): its arrays are deleted, e.g. "
-                f"{type(tree).__name__}{jax.tree_util.keystr(deleted[0])}. Fix: loss, model, "
-                f"opt = update_fn(model, opt, batch) -- use the returned model and optimizer, "
-                f"never the ones passed in."
-            ) from error
+            where = f"{type(tree).__name__}{jax.tree_util.keystr(deleted[0])}"
+            raise ValueError(_donated_message(what, where)) from error
+
+
+def _donated_message(what: str, where: str) -> str:
+    return (
+        f"update_fn: the {what} passed to update_fn was donated to a previous step "
+        f"(build_update_fn(..., donate=True)): its arrays are deleted, e.g. {where}. Fix: "
+        f"loss, model, opt = update_fn(model, opt, batch) -- use the returned model and "
+        f"optimizer, never the ones passed in."
+    )
