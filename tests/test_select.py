@@ -242,3 +242,14 @@ def test_a_partial_freeze_follows_the_attribute():
     del frozen.params  # removing the attribute drops its freezes
     frozen.register_parameter_subtree("params", {"a": jnp.ones(2), "b": jnp.ones(2)})
     assert jax.tree_util.tree_structure(frozen) == jax.tree_util.tree_structure(m)
+
+
+def test_a_structure_difference_names_the_leaves_frozen_inside_a_subtree():
+    model = pax.haiku.linear(2, 3)
+    frozen = model.freeze(where=r"\['b'\]$")
+    with pytest.raises(
+        pax.StructureChangedError,
+        match=r"HaikuModule\.params has other leaves frozen by freeze\(where=\.\.\.\): "
+        r"\[\] \(before\) vs \[\"\['linear'\]\['b'\]\"\] \(after\)",
+    ):
+        pax.utils.check_same_structure(model, frozen)

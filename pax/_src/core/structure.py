@@ -136,6 +136,13 @@ def _module_difference(
                     f"at {path}.{name}: {cls}.{name} is {_article(ka)} ({na}) but "
                     f"{_article(kb)} ({nb})"
                 )
+        for name in dict.fromkeys(la.children):
+            fa, fb = la.frozen_in.get(name, frozenset()), lb.frozen_in.get(name, frozenset())
+            if fa != fb:
+                return (
+                    f"at {path}.{name}: {cls}.{name} has other leaves frozen by "
+                    f"freeze(where=...): {sorted(fa)} ({na}) vs {sorted(fb)} ({nb})"
+                )
         return f"at {path or 'the root'}: {cls} attributes are in another order ({na} vs {nb})"
     for name in la.static:
         va, vb = da[name], db[name]
