@@ -38,6 +38,7 @@ import pax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _data_parallel as dp
+import _plot
 
 VOCAB_SIZE = 256  # bytes
 
@@ -188,6 +189,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
     p.add_argument("--use-haiku", action="store_true", help="build the model from pax.haiku")
     p.add_argument("--checkpoint", default="checkpoints/char_rnn.npz", help="'' to skip saving")
+    p.add_argument(
+        "--plot", default=None, help="PNG of the loss (default: next to the checkpoint; '' none)"
+    )
     p.add_argument("--resume", action="store_true", help="start from --checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -250,7 +254,10 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
         os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
         pax.save(args.checkpoint, (model, optimizer))
         print(f"checkpoint written to {args.checkpoint}", file=sys.stderr)
-    return {"model": model, "optimizer": optimizer, "losses": [float(x) for x in losses]}
+    losses = [float(x) for x in jax.device_get(losses)]
+    plot = _plot.default_path(args.plot, args.checkpoint, "char_rnn")
+    _plot.save_curves(plot, "char_rnn", [("step", "train loss", losses)])
+    return {"model": model, "optimizer": optimizer, "losses": losses, "plot": plot}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

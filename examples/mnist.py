@@ -36,6 +36,7 @@ import pax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _data_parallel as dp
+import _plot
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -189,17 +190,21 @@ def conv_net(
         pool = lambda: nn.MaxPool(window_shape=2, stride=2, padding="VALID")
         linear = nn.Linear
     layers, channels = [], 1
+    # a pax.nn layer can leave its input size as None (pax.haiku's take it now)
+    flat = 3 * 3 * 4 * width if use_haiku else None
     for out in (width, 2 * width, 4 * width):
         layers += [conv(channels, out), norm(out), jax.nn.relu, pool()]
         channels = out
-    return pax.nn.Sequential(
+    model = pax.nn.Sequential(
         *layers,
         flatten,
-        linear(3 * 3 * channels, hidden),
+        linear(flat, hidden),
         jax.nn.relu,
         pax.nn.Dropout(dropout),  # identity in eval() mode
         linear(hidden, 10),
     )
+    # sizes the lazy layers from an example input (abstractly: nothing is computed)
+    return model.lazy_init(np.zeros((1, 28, 28, 1), np.float32))
 
 
 def loss_fn(params, model, inputs):
@@ -249,6 +254,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shift", type=int, default=2, help="augmentation: random shifts, in pixels")
     p.add_argument("--use-haiku", action="store_true", help="build the model from pax.haiku")
     p.add_argument("--checkpoint", default="checkpoints/mnist.npz", help="'' to skip saving")
+    p.add_argument(
+        "--plot", default=None, help="PNG of the curves (default: next to the checkpoint; '' none)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--max-steps", type=int, default=0, help="stop each epoch early (smoke tests)")
     return p.parse_args(argv)
@@ -289,7 +297,7 @@ def run(
         f"{'pax.haiku' if args.use_haiku else 'pax.nn'} model",
         file=sys.stderr,
     )
-    accuracies, epoch_seconds = [], []
+    accuracies, epoch_seconds, losses = [], [], []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
         bar = tqdm(
@@ -304,6 +312,7 @@ def run(
         last_time, last_step = start, 0
         for step, batch in enumerate(bar, 1):
             loss, model, optimizer = update_fn(model, optimizer, dp.shard_batch(batch, mesh))
+            losses.append(loss)  # read back once, at the end
             if step == 1:  # the first step may have compiled the update
                 float(loss)
                 last_time, last_step = time.perf_counter(), 1
@@ -330,7 +339,18 @@ def run(
         os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
         pax.save(args.checkpoint, model)
         print(f"checkpoint written to {args.checkpoint}", file=sys.stderr)
-    return {"model": model, "accuracies": accuracies, "epoch_seconds": epoch_seconds}
+    losses = [float(x) for x in jax.device_get(losses)]
+    plot = _plot.default_path(args.plot, args.checkpoint, "mnist")
+    _plot.save_curves(
+        plot, "MNIST", [("step", "train loss", losses), ("epoch", "test accuracy", accuracies)]
+    )
+    return {
+        "model": model,
+        "accuracies": accuracies,
+        "epoch_seconds": epoch_seconds,
+        "losses": losses,
+        "plot": plot,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:

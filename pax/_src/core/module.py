@@ -354,7 +354,27 @@ class Module(AssignmentRules):
           >>> net.hk_init(jnp.ones((1, 2))) is net
           False
         """
-        return lazy.initialize(self, *args, enable_jit=enable_jit, **kwargs)
+        rng_key = kwargs.pop("rng_key", None)
+        mode = "jit" if enable_jit else "eager"
+        return lazy.initialize(self, args, kwargs, mode=mode, who="hk_init", rng_key=rng_key)
+
+    def lazy_init(self: T, *args: Any, rng_key: jax.Array | None = None, **kwargs: Any) -> T:
+        """Initializes every lazy layer (input size None) and `pax.from_haiku` module at once.
+
+        Runs the forward pass on the example inputs abstractly (`jax.eval_shape`: nothing is
+        computed), then creates each lazy module's parameters from the shapes it received.
+        Returns a new model and leaves this one unchanged. A native layer uses the key it drew
+        when built, so it gets the same weights as the layer built with its input size; the
+        `pax.from_haiku` modules draw theirs from `rng_key` (default `pax.next_rng_key()`).
+        Raises `ValueError` if the forward pass did not reach some uninitialized lazy module.
+
+        Example:
+          >>> import jax.numpy as jnp, pax
+          >>> net = pax.nn.Linear(None, 3).lazy_init(jnp.ones((1, 2)))
+          >>> net.weight.shape
+          (2, 3)
+        """
+        return lazy.initialize(self, args, kwargs, mode="abstract", rng_key=rng_key)
 
     def summary(self, *example_inputs: Any, **kwargs: Any) -> str:
         """Returns a table of the submodules: counts, bytes, and with example inputs (arrays or

@@ -23,7 +23,9 @@ class MultiHeadAttention(Module):
     softmax-weighted values of all heads are concatenated and projected by ``out_proj``.
 
     Args:
-      in_dim: feature size of the queries (and of keys and values unless given).
+      in_dim: feature size of the queries (and of keys and values unless given); None to take
+        it (and `key_in_dim`, `value_in_dim` unless given) from a first input: then `key_size`
+        is required and ``model = model.lazy_init(example_query)`` initializes the layer.
       num_heads: number of heads.
       key_size: size of each query/key head; default ``in_dim // num_heads``.
       value_size: size of each value head; default `key_size`.
@@ -61,7 +63,7 @@ class MultiHeadAttention(Module):
 
     def __init__(
         self,
-        in_dim: int,
+        in_dim: int | None,
         num_heads: int,
         key_size: int | None = None,
         value_size: int | None = None,
@@ -76,10 +78,15 @@ class MultiHeadAttention(Module):
     ) -> None:
         super().__init__()
         cls = type(self).__name__
-        in_dim = v.positive_int(cls, "in_dim", in_dim)
+        in_dim = None if in_dim is None else v.positive_int(cls, "in_dim", in_dim)
         with_bias = v.boolean(cls, "with_bias", with_bias)
         self.num_heads = v.positive_int(cls, "num_heads", num_heads)
         if key_size is None:
+            if in_dim is None:
+                raise ValueError(
+                    f"{cls}: in_dim=None (taken from a first input) needs an explicit key_size, "
+                    f"since the head size is fixed at construction; pass e.g. key_size=64."
+                )
             if in_dim % num_heads:
                 raise ValueError(
                     f"{cls}: in_dim={in_dim} is not divisible by num_heads={num_heads}; pass "
@@ -89,8 +96,8 @@ class MultiHeadAttention(Module):
         self.key_size = v.positive_int(cls, "key_size", key_size)
         self.value_size = v.positive_int(cls, "value_size", value_size or self.key_size)
         self.out_dim = v.positive_int(cls, "out_dim", out_dim or self.key_size * self.num_heads)
-        key_in_dim = v.positive_int(cls, "key_in_dim", key_in_dim or in_dim)
-        value_in_dim = v.positive_int(cls, "value_in_dim", value_in_dim or key_in_dim)
+        key_in_dim = _optional_size(cls, "key_in_dim", key_in_dim or in_dim)
+        value_in_dim = _optional_size(cls, "value_in_dim", value_in_dim or key_in_dim)
         w_init = w_init or initializers.variance_scaling(1.0)
         keys = jax.random.split(resolve_rng_key(rng_key), 4)
         h = self.num_heads
@@ -102,7 +109,8 @@ class MultiHeadAttention(Module):
 
     def _heads(self, proj: Linear, x: jax.Array, size: int, what: str) -> jax.Array:
         cls = type(self).__name__
-        if jnp.ndim(x) < 2 or jnp.shape(x)[-1] != proj.in_dim:
+        wrong_size = proj.in_dim is not None and jnp.shape(x)[-1:] != (proj.in_dim,)
+        if jnp.ndim(x) < 2 or wrong_size:
             raise ValueError(
                 f"{cls}: expected {what} of shape (..., length, {proj.in_dim}), got shape "
                 f"{jnp.shape(x)}."
@@ -137,3 +145,7 @@ class MultiHeadAttention(Module):
         attn = jnp.einsum("...htT,...Thd->...thd", weights, val)
         attn = attn.reshape((*query.shape[:-1], -1))
         return self.out_proj(attn)
+
+
+def _optional_size(cls: str, name: str, value: int | None) -> int | None:
+    return None if value is None else v.positive_int(cls, name, value)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from pax._src.core.module import Module
 from pax._src.nn import _validate as v
+from pax._src.nn._lazy import LazyLayer
 from pax._src.nn.ema import EMA
 from pax._src.nn.initializers import Initializer
 from pax._src.nn.norm import _scale_offset
 
 
-class BatchNorm(Module):
+class BatchNorm(LazyLayer):
     """Batch normalization (Ioffe & Szegedy, 2015), numerically as Haiku's ``hk.BatchNorm``.
 
     In training mode (``module.training``, the default) the input is normalized with the
@@ -28,7 +29,8 @@ class BatchNorm(Module):
     of the global batch and keep identical moving averages.
 
     Args:
-      in_dim: number of channels.
+      in_dim: number of channels; None to take it from a first input (see
+        `pax.Module.lazy_init`).
       create_scale: learn a per-channel scale (initialized to ones).
       create_offset: learn a per-channel offset (initialized to zeros).
       decay: decay of the moving averages, in ``[0, 1)`` (Haiku's ``decay_rate``).
@@ -67,7 +69,7 @@ class BatchNorm(Module):
     @v.renamed_kwargs(in_features="in_dim", decay_rate="decay")
     def __init__(
         self,
-        in_dim: int,
+        in_dim: int | None,
         create_scale: bool = True,
         create_offset: bool = True,
         decay: float = 0.9,
@@ -82,7 +84,7 @@ class BatchNorm(Module):
     ) -> None:
         super().__init__()
         cls = type(self).__name__
-        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.in_dim = None  # set by _build
         self.decay = v.rate_in_unit_interval(cls, "decay", decay)
         self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
         self.data_format = v.data_format(cls, data_format)
@@ -99,10 +101,25 @@ class BatchNorm(Module):
             if cross_replica_axis_index_groups is None
             else tuple(tuple(int(i) for i in g) for g in cross_replica_axis_index_groups)
         )
+        self._setup(
+            in_dim,
+            rng_key,
+            create_scale=create_scale,
+            create_offset=create_offset,
+            scale_init=scale_init,
+            offset_init=offset_init,
+        )
+
+    def _build(self, in_dim: int, key: jax.Array, **init_args: Any) -> None:
+        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
         shape = (self.in_dim,)
-        _scale_offset(self, rng_key, shape, create_scale, create_offset, scale_init, offset_init)
+        _scale_offset(self, key, shape, **init_args)
         self.mean_ema = EMA(jnp.zeros(shape, jnp.float32), self.decay)
         self.var_ema = EMA(jnp.ones(shape, jnp.float32), self.decay)
+
+    def _input_size(self, x: Any, **kwargs: Any) -> int:
+        shape = jnp.shape(x)
+        return int(shape[-1] if self.channels_last or len(shape) < 2 else shape[1])
 
     @property
     def channels_last(self) -> bool:
@@ -120,6 +137,7 @@ class BatchNorm(Module):
         return self.var_ema.average
 
     def _check_input(self, x: jax.Array) -> int:
+        self._lazy_check(x)
         cls = type(self).__name__
         ranks = self._ranks
         if (ranks is None and x.ndim < 2) or (ranks is not None and x.ndim not in ranks):

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from pax._src.core.module import Module
-from pax._src.core.rng import resolve_rng_key
 from pax._src.nn import _validate as v
 from pax._src.nn import initializers
+from pax._src.nn._lazy import LazyLayer
 from pax._src.nn.initializers import Initializer
 
 Padding = str | int | Sequence[int | tuple[int, int]]
@@ -37,7 +37,7 @@ def dimension_numbers(n: int, channels_last: bool, transpose: bool) -> lax.ConvD
     return lax.ConvDimensionNumbers(lhs_spec=image, rhs_spec=kernel, out_spec=image)
 
 
-class ConvND(Module):
+class ConvND(LazyLayer):
     """Shared constructor, checks and bias of the convolutions and transposed convolutions."""
 
     weight: jax.Array
@@ -52,7 +52,7 @@ class ConvND(Module):
     @v.renamed_kwargs(**RENAMED)
     def __init__(
         self,
-        in_dim: int,
+        in_dim: int | None,
         out_dim: int,
         kernel_shape: int | Sequence[int],
         stride: int | Sequence[int] = 1,
@@ -69,23 +69,41 @@ class ConvND(Module):
         super().__init__()
         cls = type(self).__name__
         n = self._num_spatial
-        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.in_dim = None  # set by _build
         self.out_dim = v.positive_int(cls, "out_dim", out_dim)
         self.kernel_shape = v.replicate(cls, "kernel_shape", kernel_shape, n)
         self.stride = v.replicate(cls, "stride", stride, n)
         self.dilation = v.replicate(cls, "dilation", dilation, n)
         self.padding = v.padding_arg(cls, padding, n)
-        groups = v.positive_int(cls, "feature_group_count", feature_group_count)
-        for name, size in (("in_dim", self.in_dim), ("out_dim", self.out_dim)):
-            if size % groups:
-                raise ValueError(
-                    f"{cls}: {name}={size} must be divisible by feature_group_count={groups}; "
-                    f"change {name} or feature_group_count."
-                )
-        self.feature_group_count = groups
+        self.feature_group_count = v.positive_int(cls, "feature_group_count", feature_group_count)
+        self._check_groups("out_dim", self.out_dim)
         self.data_format = v.data_format(cls, data_format, n)
         self.with_bias = v.boolean(cls, "with_bias", with_bias)
-        in_per_group = self.in_dim // groups
+        self._setup(in_dim, rng_key, w_init=w_init, b_init=b_init)
+
+    def _check_groups(self, name: str, size: int) -> None:
+        groups = self.feature_group_count
+        if size % groups:
+            raise ValueError(
+                f"{type(self).__name__}: {name}={size} must be divisible by "
+                f"feature_group_count={groups}; change {name} or feature_group_count."
+            )
+
+    def _placeholder_size(self) -> int:
+        return self.feature_group_count
+
+    def _input_size(self, x: Any, **kwargs: Any) -> int:
+        shape = jnp.shape(x)
+        if self.channels_last or len(shape) != self._num_spatial + 2:
+            return int(shape[-1] if self.channels_last else shape[0])
+        return int(shape[1])
+
+    def _build(
+        self, in_dim: int, key: jax.Array, w_init: Initializer | None, b_init: Initializer | None
+    ) -> None:
+        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
+        self._check_groups("in_dim", self.in_dim)
+        in_per_group = self.in_dim // self.feature_group_count
         if self._transpose:
             w_shape = (*self.kernel_shape, self.out_dim, in_per_group)
         else:
@@ -93,7 +111,7 @@ class ConvND(Module):
         if w_init is None:
             fan_in = int(np.prod(self.kernel_shape)) * in_per_group
             w_init = initializers.truncated_normal(stddev=1.0 / np.sqrt(fan_in))
-        w_key, b_key = jax.random.split(resolve_rng_key(rng_key))
+        w_key, b_key = jax.random.split(key)
         self.register_parameter("weight", w_init(w_key, w_shape, jnp.float32))
         if self.with_bias:
             b_init = b_init or initializers.zeros
@@ -107,6 +125,7 @@ class ConvND(Module):
         return self.data_format == v.CHANNELS_LAST
 
     def _check_input(self, x: jax.Array) -> tuple[jax.Array, bool]:
+        self._lazy_check(x)
         cls = type(self).__name__
         n = self._num_spatial
         x = jnp.asarray(x)
@@ -163,7 +182,8 @@ class Conv1D(_Conv):
     the bias ``(out_dim,)``.
 
     Args:
-      in_dim: number of input channels.
+      in_dim: number of input channels; None to take it from a first input (then
+        ``model = model.lazy_init(example_input)`` initializes the layer).
       out_dim: number of output channels.
       kernel_shape: the kernel width, an int or a 1-tuple.
       stride: an int or a 1-tuple (default 1).
@@ -203,7 +223,8 @@ class Conv2D(_Conv):
     ``(kh, kw, in_dim // feature_group_count, out_dim)`` and the bias ``(out_dim,)``.
 
     Args:
-      in_dim: number of input channels.
+      in_dim: number of input channels; None to take it from a first input (then
+        ``model = model.lazy_init(example_input)`` initializes the layer).
       out_dim: number of output channels.
       kernel_shape: an int or a pair ``(kh, kw)``.
       stride: an int or a pair (default 1).
@@ -245,7 +266,8 @@ class Conv3D(_Conv):
     ``(kd, kh, kw, in_dim // feature_group_count, out_dim)`` and the bias ``(out_dim,)``.
 
     Args:
-      in_dim: number of input channels.
+      in_dim: number of input channels; None to take it from a first input (then
+        ``model = model.lazy_init(example_input)`` initializes the layer).
       out_dim: number of output channels.
       kernel_shape: an int or a triple ``(kd, kh, kw)``.
       stride: an int or a triple (default 1).

@@ -50,7 +50,7 @@ class _ConvTranspose(ConvND):
     @v.renamed_kwargs(**RENAMED)
     def __init__(
         self,
-        in_dim: int,
+        in_dim: int | None,
         out_dim: int,
         kernel_shape: int | Sequence[int],
         stride: int | Sequence[int] = 1,
@@ -124,7 +124,8 @@ class Conv1DTranspose(_ConvTranspose):
     the bias ``(out_dim,)``.
 
     Args:
-      in_dim: number of input channels.
+      in_dim: number of input channels; None to take it from a first input (then
+        ``model = model.lazy_init(example_input)`` initializes the layer).
       out_dim: number of output channels.
       kernel_shape: the kernel width, an int or a 1-tuple.
       stride: the upsampling factor, an int or a 1-tuple (default 1).
@@ -167,7 +168,8 @@ class Conv2DTranspose(_ConvTranspose):
     ``(kh, kw, out_dim, in_dim // feature_group_count)`` and the bias ``(out_dim,)``.
 
     Args:
-      in_dim: number of input channels.
+      in_dim: number of input channels; None to take it from a first input (then
+        ``model = model.lazy_init(example_input)`` initializes the layer).
       out_dim: number of output channels.
       kernel_shape: an int or a pair ``(kh, kw)``.
       stride: the upsampling factors, an int or a pair (default 1).
@@ -213,7 +215,8 @@ class Conv3DTranspose(_ConvTranspose):
     ``(kd, kh, kw, out_dim, in_dim // feature_group_count)`` and the bias ``(out_dim,)``.
 
     Args:
-      in_dim: number of input channels.
+      in_dim: number of input channels; None to take it from a first input (then
+        ``model = model.lazy_init(example_input)`` initializes the layer).
       out_dim: number of output channels.
       kernel_shape: an int or a triple ``(kd, kh, kw)``.
       stride: the upsampling factors, an int or a triple (default 1).

@@ -11,17 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from pax._src.core.module import Module
-from pax._src.core.rng import resolve_rng_key
 from pax._src.nn import _validate as v
 from pax._src.nn import initializers
+from pax._src.nn._lazy import LazyLayer
 from pax._src.nn.initializers import Initializer
 
 
-class Linear(Module):
+class Linear(LazyLayer):
     """A fully connected layer ``y = x @ weight + bias`` (Haiku's ``hk.Linear``).
 
     Args:
-      in_dim: size of the last input axis.
+      in_dim: size of the last input axis; None to take it from a first input (the layer stays
+        uninitialized until ``model = model.lazy_init(example_input)``).
       out_dim: size of the last output axis.
       with_bias: whether to add a bias.
       w_init: weight initializer; default (as Haiku) a normal truncated at 2 std with std
@@ -32,12 +33,15 @@ class Linear(Module):
     Raises:
       ValueError: for a non-positive size, or (at call) an input whose last axis is not
         `in_dim`.
+      RuntimeError: at call, if `in_dim` was None and the layer was never initialized.
 
     Example:
       >>> import jax.numpy as jnp, pax
       >>> fc = pax.nn.Linear(3, 4)
       >>> fc(jnp.ones((2, 3))).shape
       (2, 4)
+      >>> pax.nn.Linear(None, 4).lazy_init(jnp.ones((2, 3))).weight.shape
+      (3, 4)
     """
 
     weight: jax.Array
@@ -45,7 +49,7 @@ class Linear(Module):
 
     def __init__(
         self,
-        in_dim: int,
+        in_dim: int | None,
         out_dim: int,
         with_bias: bool = True,
         w_init: Initializer | None = None,
@@ -55,19 +59,29 @@ class Linear(Module):
     ) -> None:
         super().__init__()
         cls = type(self).__name__
-        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.in_dim = None  # set by _build
         self.out_dim = v.positive_int(cls, "out_dim", out_dim)
         self.with_bias = v.boolean(cls, "with_bias", with_bias)
+        self._setup(in_dim, rng_key, w_init=w_init, b_init=b_init)
+
+    def _build(
+        self, in_dim: int, key: jax.Array, w_init: Initializer | None, b_init: Initializer | None
+    ) -> None:
+        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
         w_init = w_init or initializers.truncated_normal(stddev=1.0 / np.sqrt(in_dim))
         b_init = b_init or initializers.zeros
-        w_key, b_key = jax.random.split(resolve_rng_key(rng_key))
-        self.register_parameter("weight", w_init(w_key, (in_dim, out_dim), jnp.float32))
+        w_key, b_key = jax.random.split(key)
+        self.register_parameter("weight", w_init(w_key, (in_dim, self.out_dim), jnp.float32))
         if self.with_bias:
-            self.register_parameter("bias", b_init(b_key, (out_dim,), jnp.float32))
+            self.register_parameter("bias", b_init(b_key, (self.out_dim,), jnp.float32))
         else:
             self.bias = None
 
+    def _input_size(self, x: Any, **kwargs: Any) -> int:
+        return int(jnp.shape(x)[-1])
+
     def __call__(self, x: jax.Array, *, precision: jax.lax.Precision | None = None) -> jax.Array:
+        self._lazy_check(x)
         v.check_last_dim(type(self).__name__, x, self.in_dim)
         y = jnp.dot(x, self.weight, precision=precision)
         if self.bias is not None:

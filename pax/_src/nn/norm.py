@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
 from pax._src.nn import _validate as v
 from pax._src.nn import initializers
+from pax._src.nn._lazy import LazyLayer
 from pax._src.nn.initializers import Initializer
 
 
@@ -61,14 +63,15 @@ def _scale_offset(
         module.offset = None
 
 
-class LayerNorm(Module):
+class LayerNorm(LazyLayer):
     """Layer normalization (Ba et al., 2016), numerically as Haiku's ``hk.LayerNorm``.
 
     Normalizes over `axis` (by default the last one) and applies a learned `scale` and
     `offset` of shape ``(in_dim,)`` along the last axis.
 
     Args:
-      in_dim: size of the last input axis.
+      in_dim: size of the last input axis; None to take it from a first input (see
+        `pax.Module.lazy_init`).
       axis: the axis or axes to normalize over.
       create_scale: learn a scale (initialized to ones).
       create_offset: learn an offset (initialized to zeros).
@@ -95,7 +98,7 @@ class LayerNorm(Module):
 
     def __init__(
         self,
-        in_dim: int,
+        in_dim: int | None,
         axis: int | Sequence[int] = -1,
         create_scale: bool = True,
         create_offset: bool = True,
@@ -108,15 +111,28 @@ class LayerNorm(Module):
     ) -> None:
         super().__init__()
         cls = type(self).__name__
-        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.in_dim = None  # set by _build
         self.axis = v.int_tuple(cls, "axis", axis, scalar=True, example="-1")
         self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
         self.use_fast_variance = v.boolean(cls, "use_fast_variance", use_fast_variance)
-        _scale_offset(
-            self, rng_key, (self.in_dim,), create_scale, create_offset, scale_init, offset_init
+        self._setup(
+            in_dim,
+            rng_key,
+            create_scale=create_scale,
+            create_offset=create_offset,
+            scale_init=scale_init,
+            offset_init=offset_init,
         )
 
+    def _build(self, in_dim: int, key: jax.Array, **init_args: Any) -> None:
+        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
+        _scale_offset(self, key, (self.in_dim,), **init_args)
+
+    def _input_size(self, x: Any, **kwargs: Any) -> int:
+        return int(jnp.shape(x)[-1])
+
     def __call__(self, x: jax.Array) -> jax.Array:
+        self._lazy_check(x)
         cls = type(self).__name__
         x = jnp.asarray(x)
         v.check_last_dim(cls, x, self.in_dim)
@@ -134,13 +150,14 @@ class LayerNorm(Module):
         return inv * (x - mean) + offset
 
 
-class RMSNorm(Module):
+class RMSNorm(LazyLayer):
     """Root-mean-square normalization (Zhang & Sennrich, 2019), as Haiku's ``hk.RMSNorm``.
 
     ``y = x * scale / sqrt(mean(x^2) + eps)``, the mean over `axis`.
 
     Args:
-      in_dim: size of the last input axis.
+      in_dim: size of the last input axis; None to take it from a first input (see
+        `pax.Module.lazy_init`).
       axis: the axis or axes to normalize over.
       eps: added to the mean square.
       create_scale: learn a scale of shape ``(in_dim,)`` (initialized to ones).
@@ -161,7 +178,7 @@ class RMSNorm(Module):
 
     def __init__(
         self,
-        in_dim: int,
+        in_dim: int | None,
         axis: int | Sequence[int] = -1,
         eps: float = 1e-5,
         create_scale: bool = True,
@@ -171,14 +188,23 @@ class RMSNorm(Module):
     ) -> None:
         super().__init__()
         cls = type(self).__name__
-        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.in_dim = None  # set by _build
         self.axis = v.int_tuple(cls, "axis", axis, scalar=True, example="-1")
         self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
-        _scale_offset(
-            self, rng_key, (self.in_dim,), create_scale, False, scale_init, None, with_offset=False
-        )
+        self._setup(in_dim, rng_key, create_scale=create_scale, scale_init=scale_init)
+
+    def _build(
+        self, in_dim: int, key: jax.Array, create_scale: bool, scale_init: Initializer | None
+    ) -> None:
+        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
+        shape = (self.in_dim,)
+        _scale_offset(self, key, shape, create_scale, False, scale_init, None, with_offset=False)
+
+    def _input_size(self, x: Any, **kwargs: Any) -> int:
+        return int(jnp.shape(x)[-1])
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        self._lazy_check(x)
         cls = type(self).__name__
         x = jnp.asarray(x)
         v.check_last_dim(cls, x, self.in_dim)
@@ -188,14 +214,15 @@ class RMSNorm(Module):
         return x * scale * jax.lax.rsqrt(mean_squared + self.eps)
 
 
-class GroupNorm(Module):
+class GroupNorm(LazyLayer):
     """Group normalization (Wu & He, 2018), numerically as Haiku's ``hk.GroupNorm``.
 
     Channels are split into `groups`; each example is normalized over its spatial axes and
     the channels of each group. The first axis is the batch axis.
 
     Args:
-      in_dim: number of channels.
+      in_dim: number of channels; None to take it from a first input (see
+        `pax.Module.lazy_init`).
       groups: number of groups; must divide `in_dim`.
       create_scale: learn a per-channel scale (initialized to ones).
       create_offset: learn a per-channel offset (initialized to zeros).
@@ -224,7 +251,7 @@ class GroupNorm(Module):
     @v.renamed_kwargs(in_features="in_dim")
     def __init__(
         self,
-        in_dim: int,
+        in_dim: int | None,
         groups: int,
         create_scale: bool = True,
         create_offset: bool = True,
@@ -237,18 +264,35 @@ class GroupNorm(Module):
     ) -> None:
         super().__init__()
         cls = type(self).__name__
-        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.in_dim = None  # set by _build
         self.groups = v.positive_int(cls, "groups", groups)
-        if self.in_dim % self.groups:
-            raise ValueError(
-                f"{cls}: in_dim={in_dim} must be divisible by groups={groups}; change in_dim or "
-                "groups."
-            )
         self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
         self.data_format = v.data_format(cls, data_format)
-        _scale_offset(
-            self, rng_key, (self.in_dim,), create_scale, create_offset, scale_init, offset_init
+        self._setup(
+            in_dim,
+            rng_key,
+            create_scale=create_scale,
+            create_offset=create_offset,
+            scale_init=scale_init,
+            offset_init=offset_init,
         )
+
+    def _build(self, in_dim: int, key: jax.Array, **init_args: Any) -> None:
+        cls = type(self).__name__
+        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        if self.in_dim % self.groups:
+            raise ValueError(
+                f"{cls}: in_dim={in_dim} must be divisible by groups={self.groups}; change "
+                f"in_dim or groups."
+            )
+        _scale_offset(self, key, (self.in_dim,), **init_args)
+
+    def _placeholder_size(self) -> int:
+        return self.groups
+
+    def _input_size(self, x: Any, **kwargs: Any) -> int:
+        shape = jnp.shape(x)
+        return int(shape[-1] if self.channels_last or len(shape) < 2 else shape[1])
 
     @property
     def channels_last(self) -> bool:
@@ -256,6 +300,7 @@ class GroupNorm(Module):
         return self.data_format == v.CHANNELS_LAST
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        self._lazy_check(x)
         cls = type(self).__name__
         x = jnp.asarray(x)
         if x.ndim < 2:

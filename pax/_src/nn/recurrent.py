@@ -11,10 +11,10 @@ import numpy as np
 
 from pax._src.core import registry
 from pax._src.core.module import Module
-from pax._src.core.rng import resolve_rng_key
 from pax._src.core.structure import check_same_structure
 from pax._src.nn import _validate as v
 from pax._src.nn import initializers
+from pax._src.nn._lazy import LazyLayer
 from pax._src.nn.initializers import Initializer
 from pax._src.nn.linear import pickle_functions, unpickle_functions
 
@@ -50,7 +50,14 @@ def _check(cls: str, x: jax.Array, in_dim: int, state: jax.Array, hidden_dim: in
         )
 
 
-class LSTM(Module):
+class _Cell(LazyLayer):
+    """The recurrent cells: the input size is the last axis of the first argument."""
+
+    def _input_size(self, x: Any, *args: Any, **kwargs: Any) -> int:
+        return int(jnp.shape(x)[-1])
+
+
+class LSTM(_Cell):
     """A long short-term memory cell, numerically as Haiku's ``hk.LSTM``.
 
     ``gates = x @ weight_ih + h @ weight_hh + bias`` is split into the input, candidate,
@@ -59,7 +66,8 @@ class LSTM(Module):
     Haiku's single weight over ``concat([x, h])`` is ``concat([weight_ih, weight_hh])``.
 
     Args:
-      in_dim: size of the input vectors.
+      in_dim: size of the input vectors; None to take it from a first input (see
+        `pax.Module.lazy_init`).
       hidden_dim: size of the hidden and cell states.
       w_init: initializer of both weights; default (as Haiku) a normal truncated at 2 std
         with std parameter ``1 / sqrt(in_dim + hidden_dim)``.
@@ -83,7 +91,7 @@ class LSTM(Module):
 
     def __init__(
         self,
-        in_dim: int,
+        in_dim: int | None,
         hidden_dim: int,
         w_init: Initializer | None = None,
         b_init: Initializer | None = None,
@@ -92,11 +100,18 @@ class LSTM(Module):
     ) -> None:
         super().__init__()
         cls = type(self).__name__
-        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.in_dim = None  # set by _build
         self.hidden_dim = v.positive_int(cls, "hidden_dim", hidden_dim)
+        self._setup(in_dim, rng_key, w_init=w_init, b_init=b_init)
+
+    def _build(
+        self, in_dim: int, key: jax.Array, w_init: Initializer | None, b_init: Initializer | None
+    ) -> None:
+        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
+        hidden_dim = self.hidden_dim
         w_init = w_init or initializers.truncated_normal(1.0 / np.sqrt(in_dim + hidden_dim))
         b_init = b_init or initializers.zeros
-        k1, k2, k3 = jax.random.split(resolve_rng_key(rng_key), 3)
+        k1, k2, k3 = jax.random.split(key, 3)
         self.register_parameter("weight_ih", w_init(k1, (in_dim, 4 * hidden_dim), jnp.float32))
         self.register_parameter("weight_hh", w_init(k2, (hidden_dim, 4 * hidden_dim), jnp.float32))
         self.register_parameter("bias", b_init(k3, (4 * hidden_dim,), jnp.float32))
@@ -104,6 +119,7 @@ class LSTM(Module):
     def __call__(
         self, x: jax.Array, state: LSTMState | tuple[jax.Array, jax.Array]
     ) -> tuple[jax.Array, LSTMState | tuple[jax.Array, jax.Array]]:
+        self._lazy_check(x, state)
         h, c = state
         _check(type(self).__name__, x, self.in_dim, h, self.hidden_dim)
         gates = jnp.dot(x, self.weight_ih) + jnp.dot(h, self.weight_hh)
@@ -125,7 +141,7 @@ class LSTM(Module):
         return LSTMState(zeros, zeros)
 
 
-class GRU(Module):
+class GRU(_Cell):
     """A gated recurrent unit (Cho et al., 2014), numerically as Haiku's ``hk.GRU``.
 
     The weights are ``weight_ih`` ``(in_dim, 3 * hidden_dim)``, ``weight_hh``
@@ -133,7 +149,8 @@ class GRU(Module):
     ``w_h``, ``b``), the columns ordered update, reset, candidate.
 
     Args:
-      in_dim: size of the input vectors.
+      in_dim: size of the input vectors; None to take it from a first input (see
+        `pax.Module.lazy_init`).
       hidden_dim: size of the state.
       w_i_init: initializer of ``weight_ih``; default ``variance_scaling()`` (as Haiku).
       w_h_init: initializer of ``weight_hh``; default ``variance_scaling()``.
@@ -156,7 +173,7 @@ class GRU(Module):
 
     def __init__(
         self,
-        in_dim: int,
+        in_dim: int | None,
         hidden_dim: int,
         w_i_init: Initializer | None = None,
         w_h_init: Initializer | None = None,
@@ -166,12 +183,17 @@ class GRU(Module):
     ) -> None:
         super().__init__()
         cls = type(self).__name__
-        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.in_dim = None  # set by _build
         self.hidden_dim = v.positive_int(cls, "hidden_dim", hidden_dim)
-        w_i_init = w_i_init or initializers.variance_scaling()
-        w_h_init = w_h_init or initializers.variance_scaling()
-        b_init = b_init or initializers.zeros
-        k1, k2, k3 = jax.random.split(resolve_rng_key(rng_key), 3)
+        self._setup(in_dim, rng_key, w_i_init=w_i_init, w_h_init=w_h_init, b_init=b_init)
+
+    def _build(self, in_dim: int, key: jax.Array, **inits: Initializer | None) -> None:
+        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
+        hidden_dim = self.hidden_dim
+        w_i_init = inits["w_i_init"] or initializers.variance_scaling()
+        w_h_init = inits["w_h_init"] or initializers.variance_scaling()
+        b_init = inits["b_init"] or initializers.zeros
+        k1, k2, k3 = jax.random.split(key, 3)
         self.register_parameter("weight_ih", w_i_init(k1, (in_dim, 3 * hidden_dim), jnp.float32))
         self.register_parameter(
             "weight_hh", w_h_init(k2, (hidden_dim, 3 * hidden_dim), jnp.float32)
@@ -179,6 +201,7 @@ class GRU(Module):
         self.register_parameter("bias", b_init(k3, (3 * hidden_dim,), jnp.float32))
 
     def __call__(self, x: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
+        self._lazy_check(x, state)
         _check(type(self).__name__, x, self.in_dim, state, self.hidden_dim)
         n = 2 * self.hidden_dim
         w_h_z, w_h_a = jnp.split(self.weight_hh, [n], axis=1)
@@ -196,13 +219,14 @@ class GRU(Module):
         return _zeros(self.hidden_dim, batch_size)
 
 
-class VanillaRNN(Module):
+class VanillaRNN(_Cell):
     """A simple RNN ``h' = activation(x @ weight_ih + bias + h @ weight_hh [+ bias_hh])``.
 
     Numerically Haiku's ``hk.VanillaRNN`` (relu, two biases by default).
 
     Args:
-      in_dim: size of the input vectors.
+      in_dim: size of the input vectors; None to take it from a first input (see
+        `pax.Module.lazy_init`).
       hidden_dim: size of the state.
       double_bias: also learn a bias ``bias_hh`` on the hidden-to-hidden path (as Haiku).
       activation: the nonlinearity; default ``jax.nn.relu`` (as Haiku).
@@ -225,7 +249,7 @@ class VanillaRNN(Module):
 
     def __init__(
         self,
-        in_dim: int,
+        in_dim: int | None,
         hidden_dim: int,
         double_bias: bool = True,
         activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
@@ -234,13 +258,18 @@ class VanillaRNN(Module):
     ) -> None:
         super().__init__()
         cls = type(self).__name__
-        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+        self.in_dim = None  # set by _build
         self.hidden_dim = v.positive_int(cls, "hidden_dim", hidden_dim)
         if not callable(activation):
             raise TypeError(f"{cls}: activation must be callable, got {activation!r}.")
         self.activation = activation
         self.double_bias = v.boolean(cls, "double_bias", double_bias)
-        k1, k2 = jax.random.split(resolve_rng_key(rng_key))
+        self._setup(in_dim, rng_key)
+
+    def _build(self, in_dim: int, key: jax.Array) -> None:
+        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
+        hidden_dim = self.hidden_dim
+        k1, k2 = jax.random.split(key)
         w_ih = initializers.truncated_normal(1.0 / np.sqrt(in_dim))(
             k1, (in_dim, hidden_dim), jnp.float32
         )
@@ -262,6 +291,7 @@ class VanillaRNN(Module):
         super().__setstate__(unpickle_functions(state))
 
     def __call__(self, x: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
+        self._lazy_check(x, state)
         _check(type(self).__name__, x, self.in_dim, state, self.hidden_dim)
         hidden = jnp.dot(state, self.weight_hh)
         if self.bias_hh is not None:
