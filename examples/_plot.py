@@ -8,14 +8,12 @@ import sys
 from collections.abc import Sequence
 
 
-def default_path(plot: str | None, checkpoint: str, name: str) -> str:
-    """``--plot``: the given path, or (None) the checkpoint's path with ``.png``, or
-    ``checkpoints/<name>.png`` when no checkpoint is written; '' means no plot."""
+def default_path(plot: str | None, checkpoint: str) -> str:
+    """``--plot``: the given path, or (None) the checkpoint's path with ``.png`` (no plot when
+    no checkpoint is written: ``--checkpoint ''``); '' means no plot."""
     if plot is not None:
         return plot
-    if checkpoint:
-        return os.path.splitext(checkpoint)[0] + ".png"
-    return os.path.join("checkpoints", f"{name}.png")
+    return os.path.splitext(checkpoint)[0] + ".png" if checkpoint else ""
 
 
 def save_curves(path: str, title: str, panels: Sequence[tuple[str, str, Sequence[float]]]) -> bool:

@@ -255,7 +255,7 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
         pax.save(args.checkpoint, (model, optimizer))
         print(f"checkpoint written to {args.checkpoint}", file=sys.stderr)
     losses = [float(x) for x in jax.device_get(losses)]
-    plot = _plot.default_path(args.plot, args.checkpoint, "char_rnn")
+    plot = _plot.default_path(args.plot, args.checkpoint)
     _plot.save_curves(plot, "char_rnn", [("step", "train loss", losses)])
     return {"model": model, "optimizer": optimizer, "losses": losses, "plot": plot}
 

@@ -340,7 +340,7 @@ def run(
         pax.save(args.checkpoint, model)
         print(f"checkpoint written to {args.checkpoint}", file=sys.stderr)
     losses = [float(x) for x in jax.device_get(losses)]
-    plot = _plot.default_path(args.plot, args.checkpoint, "mnist")
+    plot = _plot.default_path(args.plot, args.checkpoint)
     _plot.save_curves(
         plot, "MNIST", [("step", "train loss", losses), ("epoch", "test accuracy", accuracies)]
     )

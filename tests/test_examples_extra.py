@@ -45,10 +45,10 @@ def _check_plot(path: Path, err: str) -> None:
 
 
 def test_plot_path_defaults_next_to_the_checkpoint():
-    assert plot.default_path(None, "ckpt/mnist.npz", "mnist") == "ckpt/mnist.png"
-    assert plot.default_path(None, "", "mnist") == "checkpoints/mnist.png"
-    assert plot.default_path("a.png", "ckpt/mnist.npz", "mnist") == "a.png"
-    assert plot.default_path("", "ckpt/mnist.npz", "mnist") == ""
+    assert plot.default_path(None, "ckpt/mnist.npz") == "ckpt/mnist.png"
+    assert plot.default_path(None, "") == ""  # --checkpoint '': nothing written
+    assert plot.default_path("a.png", "ckpt/mnist.npz") == "a.png"
+    assert plot.default_path("", "ckpt/mnist.npz") == ""
     assert mnist.parse_args([]).plot is None and char_rnn.parse_args([]).plot is None
 
 
