@@ -212,3 +212,16 @@ def test_recurrent_cells_accept_none(make):
     lazy = make(None, 4)
     lazy = lazy.lazy_init(jnp.ones((2, 3)), lazy.initial_state(2))
     assert_same(lazy, eager)
+
+
+def test_lazy_init_runs_the_forward_pass_abstractly():
+    seen = []
+
+    def spy(x):
+        seen.append(isinstance(x, jax.core.Tracer))
+        return x
+
+    model = pax.nn.Sequential(pax.nn.Linear(None, 4), pax.nn.Lambda(spy), pax.nn.Linear(None, 2))
+    model = model.lazy_init(jnp.ones((1, 3)))
+    assert seen == [True]  # one traced call, nothing computed eagerly
+    assert model[2].weight.shape == (4, 2)
