@@ -51,6 +51,8 @@ TABLE = [
     Row("Linear", lambda: nn.Linear(3, 4), lambda: _x(2, 3), WB),
     Row("Linear_nobias", lambda: nn.Linear(3, 4, with_bias=False), lambda: _x(2, 3), {".weight"}),
     Row("Identity", nn.Identity, lambda: _x(2, 3), set()),
+    Row("Flatten", nn.Flatten, lambda: _x(2, 3, 4), set()),
+    Row("Reshape", lambda: nn.Reshape((4, 3)), lambda: _x(2, 3, 4), set()),
     Row("Lambda", lambda: nn.Lambda(jax.nn.relu), lambda: _x(2, 3), set()),
     Row(
         "Sequential",
