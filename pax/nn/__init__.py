@@ -32,6 +32,7 @@ from pax._src.nn.reshape import Flatten as Flatten
 from pax._src.nn.reshape import Reshape as Reshape
 from pax._src.nn.sequential import MLP as MLP
 from pax._src.nn.sequential import Sequential as Sequential
+from pax._src.nn.stack import Stack as Stack
 
 __all__ = [
     "EMA",
@@ -62,6 +63,7 @@ __all__ = [
     "RMSNorm",
     "Reshape",
     "Sequential",
+    "Stack",
     "VanillaRNN",
     "avg_pool",
     "dynamic_unroll",
