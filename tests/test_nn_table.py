@@ -47,11 +47,30 @@ class Row:
 
 
 WB = {".weight", ".bias"}
+
+
+def _stack_layer(key):
+    return nn.Linear(3, 3, rng_key=key)
+
+
 TABLE = [
     Row("Linear", lambda: nn.Linear(3, 4), lambda: _x(2, 3), WB),
     Row("Linear_nobias", lambda: nn.Linear(3, 4, with_bias=False), lambda: _x(2, 3), {".weight"}),
     Row("Identity", nn.Identity, lambda: _x(2, 3), set()),
     Row("Flatten", nn.Flatten, lambda: _x(2, 3, 4), set()),
+    Row(
+        "Stack",
+        lambda: nn.Stack(_stack_layer, 2),
+        lambda: _x(2, 3),
+        {".stacked.weight", ".stacked.bias"},
+    ),
+    Row(
+        "Stack_BatchNorm_remat",
+        lambda: nn.Stack(lambda k: nn.BatchNorm(3, rng_key=k), 2, remat=True),
+        lambda: _x(4, 3),
+        {".stacked.scale", ".stacked.offset"},
+        train_dependent=True,
+    ),
     Row("Reshape", lambda: nn.Reshape((4, 3)), lambda: _x(2, 3, 4), set()),
     Row("Lambda", lambda: nn.Lambda(jax.nn.relu), lambda: _x(2, 3), set()),
     Row(

@@ -131,6 +131,7 @@ _REQUIRED = {
     "GroupNorm": dict(in_dim=4, groups=2),
     "VanillaRNN": dict(in_dim=2, hidden_dim=3),
     "MLP": dict(dims=[2, 3]),
+    "Stack": dict(make_layer=lambda k: nn.Linear(2, 2, rng_key=k), n=2),
 }
 _NOT_HERE: set[str] = set()
 
