@@ -95,22 +95,22 @@ def _from_idx(data_dir: Path) -> dict[str, np.ndarray]:
 
 
 def _from_tfds() -> dict[str, np.ndarray] | None:
+    """MNIST through ``tfds.data_source`` (random access, no TensorFlow needed)."""
     try:
         import tensorflow_datasets as tfds
     except ImportError:
         return None
+    out = {}
     try:
-        splits = tfds.load("mnist", split=["train", "test"], batch_size=-1, as_supervised=True)
-    except Exception as err:  # no network, no cached copy, ...
+        for split in ("train", "test"):
+            source = tfds.data_source("mnist", split=split)
+            examples = [source[i] for i in range(len(source))]
+            out[f"{split}_images"] = np.stack([np.asarray(e["image"])[..., 0] for e in examples])
+            out[f"{split}_labels"] = np.asarray([e["label"] for e in examples])
+    except Exception as err:  # no network, no prepared copy, ...
         print(f"tensorflow_datasets could not load mnist: {err}", file=sys.stderr)
         return None
-    (x_train, y_train), (x_test, y_test) = tfds.as_numpy(splits)
-    return {
-        "train_images": x_train[..., 0],
-        "train_labels": y_train,
-        "test_images": x_test[..., 0],
-        "test_labels": y_test,
-    }
+    return out
 
 
 def load_mnist(data_dir: str | None) -> dict[str, np.ndarray]:
