@@ -379,8 +379,8 @@ def _mismatch_message(
     if mismatched:
         fixes.append(
             "build `like` with the same sizes and dtypes as the saved model, load, then change "
-            "it (e.g. replace a layer, or cast with jax.tree_util.tree_map(lambda x: "
-            "x.astype(jnp.bfloat16), model))"
+            "it (e.g. replace a layer, or cast it with model.astype(jnp.bfloat16), which "
+            "casts the floating-point leaves and keeps integer counters and RNG keys)"
         )
     if not fixes:
         fixes.append("pass a `like` built like the saved tree")

@@ -12,15 +12,12 @@ from typing import Any, TypeVar
 
 import jax
 
-from pax._src.core import lazy, pytree, registry, select
+from pax._src.core import lazy, pytree, registry, select, transform
 from pax._src.core.assignment import AssignmentRules, init_registry
 from pax._src.core.registry import Kind, Registered
 from pax._src.core.summary import module_repr, summary, treescope_repr
 from pax._src.core.tracing import is_wrapped, wrap_call
-from pax._src.core.validate import (
-    as_jax,
-    kind_after_registration,
-)
+from pax._src.core.validate import as_jax, kind_after_registration
 from pax._src.core.views import (
     ONLY_PARAMETERS,
     ONLY_STATES,
@@ -326,6 +323,9 @@ class Module(AssignmentRules):
           (False, True)
         """
         return jax.tree_util.tree_map(lambda x: x, self)
+
+    apply = transform.apply  # post-order map over the submodules (docs in transform.py)
+    astype = transform.astype  # casts the floating-point leaves only (docs in transform.py)
 
     def submodules(self) -> list[Module]:
         """Returns the direct submodules, in flatten order.
