@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 import jax
 
-from pax._src.core import pytree, registry, tracing
-from pax._src.core.registry import Kind, Layout, is_module
+from pax._src.core import registry
+from pax._src.core.registry import Kind, Layout
 from pax._src.core.views import ONLY_PARAMETERS, ONLY_STATES, rebuild
 
 T = TypeVar("T")
@@ -189,35 +189,7 @@ def set_frozen(module: T, where: Where, frozen: bool) -> T:
             if new is not layout:
                 registry.set_layout(d, new)
 
-    result = _rebuild_at(module, visit, "")
+    result = rebuild(module, visit, with_paths=True)
     if not found:
         raise _nothing_selected(owner, where, "parameter", paths)
     return result
-
-
-Visit = Callable[[dict, Layout, str], None]
-
-
-def _rebuild_at(module: T, visit: Visit, prefix: str) -> T:
-    """`views.rebuild` that also gives `visit` the key path of each module (``".blocks[0]"``)."""
-    pytree.ensure_promoted(module)
-    tracing.check_pending()
-    d = dict(module.__dict__)
-    registry.drop_flat(d)
-    layout = registry.layout_in(d)
-    for name, kind in layout.module_children:
-        if kind is Kind.MODULE:
-            if d[name] is not None:
-                d[name] = _rebuild_at(d[name], visit, f"{prefix}.{name}")
-        else:
-            d[name] = jax.tree_util.tree_map_with_path(
-                lambda p, m, name=name: _rebuild_at(
-                    m, visit, f"{prefix}.{name}{jax.tree_util.keystr(p)}"
-                ),
-                d[name],
-                is_leaf=is_module,
-            )
-    visit(d, layout, prefix)
-    new = object.__new__(type(module))
-    new.__dict__.update(d)
-    return new

@@ -108,17 +108,18 @@ def check_pending() -> None:
         PENDING.clear()
     for ref, where in pending:
         module = ref()
-        if module is None or _holds_tracers(module):
+        if module is None or _first_tracer(module) is not None:
             raise RuntimeError(_NOT_RETURNED.format(where=where) + LEAK_FIX)
 
 
-def _holds_tracers(module: Any) -> bool:
+def _first_tracer(module: Any) -> str | None:
+    """``Class.attribute[path]`` of the first tracer held by `module`, or None."""
     d = module.__dict__
-    return any(
-        isinstance(leaf, Tracer)
-        for child in registry.layout_in(d).children
-        for leaf in jax.tree_util.tree_leaves(d[child])
-    )
+    for name in registry.layout_in(d).children:
+        for path, leaf in jax.tree_util.tree_leaves_with_path(d[name]):
+            if isinstance(leaf, Tracer):
+                return f"{type(module).__name__}.{name}{jax.tree_util.keystr(path)}"
+    return None
 
 
 def check_no_leaked_tracers(module: Any) -> None:
@@ -135,15 +136,13 @@ def check_no_leaked_tracers(module: Any) -> None:
             f"loss, model, opt = update_fn(model, opt, batch)."
         )
     flattened_in_trace(module)  # reported here (or clean): no longer pending
-    for name in registry.layout_in(d).children:
-        for path, leaf in jax.tree_util.tree_leaves_with_path(d[name]):
-            if isinstance(leaf, Tracer):
-                raise RuntimeError(
-                    f"{type(module).__name__}.{name}{jax.tree_util.keystr(path)} holds a JAX "
-                    f"tracer from a transformation (jax.jit, jax.grad, jax.vmap, ...) that has "
-                    f"already returned: the module was modified inside it and used afterwards. "
-                    f"{LEAK_FIX}"
-                )
+    where = _first_tracer(module)
+    if where is not None:
+        raise RuntimeError(
+            f"{where} holds a JAX tracer from a transformation (jax.jit, jax.grad, jax.vmap, "
+            f"...) that has already returned: the module was modified inside it and used "
+            f"afterwards. {LEAK_FIX}"
+        )
     registry.clear_traced(d)
 
 

@@ -1,7 +1,7 @@
 """`Module.apply` and `Module.astype`: whole-tree transformations that return a new tree.
 
-`apply` copies each module as `views.rebuild` does (a fresh object per module, arrays shared)
-but calls a user function on every copy, children first, so the function may replace a module
+`apply` copies the tree with `views.rebuild` (a fresh object per module, arrays shared) and
+calls a user function on every copy, children first, so the function may replace a module
 by another one. `astype` maps over the leaves with `jax.tree_util.tree_map`, which builds the
 new modules by unflattening: the dtype rule of registered states (`validate.check_state_dtype`)
 guards assignments, not this deliberate cast.
@@ -15,30 +15,18 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 
-from pax._src.core import pytree, registry, tracing
-from pax._src.core.registry import Kind, is_module
+from pax._src.core.registry import is_module
+from pax._src.core.views import rebuild
 
 T = TypeVar("T")
 
 
-def _apply(module: Any, fn: Callable[[Any], Any]) -> Any:
-    pytree.ensure_promoted(module)
-    tracing.check_pending()
-    d = dict(module.__dict__)
-    registry.drop_flat(d)
-    for name, kind in registry.layout_in(d).module_children:
-        if kind is Kind.MODULE:
-            if d[name] is not None:
-                d[name] = _apply(d[name], fn)
-        else:
-            d[name] = jax.tree_util.tree_map(lambda m: _apply(m, fn), d[name], is_leaf=is_module)
-    new = object.__new__(type(module))
-    new.__dict__.update(d)  # a fresh copy, as in views.rebuild
+def _checked(fn: Callable[[Any], Any], new: Any) -> Any:
     out = fn(new)
     if not is_module(out):
         raise TypeError(
             f"apply: the function returned {out!r} of type {type(out).__name__} for a "
-            f"{type(module).__name__}; it must return a pax.Module. Fix: return the module "
+            f"{type(new).__name__}; it must return a pax.Module. Fix: return the module "
             f"itself when there is nothing to change, e.g. lambda m: m.eval() if "
             f"isinstance(m, pax.nn.Dropout) else m."
         )
@@ -69,7 +57,7 @@ def apply(module: Any, fn: Callable[[Any], Any]) -> Any:
       ...
       TypeError: apply: the function returned 'Linear' of type str for a Linear; ...
     """
-    return _apply(module, fn)
+    return rebuild(module, None, finish=lambda new: _checked(fn, new))
 
 
 def _floating_dtype(dtype: Any) -> Any:

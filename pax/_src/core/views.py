@@ -18,7 +18,7 @@ from pax._src.describe import describe
 
 T = TypeVar("T")
 
-Visit = Callable[[dict, Layout], None]
+Visit = Callable[[dict, Layout, str], None]
 
 
 class _LeafMismatch(Exception):
@@ -135,7 +135,7 @@ def keep_only(keep: frozenset) -> Visit:
                 todo.append((name, kind))
         return tuple(todo)
 
-    def visit(d: dict, layout: Layout) -> None:
+    def visit(d: dict, layout: Layout, _path: str) -> None:
         todo = cache.get(layout)
         if todo is None:
             todo = cache[layout] = work(layout)
@@ -152,7 +152,7 @@ ONLY_STATES = keep_only(registry.NON_TRAINABLE)
 def map_kinds(mapping: dict[Kind, Kind]) -> Visit:
     """A visit that replaces each kind through `mapping` (e.g. `registry.FREEZE`)."""
 
-    def visit(d: dict, layout: Layout) -> None:
+    def visit(d: dict, layout: Layout, _path: str) -> None:
         new = layout.map_kinds(mapping)
         if new is not layout:
             registry.set_layout(d, new)
@@ -163,7 +163,7 @@ def map_kinds(mapping: dict[Kind, Kind]) -> Visit:
 def set_training(flag: bool) -> Visit:
     """A visit that sets the static `training` flag."""
 
-    def visit(d: dict, layout: Layout) -> None:
+    def visit(d: dict, layout: Layout, _path: str) -> None:
         if d.get("training") is not flag or "training" not in layout.static:
             d["training"] = flag
             registry.set_layout(d, layout.with_static("training"))
@@ -171,22 +171,63 @@ def set_training(flag: bool) -> Visit:
     return visit
 
 
-def rebuild(module: T, visit: Visit) -> T:
-    """Copies `module` and its submodules, letting `visit` edit each copy's attribute dict."""
+def rebuild(
+    module: T,
+    visit: Visit | None,
+    *,
+    finish: Callable[[Any], Any] | None = None,
+    with_paths: bool = False,
+) -> T:
+    """Copies `module` and its submodules (arrays shared), children before parents.
+
+    The one copy walker of the core: the views, ``freeze(where=...)`` and `Module.apply` all
+    go through it.
+
+    Args:
+      module: the root module.
+      visit: ``visit(d, layout, key_path)`` edits each copy's attribute dict before the copy is
+        made; ``key_path`` is the module's key path from the root (``".blocks[0]"``) with
+        `with_paths`, else ``""``.
+      finish: called on each new module (children first); its result replaces the module.
+      with_paths: compute the key paths given to `visit` (costs a key path per submodule).
+
+    Returns:
+      The new root (or what `finish` returned for it).
+    """
+    tracing.check_pending()  # once per view, not per submodule
+    return _copy(module, visit, finish, with_paths, "")
+
+
+def _copy(
+    module: Any,
+    visit: Visit | None,
+    finish: Callable[[Any], Any] | None,
+    with_paths: bool,
+    prefix: str,
+) -> Any:
     pytree.ensure_promoted(module)  # the layout flatten would use (static lists filled later)
-    tracing.check_pending()
     d = dict(module.__dict__)
     registry.drop_flat(d)
     layout = registry.layout_in(d)
     for name, kind in layout.module_children:
+        here = f"{prefix}.{name}" if with_paths else ""
         if kind is Kind.MODULE:
             if d[name] is not None:
-                d[name] = rebuild(d[name], visit)
+                d[name] = _copy(d[name], visit, finish, with_paths, here)
+        elif with_paths:
+            d[name] = jax.tree_util.tree_map_with_path(
+                lambda p, m, here=here: _copy(
+                    m, visit, finish, True, here + jax.tree_util.keystr(p)
+                ),
+                d[name],
+                is_leaf=is_module,
+            )
         else:
             d[name] = jax.tree_util.tree_map(
-                lambda m: rebuild(m, visit), d[name], is_leaf=is_module
+                lambda m: _copy(m, visit, finish, False, ""), d[name], is_leaf=is_module
             )
-    visit(d, layout)
+    if visit is not None:
+        visit(d, layout, prefix)
     new = object.__new__(type(module))
     new.__dict__.update(d)
-    return new
+    return new if finish is None else finish(new)
