@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Initializer = Callable[[jax.Array, Sequence[int], Any], jax.Array]
+from pax._src.nn.initializer_forms import Initializer as Initializer
+from pax._src.nn.initializer_forms import resolve as resolve
 
 # std of a standard normal truncated to [-2, 2] (scipy.stats.truncnorm.std(-2, 2))
 _TRUNCATED_STD = 0.87962566103423978
