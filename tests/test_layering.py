@@ -22,8 +22,11 @@ ALLOWED = {
     "optim": {"base", "core", "optim"},
     "checkpoint": {"base", "core", "checkpoint"},
     "training": {"base", "core", "optim", "training"},
-    "haiku": {"base", "core", "haiku"},
+    "haiku": {"base", "core", "nn", "haiku"},  # native twins of the Haiku layers
     "metrics": {"base", "core", "metrics"},
+    "sharding": {"base", "core", "nn", "optim", "sharding"},
+    "distributed": {"base", "distributed"},
+    "launch": {"base", "distributed", "launch"},
 }
 
 

@@ -55,7 +55,7 @@ class AssignmentRules(Registered):
         elif kind in registry.LEAF_KINDS:
             check_leaf(self, name, kind, value, allow_none=True)
             if kind is Kind.STATE:
-                check_state_dtype(self, name, d.get(name), value)
+                value = check_state_dtype(self, name, d.get(name), value)
             d[name] = value
             d.pop(_FLAT_KEY, None)
             if isinstance(value, Tracer):

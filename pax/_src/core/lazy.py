@@ -338,3 +338,41 @@ def _finish(
             f"on its own: model.part = model.part.{who}(example_input)."
         )
     return result
+
+
+M = TypeVar("M")
+
+
+def hk_init(self: M, *args: Any, enable_jit: bool = False, **kwargs: Any) -> M:
+    """Initializes every `pax.from_haiku` submodule by calling the model on dummy inputs.
+
+    Returns a new, initialized model; see `pax.from_haiku` and `pax.haiku.hk_init`. A
+    model without such modules is returned copied.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> net = pax.nn.Linear(2, 3)
+      >>> net.hk_init(jnp.ones((1, 2))) is net
+      False
+    """
+    rng_key = kwargs.pop("rng_key", None)
+    mode = "jit" if enable_jit else "eager"
+    return initialize(self, args, kwargs, mode=mode, who="hk_init", rng_key=rng_key)
+
+def lazy_init(self: M, *args: Any, rng_key: jax.Array | None = None, **kwargs: Any) -> M:
+    """Initializes every lazy layer (input size None) and `pax.from_haiku` module at once.
+
+    Runs the forward pass on the example inputs abstractly (`jax.eval_shape`: nothing is
+    computed), then creates each lazy module's parameters from the shapes it received.
+    Returns a new model and leaves this one unchanged. A native layer uses the key it drew
+    when built, so it gets the same weights as the layer built with its input size; the
+    `pax.from_haiku` modules draw theirs from `rng_key` (default `pax.next_rng_key()`).
+    Raises `ValueError` if the forward pass did not reach some uninitialized lazy module.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> net = pax.nn.Linear(None, 3).lazy_init(jnp.ones((1, 2)))
+      >>> net.weight.shape
+      (2, 3)
+    """
+    return initialize(self, args, kwargs, mode="abstract", rng_key=rng_key)

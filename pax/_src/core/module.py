@@ -12,12 +12,12 @@ from typing import Any, TypeVar
 
 import jax
 
-from pax._src.core import lazy, pytree, registry, select, transform
+from pax._src.core import lazy, precision, pytree, registry, select, transform
 from pax._src.core.assignment import AssignmentRules, init_registry
 from pax._src.core.registry import Kind, Registered
 from pax._src.core.summary import module_repr, summary, treescope_repr
 from pax._src.core.tracing import is_wrapped, wrap_call
-from pax._src.core.validate import as_jax, kind_after_registration
+from pax._src.core.validate import as_jax, kind_after_registration, module_name
 from pax._src.core.views import (
     ONLY_PARAMETERS,
     ONLY_STATES,
@@ -67,9 +67,12 @@ class Module(AssignmentRules):
     """
 
     training: bool = True
+    name: str | None = None  # shown by repr and summary; None: the class name only
 
-    def __init__(self) -> None:
+    def __init__(self, *, name: str | None = None) -> None:
         init_registry(self)
+        if name is not None:
+            self.name = module_name(self, name)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -326,6 +329,8 @@ class Module(AssignmentRules):
 
     apply = transform.apply  # post-order map over the submodules (docs in transform.py)
     astype = transform.astype  # casts the floating-point leaves only (docs in transform.py)
+    mixed_precision = precision.mixed_precision  # calls under a jmp.Policy (docs in precision.py)
+    unwrap_mixed_precision = precision.unwrap_mixed_precision
 
     def submodules(self) -> list[Module]:
         """Returns the direct submodules, in flatten order.
@@ -342,39 +347,8 @@ class Module(AssignmentRules):
             out.extend(jax.tree_util.tree_leaves(d[name], is_leaf=registry.is_module))
         return out
 
-    def hk_init(self: T, *args: Any, enable_jit: bool = False, **kwargs: Any) -> T:
-        """Initializes every `pax.from_haiku` submodule by calling the model on dummy inputs.
-
-        Returns a new, initialized model; see `pax.from_haiku` and `pax.haiku.hk_init`. A
-        model without such modules is returned copied.
-
-        Example:
-          >>> import jax.numpy as jnp, pax
-          >>> net = pax.nn.Linear(2, 3)
-          >>> net.hk_init(jnp.ones((1, 2))) is net
-          False
-        """
-        rng_key = kwargs.pop("rng_key", None)
-        mode = "jit" if enable_jit else "eager"
-        return lazy.initialize(self, args, kwargs, mode=mode, who="hk_init", rng_key=rng_key)
-
-    def lazy_init(self: T, *args: Any, rng_key: jax.Array | None = None, **kwargs: Any) -> T:
-        """Initializes every lazy layer (input size None) and `pax.from_haiku` module at once.
-
-        Runs the forward pass on the example inputs abstractly (`jax.eval_shape`: nothing is
-        computed), then creates each lazy module's parameters from the shapes it received.
-        Returns a new model and leaves this one unchanged. A native layer uses the key it drew
-        when built, so it gets the same weights as the layer built with its input size; the
-        `pax.from_haiku` modules draw theirs from `rng_key` (default `pax.next_rng_key()`).
-        Raises `ValueError` if the forward pass did not reach some uninitialized lazy module.
-
-        Example:
-          >>> import jax.numpy as jnp, pax
-          >>> net = pax.nn.Linear(None, 3).lazy_init(jnp.ones((1, 2)))
-          >>> net.weight.shape
-          (2, 3)
-        """
-        return lazy.initialize(self, args, kwargs, mode="abstract", rng_key=rng_key)
+    hk_init = lazy.hk_init  # initializes the pax.from_haiku submodules (docs in lazy.py)
+    lazy_init = lazy.lazy_init  # initializes lazy layers from example inputs (docs in lazy.py)
 
     def summary(self, *example_inputs: Any, **kwargs: Any) -> str:
         """Returns a table of the submodules: counts, bytes, and with example inputs (arrays or

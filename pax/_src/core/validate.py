@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import types
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -56,12 +59,32 @@ def _check_inexact(module: Any, where: str, value: Any, subtree: bool) -> None:
     )
 
 
-def check_state_dtype(module: Any, name: str, old: Any, value: Any) -> None:
-    """A registered state keeps the dtype it was registered with."""
+_CASTING = threading.local()
+
+
+@contextlib.contextmanager
+def casting_states() -> Iterator[None]:
+    """Inside (a mixed-precision call), a floating-point value assigned to a floating-point
+    state is cast to the state's dtype instead of refused."""
+    _CASTING.depth = getattr(_CASTING, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _CASTING.depth -= 1
+
+
+def check_state_dtype(module: Any, name: str, old: Any, value: Any) -> Any:
+    """A registered state keeps the dtype it was registered with; returns the value to store."""
     old_dtype = getattr(old, "dtype", None)
     new_dtype = getattr(value, "dtype", None)
     if old_dtype is None or new_dtype is None or old_dtype == new_dtype:
-        return
+        return value
+    if (
+        getattr(_CASTING, "depth", 0)
+        and jnp.issubdtype(old_dtype, jnp.floating)
+        and jnp.issubdtype(new_dtype, jnp.floating)
+    ):
+        return jnp.asarray(value, old_dtype)
     raise TypeError(
         f"{type(module).__name__}.{name}: this state was registered as {old_dtype}, the value "
         f"assigned is {new_dtype} ({describe(value)}); a state keeps its dtype (a silent "
@@ -305,3 +328,13 @@ def kind_after_registration(module: Any, name: str, value: Any, layout: Layout, 
     if old is not None and old is not kind and FAMILY[old] == FAMILY[kind]:
         return old  # re-registering a frozen parameter keeps it frozen
     return kind
+
+
+def module_name(module: Any, name: Any) -> str:
+    """Checks the ``name=`` given to a module: a non-empty string."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(
+            f"{type(module).__name__}: name must be a non-empty string, got {name!r}. Fix: "
+            f"{type(module).__name__}(..., name='encoder'), or leave it out."
+        )
+    return name

@@ -177,6 +177,7 @@ def rebuild(
     *,
     finish: Callable[[Any], Any] | None = None,
     with_paths: bool = False,
+    stop: Callable[[Any], bool] | None = None,
 ) -> T:
     """Copies `module` and its submodules (arrays shared), children before parents.
 
@@ -190,12 +191,16 @@ def rebuild(
         `with_paths`, else ``""``.
       finish: called on each new module (children first); its result replaces the module.
       with_paths: compute the key paths given to `visit` (costs a key path per submodule).
+      stop: submodules (below the root) for which it is true are kept as they are, not copied
+        or visited.
 
     Returns:
       The new root (or what `finish` returned for it).
     """
     tracing.check_pending()  # once per view, not per submodule
-    return _copy(module, visit, finish, with_paths, "")
+    if stop is not None:  # the root itself is always copied
+        return _copy(module, visit, finish, with_paths, "", lambda m: m is not module and stop(m))
+    return _copy(module, visit, finish, with_paths, "", None)
 
 
 def _copy(
@@ -204,7 +209,10 @@ def _copy(
     finish: Callable[[Any], Any] | None,
     with_paths: bool,
     prefix: str,
+    stop: Callable[[Any], bool] | None,
 ) -> Any:
+    if stop is not None and stop(module):
+        return module
     pytree.ensure_promoted(module)  # the layout flatten would use (static lists filled later)
     d = dict(module.__dict__)
     registry.drop_flat(d)
@@ -213,18 +221,20 @@ def _copy(
         here = f"{prefix}.{name}" if with_paths else ""
         if kind is Kind.MODULE:
             if d[name] is not None:
-                d[name] = _copy(d[name], visit, finish, with_paths, here)
+                d[name] = _copy(d[name], visit, finish, with_paths, here, stop)
         elif with_paths:
             d[name] = jax.tree_util.tree_map_with_path(
                 lambda p, m, here=here: _copy(
-                    m, visit, finish, True, here + jax.tree_util.keystr(p)
+                    m, visit, finish, True, here + jax.tree_util.keystr(p), stop
                 ),
                 d[name],
                 is_leaf=is_module,
             )
         else:
             d[name] = jax.tree_util.tree_map(
-                lambda m: _copy(m, visit, finish, False, ""), d[name], is_leaf=is_module
+                lambda m: _copy(m, visit, finish, False, "", stop),
+                d[name],
+                is_leaf=is_module,
             )
     if visit is not None:
         visit(d, layout, prefix)
