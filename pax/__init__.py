@@ -6,6 +6,7 @@ Haiku.
 
 from typing import TYPE_CHECKING, Any
 
+from pax import distributed as distributed
 from pax import initializers as initializers
 from pax import metrics as metrics
 from pax import nn as nn
@@ -65,6 +66,7 @@ __all__ = [
     "StructureChangedError",
     "check",
     "discard_state_changes",
+    "distributed",
     "dynamic_unroll",
     "find_shared",
     "from_haiku",
