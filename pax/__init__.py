@@ -11,6 +11,7 @@ from pax import initializers as initializers
 from pax import metrics as metrics
 from pax import nn as nn
 from pax import optim as optim
+from pax import sharding as sharding
 from pax import utils as utils
 from pax._src.checkpoint import LoadReport as LoadReport
 from pax._src.checkpoint import load as load
@@ -79,5 +80,6 @@ __all__ = [
     "optim",
     "save",
     "seed_rng_key",
+    "sharding",
     "utils",
 ]
