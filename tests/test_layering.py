@@ -25,7 +25,6 @@ ALLOWED = {
     "haiku": {"base", "core", "nn", "haiku"},  # native twins of the Haiku layers
     "metrics": {"base", "core", "metrics"},
     "sharding": {"base", "core", "nn", "optim", "sharding"},
-    "sharding": {"base", "core", "nn", "optim", "sharding"},
     "distributed": {"base", "distributed"},
     "launch": {"base", "distributed", "launch"},
 }
