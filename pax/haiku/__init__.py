@@ -5,6 +5,7 @@ from pax._src.haiku.conv import conv_1d as conv_1d
 from pax._src.haiku.conv import conv_1d_transpose as conv_1d_transpose
 from pax._src.haiku.conv import conv_2d as conv_2d
 from pax._src.haiku.conv import conv_2d_transpose as conv_2d_transpose
+from pax._src.haiku.dropout import dropout as dropout
 from pax._src.haiku.init import hk_init as hk_init
 from pax._src.haiku.layers import avg_pool as avg_pool
 from pax._src.haiku.layers import batch_norm_2d as batch_norm_2d
@@ -29,6 +30,7 @@ __all__ = [
     "conv_1d_transpose",
     "conv_2d",
     "conv_2d_transpose",
+    "dropout",
     "embed",
     "from_haiku",
     "gru",
