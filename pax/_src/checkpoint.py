@@ -18,21 +18,25 @@ from typing import Any, Literal, NamedTuple, TypeVar, overload
 import jax
 import numpy as np
 
+from pax._src import checkpoint_sharded
+from pax._src.checkpoint_assemble import load_parts
+from pax._src.checkpoint_check import (
+    FORMAT,
+    METADATA_KEY,
+    VERSION,
+    compare,
+    expected_leaves,
+    read_metadata,
+)
 from pax._src.checkpoint_codec import decode_leaf, encode_leaf, place, stored_spec
 from pax._src.checkpoint_io import Reader, atomic_write
 from pax._src.core import tracing
 from pax._src.core.registry import is_module
 from pax._src.core.sharing import _find
-from pax._src.describe import listing
-from pax._src.errors import CheckpointError, CheckpointMismatchError
+from pax._src.errors import CheckpointError
 
 T = TypeVar("T")
 PathLike = str | os.PathLike
-
-FORMAT = "pax-checkpoint"
-VERSION = 1
-METADATA_KEY = "__pax_checkpoint__"
-_MAX_LISTED = 20
 
 
 class LoadReport(NamedTuple):
@@ -83,26 +87,29 @@ def save(path: PathLike, tree: Any) -> None:
     tracing.check_pending()  # a module changed in a transformation and not returned: refuse
     _refuse_shared_modules(tree)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    entries: dict[str, np.ndarray] = {}
-    records: list[dict] = []
+    named: dict[str, Any] = {}
     for key_path, leaf in leaves:
         where = jax.tree_util.keystr(key_path)
-        if where in entries or where == METADATA_KEY:
+        if where in named or where == METADATA_KEY:
             raise CheckpointError(
                 f"pax.save: two leaves have the same key path {where!r}; the checkpoint could "
                 f"not tell them apart. Fix: give the containers distinct keys."
             )
+        named[where] = leaf
+    head = {"format": FORMAT, "version": VERSION, "root": type(tree).__name__}
+    head["treedef"] = str(treedef)
+    if jax.process_count() > 1:  # each process writes the pieces it owns; see checkpoint_sharded
+        checkpoint_sharded.save_parts(path, head, named)
+        return
+    entries: dict[str, np.ndarray] = {}
+    records: list[dict] = []
+    for where, leaf in named.items():
         entries[where], record = encode_leaf(where or "the root", leaf)
         records.append({"path": where, **record})
-    metadata = {
-        "format": FORMAT,
-        "version": VERSION,
-        "root": type(tree).__name__,
-        "treedef": str(treedef),
-        "leaves": records,
-    }
+    metadata = {**head, "leaves": records}
     blob = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
     atomic_write(path, {METADATA_KEY: blob, **entries})
+    checkpoint_sharded.remove_old_parts(path, keep=None)  # of an earlier multi-process save
 
 
 def _refuse_shared_modules(tree: Any) -> None:
@@ -124,71 +131,6 @@ def _refuse_shared_modules(tree: Any) -> None:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def _read_metadata(reader: Reader, like_leaves: int) -> dict:
-    """The checked metadata of an open checkpoint; array members are not read."""
-    path = reader.path
-    if METADATA_KEY not in reader.members:
-        raise CheckpointError(
-            f"pax.load: {path} is not a pax checkpoint: it has no {METADATA_KEY!r} entry. "
-            f"pax.load reads files written by pax.save."
-        )
-    limit = _METADATA_BYTES + 4096 * like_leaves
-
-    def metadata_limit(shape: tuple[int, ...], dtype: np.dtype) -> str | None:
-        if dtype != np.uint8 or len(shape) != 1 or shape[0] > limit:
-            return f"but the metadata is a uint8 vector of at most {limit} bytes"
-        return None
-
-    blob = reader.read(METADATA_KEY, metadata_limit)
-    try:
-        metadata = json.loads(blob.tobytes().decode("utf-8"))
-    except ValueError as err:
-        raise CheckpointError(
-            f"pax.load: {path} is corrupted: its metadata is not valid JSON ({err}). Nothing "
-            f"was loaded."
-        ) from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise CheckpointError(f"pax.load: {path} is not a pax checkpoint (no format marker).")
-    version = metadata.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        raise CheckpointError(
-            f"pax.load: {path} has checkpoint format version {version!r}, but this pax reads "
-            f"versions up to {VERSION}. Fix: upgrade pax."
-        )
-    records = metadata.get("leaves")
-    arrays = len(reader.members) - 1
-    if not isinstance(records, list) or len(records) != arrays:
-        raise CheckpointError(
-            f"pax.load: {path} is corrupted: the metadata lists "
-            f"{len(records) if isinstance(records, list) else 'no'} leaves but the file holds "
-            f"{arrays} arrays. Nothing was loaded."
-        )
-    seen: set[str] = set()
-    for record in records:
-        where = record.get("path") if isinstance(record, dict) else None
-        if not _valid_record(record) or where not in reader.members or where in seen:
-            raise CheckpointError(
-                f"pax.load: {path} is corrupted: the metadata entry {record!r} does not match "
-                f"the stored arrays. Nothing was loaded."
-            )
-        seen.add(where)
-    return metadata
-
-
-_METADATA_BYTES = 1 << 24
-
-
-def _valid_record(record: Any) -> bool:
-    shape = record.get("shape") if isinstance(record, dict) else None
-    return (
-        isinstance(record, dict)
-        and isinstance(record.get("path"), str)
-        and isinstance(record.get("dtype"), str)
-        and isinstance(shape, list)
-        and all(type(n) is int and n >= 0 for n in shape)
-    )
-
-
 def _read_leaf(reader: Reader, record: dict) -> Any:
     """Reads and decodes one leaf, refusing a member whose header is not what `record` says."""
     where = record["path"]
@@ -200,21 +142,6 @@ def _read_leaf(reader: Reader, record: dict) -> Any:
         return None
 
     return decode_leaf(reader.path, where or "the root", reader.read(where, leaf_limit), record)
-
-
-def _dtype_name(dtype: Any) -> str:
-    return dtype.name if isinstance(dtype, np.dtype) else str(dtype)  # '>f4' is float32
-
-
-def _like_spec(leaf: Any) -> tuple[tuple[int, ...], str]:
-    if isinstance(leaf, (bool, int, float, complex)):
-        array = np.asarray(leaf)
-        return array.shape, array.dtype.name
-    return tuple(leaf.shape), _dtype_name(leaf.dtype)
-
-
-def _listing(title: str, items: list[str]) -> str:
-    return f"{title}:\n" + "\n".join(f"  {item}" for item in listing(items, _MAX_LISTED))
 
 
 @overload
@@ -267,122 +194,26 @@ def load(path: PathLike, like: T, *, strict: bool = True) -> T | tuple[T, LoadRe
     """
     path = os.fspath(path)
     like_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
-    expected = _expected_leaves(like_leaves)
+    expected = expected_leaves(like_leaves)
     with Reader(path) as reader:
-        metadata = _read_metadata(reader, len(expected))
+        metadata = read_metadata(reader, len(expected))
+        missing, unexpected = compare(path, metadata, like, expected, strict)
         records = {r["path"]: r for r in metadata["leaves"]}
-        missing = [k for k in expected if k not in records]
-        unexpected = [k for k in records if k not in expected]
-        mismatched, details = [], []
-        for where, leaf in expected.items():
-            saved = (
-                (tuple(records[where]["shape"]), records[where]["dtype"])
-                if where in records
-                else None
-            )
-            if saved is not None and _like_spec(leaf) != saved:
-                (shape, dtype), (like_shape, like_dtype) = saved, _like_spec(leaf)
-                mismatched.append(where)
-                details.append(
-                    f"{where or '<root>'}: checkpoint {dtype}{list(shape)}, "
-                    f"like {like_dtype}{list(like_shape)}"
-                )
-        nothing = bool(expected or records) and len(missing) == len(expected)
-        if mismatched or nothing or (strict and (missing or unexpected)):
-            message = _mismatch_message(
-                path, metadata, like, (missing, unexpected, details), strict, nothing
-            )
-            raise CheckpointMismatchError(
-                message,
-                missing=tuple(missing),
-                unexpected=tuple(unexpected),
-                mismatched=tuple(mismatched),
-            )
-        # Only the leaves `like` asks for are read, each after its header was checked.
-        values = {
-            where: _read_leaf(reader, records[where]) for where in expected if where in records
-        }
-    leaves = [
-        place(values[where], leaf, records[where].get("weak_type") is True)
-        if where in values
-        else leaf
-        for where, leaf in expected.items()
-    ]
+        if "parts" in metadata:  # written by several processes: the arrays are in part files
+            leaves = load_parts(path, metadata, expected)
+        else:
+            # Only the leaves `like` asks for are read, each after its header was checked.
+            values = {
+                where: _read_leaf(reader, records[where]) for where in expected if where in records
+            }
+    if "parts" not in metadata:
+        leaves = [
+            place(values[where], leaf, records[where].get("weak_type") is True)
+            if where in values
+            else leaf
+            for where, leaf in expected.items()
+        ]
     tree = jax.tree_util.tree_unflatten(treedef, leaves)
     if strict:
         return tree
     return tree, LoadReport(tuple(missing), tuple(unexpected))
-
-
-def _expected_leaves(like_leaves: list) -> dict[str, Any]:
-    expected: dict[str, Any] = {}
-    for key_path, leaf in like_leaves:
-        if isinstance(leaf, jax.core.Tracer):
-            raise CheckpointError(
-                "pax.load: `like` holds JAX tracers: load was called inside a transformed "
-                "function (jax.jit, jax.grad, ...). Fix: load outside it and pass the loaded "
-                "model in as an argument."
-            )
-        where = jax.tree_util.keystr(key_path)
-        if not isinstance(leaf, (bool, int, float, complex)) and not (
-            hasattr(leaf, "shape") and hasattr(leaf, "dtype")
-        ):
-            raise CheckpointError(
-                f"pax.load: the leaf of `like` at {where or 'the root'} is a "
-                f"{type(leaf).__name__}, not an array; `like` must have the structure of the "
-                f"saved tree, with arrays (or jax.ShapeDtypeStruct) as leaves."
-            )
-        expected[where] = leaf
-    return expected
-
-
-def _mismatch_message(
-    path: str,
-    metadata: dict,
-    like: Any,
-    lists: tuple[list[str], list[str], list[str]],
-    strict: bool,
-    nothing: bool,
-) -> str:
-    missing, unexpected, mismatched = lists
-    saved_root, like_root = metadata.get("root", "unknown"), type(like).__name__
-    roots = f"(saved: {saved_root}, like: {like_root})"
-    if nothing and not strict:
-        head = f"pax.load: no key path of the checkpoint is in `like` {roots}, so nothing "
-        head += f"would be loaded; {path} was not loaded."
-    else:
-        head = f"pax.load: {path} does not match `like` {roots}. Nothing was loaded."
-    parts = [head]
-    if strict or nothing:
-        if missing:
-            parts.append(_listing(f"{len(missing)} missing from the checkpoint", missing))
-        if unexpected:
-            parts.append(_listing(f"{len(unexpected)} unexpected in the checkpoint", unexpected))
-    if mismatched:
-        parts.append(_listing(f"{len(mismatched)} with another shape or dtype", mismatched))
-    if max(len(missing), len(unexpected), len(mismatched)) > _MAX_LISTED:
-        parts.append(
-            "Every key path is in the error's attributes: error.missing, error.unexpected, "
-            "error.mismatched."
-        )
-    fixes = []
-    if saved_root != like_root:
-        fixes.append(
-            f"pass a `like` with the structure of the saved {saved_root}, e.g. "
-            f"pax.load(path, (model, optimizer)) for pax.save(path, (model, optimizer))"
-        )
-    if strict and (missing or unexpected):
-        fixes.append(
-            "to load only the common leaves (fine-tuning), call "
-            "pax.load(path, like, strict=False), which also returns the missing/unexpected keys"
-        )
-    if mismatched:
-        fixes.append(
-            "build `like` with the same sizes and dtypes as the saved model, load, then change "
-            "it (e.g. replace a layer, or cast it with model.astype(jnp.bfloat16), which "
-            "casts the floating-point leaves and keeps integer counters and RNG keys)"
-        )
-    if not fixes:
-        fixes.append("pass a `like` built like the saved tree")
-    parts.append("Fix: " + "; or ".join(fixes) + ".")
-    return "\n".join(parts)

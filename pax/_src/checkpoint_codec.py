@@ -37,18 +37,14 @@ def is_key_array(x: Any) -> bool:
     return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def encode_leaf(where: str, leaf: Any) -> tuple[np.ndarray, dict]:
-    """Returns the array to store for `leaf` and its metadata record."""
+def check_leaf(where: str, leaf: Any) -> None:
+    """Refuses a leaf a checkpoint cannot store: a tracer, a non-array, a deleted array."""
     if isinstance(leaf, jax.core.Tracer):
         raise CheckpointError(
             f"pax.save: the leaf at {where} is a JAX tracer: save was called inside a "
             f"transformed function (jax.jit, jax.grad, ...). Fix: return the model from the "
             f"function and save it outside: model = step(model, ...); pax.save(path, model)."
         )
-    if is_key_array(leaf):
-        data = np.asarray(jax.random.key_data(leaf))
-        meta: dict[str, Any] = {"encoding": "key", "impl": str(jax.random.key_impl(leaf))}
-        return data, {**meta, "dtype": str(leaf.dtype), "shape": list(leaf.shape)}
     if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, bool, int, float, complex)):
         raise CheckpointError(
             f"pax.save: the leaf at {where} is a {type(leaf).__name__}, not an array; a "
@@ -61,13 +57,12 @@ def encode_leaf(where: str, leaf: Any) -> tuple[np.ndarray, dict]:
             f"(donate_argnums / build_update_fn(..., donate=True)). Fix: save the model the "
             f"step returned: loss, model, optimizer = update_fn(model, optimizer, batch)."
         )
-    array = np.asarray(leaf)
-    dtype = array.dtype
-    meta = {"dtype": dtype.name, "shape": list(array.shape)}
-    if isinstance(leaf, jax.Array) and leaf.weak_type:
-        meta["weak_type"] = True  # restored by `place`: a weak type changes jit's cache key
+
+
+def _encoding(where: str, dtype: np.dtype) -> str:
+    """How an array of `dtype` is stored: "array" (as itself) or "bits" (an unsigned view)."""
     if _is_native(dtype):
-        return _native_order(array), {**meta, "encoding": "array"}
+        return "array"
     if _extension_dtype(dtype.name) is None:
         raise CheckpointError(
             f"pax.save: the leaf at {where} has dtype {dtype}, which a checkpoint cannot store. "
@@ -79,8 +74,45 @@ def encode_leaf(where: str, leaf: Any) -> tuple[np.ndarray, dict]:
             f"element), which a checkpoint cannot store bit for bit. Fix: convert it, e.g. "
             f"x.astype(jnp.float32)."
         )
+    return "bits"
+
+
+def encode_leaf(where: str, leaf: Any) -> tuple[np.ndarray, dict]:
+    """Returns the array to store for `leaf` and its metadata record."""
+    check_leaf(where, leaf)
+    if is_key_array(leaf):
+        data = np.asarray(jax.random.key_data(leaf))
+        meta: dict[str, Any] = {"encoding": "key", "impl": str(jax.random.key_impl(leaf))}
+        return data, {**meta, "dtype": str(leaf.dtype), "shape": list(leaf.shape)}
+    array = np.asarray(leaf)
+    dtype = array.dtype
+    meta = {"dtype": dtype.name, "shape": list(array.shape)}
+    if isinstance(leaf, jax.Array) and leaf.weak_type:
+        meta["weak_type"] = True  # restored by `place`: a weak type changes jit's cache key
+    if _encoding(where, dtype) == "array":
+        return _native_order(array), {**meta, "encoding": "array"}
     bits = array.view(np.dtype(f"u{dtype.itemsize}"))
     return bits, {**meta, "encoding": "bits"}
+
+
+def record_of(where: str, leaf: jax.Array) -> dict:
+    """The metadata record `encode_leaf` would give `leaf`, read from its type alone.
+
+    For arrays that span processes, whose values one process cannot read. ``stored_shape`` is
+    the shape of the stored array (a key array's shape plus the key data's trailing axes).
+    """
+    check_leaf(where, leaf)
+    shape = list(leaf.shape)
+    if is_key_array(leaf):
+        stored = list(jax.eval_shape(jax.random.key_data, leaf).shape)
+        impl = str(jax.random.key_impl(leaf))
+        return {"encoding": "key", "impl": impl, "dtype": str(leaf.dtype), "shape": shape,
+                "stored_shape": stored}  # fmt: skip
+    dtype = np.dtype(leaf.dtype)
+    meta: dict[str, Any] = {"dtype": dtype.name, "shape": shape}
+    if leaf.weak_type:
+        meta["weak_type"] = True
+    return {**meta, "encoding": _encoding(where, dtype), "stored_shape": shape}
 
 
 def _native_order(array: np.ndarray) -> np.ndarray:
@@ -152,6 +184,33 @@ def stored_spec(meta: dict) -> Callable[[tuple[int, ...], np.dtype], bool] | Non
     return None
 
 
+def stored_dtype(meta: dict) -> np.dtype | None:
+    """The dtype of the array `encode_leaf` stores for `meta`; None for an unknown one."""
+    encoding, name = meta.get("encoding"), meta["dtype"]
+    try:
+        if encoding == "array" and _is_native(np.dtype(name)):
+            return np.dtype(name)
+    except TypeError:
+        return None
+    ext = _extension_dtype(name) if encoding == "bits" else None
+    if ext is not None and ext.itemsize in (1, 2, 4, 8):
+        return np.dtype(f"u{ext.itemsize}")
+    return np.dtype(np.uint32) if encoding == "key" else None
+
+
+def from_stored(stored: np.ndarray, meta: dict) -> np.ndarray:
+    """A stored piece as an array of the leaf's dtype (key data stays uint32)."""
+    value = _native_order(stored)
+    dtype = _extension_dtype(meta["dtype"]) if meta["encoding"] == "bits" else None
+    return value if dtype is None else value.view(dtype)
+
+
+def weak(value: jax.Array) -> jax.Array:
+    """`value`, weakly typed (same values and sharding)."""
+    sharding = value.sharding if value.committed else None
+    return _weak_identity(value.shape, value.dtype, sharding)(value)
+
+
 def place(value: Any, like: Any, weak_type: bool) -> Any:
     """`value` (numpy or key array) converted to the kind of leaf `like` is.
 
@@ -163,14 +222,25 @@ def place(value: Any, like: Any, weak_type: bool) -> Any:
         value = value.astype(like.dtype, copy=False)  # like's byte order
         return value if isinstance(like, np.ndarray) else value[()]
     sharding = getattr(like, "sharding", None)
-    if isinstance(sharding, jax.sharding.Sharding) and getattr(like, "committed", True):
+    if isinstance(sharding, jax.sharding.Sharding) and not sharding.is_fully_addressable:
+        value = _spanning(value, sharding)  # device_put refuses to reach other processes
+    elif isinstance(sharding, jax.sharding.Sharding) and getattr(like, "committed", True):
         value = jax.device_put(value, sharding)
     else:
         value = jax.device_put(value)
     if weak_type and not is_key_array(value):
-        sharding = value.sharding if value.committed else None
-        value = _weak_identity(value.shape, value.dtype, sharding)(value)
+        value = weak(value)
     return value
+
+
+def _spanning(value: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A global array with `sharding` built from the whole `value` (every process has it)."""
+    if not is_key_array(value):
+        host = np.asarray(value)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    data = np.asarray(jax.random.key_data(value))
+    built = jax.make_array_from_callback(data.shape, sharding, lambda index: data[index])
+    return jax.random.wrap_key_data(built, impl=jax.random.key_impl(value))
 
 
 @functools.lru_cache(maxsize=256)
