@@ -312,3 +312,17 @@ def check_last_dim(cls: str, x: Any, size: int, what: str = "features") -> None:
         raise ValueError(
             f"{cls}: expected input of shape (..., {size}) ({what} last), got shape {shape}."
         )
+
+
+def float_dtype(owner: str, arg: str, value: Any) -> Any:
+    """A floating-point dtype (``param_dtype=``), e.g. ``jnp.bfloat16`` or ``"float16"``."""
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{owner}: {arg} must be a floating-point dtype, got {value!r}. Fix: "
+            f"{owner}(..., {arg}=jnp.bfloat16), or jnp.float32 (the default)."
+        )
+    return dtype

@@ -359,6 +359,7 @@ def hk_init(self: M, *args: Any, enable_jit: bool = False, **kwargs: Any) -> M:
     mode = "jit" if enable_jit else "eager"
     return initialize(self, args, kwargs, mode=mode, who="hk_init", rng_key=rng_key)
 
+
 def lazy_init(self: M, *args: Any, rng_key: jax.Array | None = None, **kwargs: Any) -> M:
     """Initializes every lazy layer (input size None) and `pax.from_haiku` module at once.
 

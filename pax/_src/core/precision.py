@@ -197,7 +197,7 @@ def mixed_precision(module: T, policy: Any) -> T:
     """
     cls = _base_class(type(module))
     policy = as_policy(policy, f"{cls.__name__}.mixed_precision")
-    if getattr(cls, "__call__", None) is None:
+    if not callable(cls):
         raise TypeError(
             f"{cls.__name__}.mixed_precision: the module has no __call__ to run under the "
             f"policy. Fix: give the policy to the submodules that compute, e.g. "

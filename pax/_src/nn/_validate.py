@@ -16,6 +16,7 @@ from pax._src.arguments import CHANNELS_LAST as CHANNELS_LAST
 from pax._src.arguments import F as F
 from pax._src.arguments import boolean as boolean
 from pax._src.arguments import check_last_dim as check_last_dim
+from pax._src.arguments import float_dtype as float_dtype
 from pax._src.arguments import int_tuple as int_tuple
 from pax._src.arguments import legacy_spatial_axes as legacy_spatial_axes
 from pax._src.arguments import padding_arg as padding_arg

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,6 +39,8 @@ class MultiHeadAttention(Module):
       key_in_dim: feature size of the keys; default `in_dim`.
       value_in_dim: feature size of the values; default `key_in_dim`.
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     Call: ``mha(query, key=None, value=None, mask=None)`` with ``query`` ``(..., T, in_dim)``,
     ``key`` and ``value`` ``(..., S, ·)`` (default: self-attention, ``key = value = query``)
@@ -75,8 +79,10 @@ class MultiHeadAttention(Module):
         key_in_dim: int | None = None,
         value_in_dim: int | None = None,
         rng_key: jax.Array | None = None,
+        param_dtype: Any = jnp.float32,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
         in_dim = None if in_dim is None else v.positive_int(cls, "in_dim", in_dim)
         with_bias = v.boolean(cls, "with_bias", with_bias)
@@ -98,14 +104,16 @@ class MultiHeadAttention(Module):
         self.out_dim = v.positive_int(cls, "out_dim", out_dim or self.key_size * self.num_heads)
         key_in_dim = _optional_size(cls, "key_in_dim", key_in_dim or in_dim)
         value_in_dim = _optional_size(cls, "value_in_dim", value_in_dim or key_in_dim)
-        w_init = w_init or initializers.variance_scaling(1.0)
+        w_init = initializers.resolve(cls, "w_init", w_init) or initializers.variance_scaling(1.0)
+        b_init = initializers.resolve(cls, "b_init", b_init)
         keys = jax.random.split(resolve_rng_key(rng_key), 4)
         h = self.num_heads
         args = (with_bias, w_init, b_init)
-        self.query_proj = Linear(in_dim, h * self.key_size, *args, rng_key=keys[0])
-        self.key_proj = Linear(key_in_dim, h * self.key_size, *args, rng_key=keys[1])
-        self.value_proj = Linear(value_in_dim, h * self.value_size, *args, rng_key=keys[2])
-        self.out_proj = Linear(h * self.value_size, self.out_dim, *args, rng_key=keys[3])
+        dt = {"param_dtype": v.float_dtype(cls, "param_dtype", param_dtype)}
+        self.query_proj = Linear(in_dim, h * self.key_size, *args, rng_key=keys[0], **dt)
+        self.key_proj = Linear(key_in_dim, h * self.key_size, *args, rng_key=keys[1], **dt)
+        self.value_proj = Linear(value_in_dim, h * self.value_size, *args, rng_key=keys[2], **dt)
+        self.out_proj = Linear(h * self.value_size, self.out_dim, *args, rng_key=keys[3], **dt)
 
     def _heads(self, proj: Linear, x: jax.Array, size: int, what: str) -> jax.Array:
         cls = type(self).__name__

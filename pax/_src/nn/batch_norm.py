@@ -12,7 +12,7 @@ from pax._src.nn import _validate as v
 from pax._src.nn._lazy import LazyLayer
 from pax._src.nn.ema import EMA
 from pax._src.nn.initializers import Initializer
-from pax._src.nn.norm import _scale_offset
+from pax._src.nn.norm import _scale_offset, checked_inits, output_dtype, statistics_dtype
 
 
 class BatchNorm(LazyLayer):
@@ -41,6 +41,8 @@ class BatchNorm(LazyLayer):
       cross_replica_axis: name of a mapped axis to average the batch statistics over.
       cross_replica_axis_index_groups: optional replica groups for the averaging.
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     Raises:
       ValueError: for bad arguments at construction; at call for an input of the wrong rank or
@@ -81,8 +83,10 @@ class BatchNorm(LazyLayer):
         cross_replica_axis_index_groups: Sequence[Sequence[int]] | None = None,
         *,
         rng_key: jax.Array | None = None,
+        param_dtype: Any = jnp.float32,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
         self.in_dim = None  # set by _build
         self.decay = v.rate_in_unit_interval(cls, "decay", decay)
@@ -106,8 +110,7 @@ class BatchNorm(LazyLayer):
             rng_key,
             create_scale=create_scale,
             create_offset=create_offset,
-            scale_init=scale_init,
-            offset_init=offset_init,
+            **checked_inits(cls, scale_init, offset_init, param_dtype),
         )
 
     def _build(self, in_dim: int, key: jax.Array, **init_args: Any) -> None:
@@ -157,6 +160,8 @@ class BatchNorm(LazyLayer):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jnp.asarray(x)
         channel_axis = self._check_input(x)
+        out_dtype = output_dtype(x, self.scale, self.offset)
+        x = x.astype(statistics_dtype(x))  # statistics in float32 at least, whatever the input
         axes = tuple(i for i in range(x.ndim) if i != channel_axis)
         stat_shape = tuple(self.in_dim if i == channel_axis else 1 for i in range(x.ndim))
         if self.training:
@@ -187,7 +192,7 @@ class BatchNorm(LazyLayer):
         )
         eps = jax.lax.convert_element_type(self.eps, var.dtype)
         inv = scale * jax.lax.rsqrt(var + eps)
-        return (x - mean) * inv + offset
+        return ((x - mean) * inv + offset).astype(out_dtype)
 
 
 class BatchNorm1D(BatchNorm):

@@ -65,8 +65,10 @@ class ConvND(LazyLayer):
         feature_group_count: int = 1,
         *,
         rng_key: jax.Array | None = None,
+        param_dtype: Any = jnp.float32,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
         n = self._num_spatial
         self.in_dim = None  # set by _build
@@ -79,7 +81,10 @@ class ConvND(LazyLayer):
         self._check_groups("out_dim", self.out_dim)
         self.data_format = v.data_format(cls, data_format, n)
         self.with_bias = v.boolean(cls, "with_bias", with_bias)
-        self._setup(in_dim, rng_key, w_init=w_init, b_init=b_init)
+        w_init = initializers.resolve(cls, "w_init", w_init)
+        b_init = initializers.resolve(cls, "b_init", b_init)
+        dtype = v.float_dtype(cls, "param_dtype", param_dtype)
+        self._setup(in_dim, rng_key, w_init=w_init, b_init=b_init, dtype=dtype)
 
     def _check_groups(self, name: str, size: int) -> None:
         groups = self.feature_group_count
@@ -99,7 +104,12 @@ class ConvND(LazyLayer):
         return int(shape[1])
 
     def _build(
-        self, in_dim: int, key: jax.Array, w_init: Initializer | None, b_init: Initializer | None
+        self,
+        in_dim: int,
+        key: jax.Array,
+        w_init: Initializer | None,
+        b_init: Initializer | None,
+        dtype: Any,
     ) -> None:
         self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
         self._check_groups("in_dim", self.in_dim)
@@ -112,10 +122,10 @@ class ConvND(LazyLayer):
             fan_in = int(np.prod(self.kernel_shape)) * in_per_group
             w_init = initializers.truncated_normal(stddev=1.0 / np.sqrt(fan_in))
         w_key, b_key = jax.random.split(key)
-        self.register_parameter("weight", w_init(w_key, w_shape, jnp.float32))
+        self.register_parameter("weight", w_init(w_key, w_shape, dtype))
         if self.with_bias:
             b_init = b_init or initializers.zeros
-            self.register_parameter("bias", b_init(b_key, (self.out_dim,), jnp.float32))
+            self.register_parameter("bias", b_init(b_key, (self.out_dim,), dtype))
         else:
             self.bias = None
 
@@ -124,7 +134,9 @@ class ConvND(LazyLayer):
         """Whether the channels are on the last axis (``data_format == "channels_last"``)."""
         return self.data_format == v.CHANNELS_LAST
 
-    def _check_input(self, x: jax.Array) -> tuple[jax.Array, bool]:
+    def _check_input(self, x: jax.Array) -> tuple[jax.Array, jax.Array, bool]:
+        """The input (batched) and weight, both in their promoted dtype, and whether the
+        input was unbatched."""
         self._lazy_check(x)
         cls = type(self).__name__
         n = self._num_spatial
@@ -147,7 +159,8 @@ class ConvND(LazyLayer):
                 f"({self.data_format}), got shape {x.shape[1:] if unbatched else x.shape} "
                 f"with {channels} channels."
             )
-        return x, unbatched
+        dtype = jnp.result_type(x, self.weight)
+        return x.astype(dtype), self.weight.astype(dtype), unbatched
 
     def _add_bias(self, y: jax.Array, unbatched: bool) -> jax.Array:
         bias = self.bias
@@ -160,10 +173,10 @@ class ConvND(LazyLayer):
 
 class _Conv(ConvND):
     def __call__(self, x: jax.Array, *, precision: lax.Precision | None = None) -> jax.Array:
-        x, unbatched = self._check_input(x)
+        x, weight, unbatched = self._check_input(x)
         y = lax.conv_general_dilated(
             x,
-            self.weight.astype(x.dtype),
+            weight,
             window_strides=self.stride,
             padding=self.padding,
             rhs_dilation=self.dilation,
@@ -197,6 +210,8 @@ class Conv1D(_Conv):
       data_format: ``"channels_last"`` (default) or ``"channels_first"``.
       feature_group_count: number of groups; `in_dim` and `out_dim` must be divisible by it.
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     Raises:
       ValueError: at construction for non-positive sizes, an unknown padding or data format, or
@@ -238,6 +253,8 @@ class Conv2D(_Conv):
       data_format: ``"channels_last"`` (default) or ``"channels_first"``.
       feature_group_count: number of groups; `in_dim` and `out_dim` must be divisible by it.
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     Raises:
       ValueError: at construction for non-positive sizes, an unknown padding or data format, or
@@ -282,6 +299,8 @@ class Conv3D(_Conv):
       data_format: ``"channels_last"`` (default) or ``"channels_first"``.
       feature_group_count: number of groups; `in_dim` and `out_dim` must be divisible by it.
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     Raises:
       ValueError: at construction for non-positive sizes, an unknown padding or data format, or

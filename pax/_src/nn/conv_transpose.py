@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
@@ -64,6 +65,8 @@ class _ConvTranspose(ConvND):
         *,
         output_shape: int | Sequence[int] | None = None,
         rng_key: jax.Array | None = None,
+        param_dtype: Any = jnp.float32,
+        name: str | None = None,
     ) -> None:
         super().__init__(
             in_dim,
@@ -78,6 +81,8 @@ class _ConvTranspose(ConvND):
             data_format,
             feature_group_count,
             rng_key=rng_key,
+            param_dtype=param_dtype,
+            name=name,
         )
         cls = type(self).__name__
         if output_shape is not None:
@@ -90,7 +95,7 @@ class _ConvTranspose(ConvND):
         self.output_shape = output_shape
 
     def __call__(self, x: jax.Array, *, precision: lax.Precision | None = None) -> jax.Array:
-        x, unbatched = self._check_input(x)
+        x, weight, unbatched = self._check_input(x)
         effective = [(k - 1) * r + 1 for k, r in zip(self.kernel_shape, self.dilation)]
         if self.output_shape is not None:
             sizes = x.shape[1:-1] if self.channels_last else x.shape[2:]
@@ -104,7 +109,7 @@ class _ConvTranspose(ConvND):
             pads = list(self.padding)
         y = lax.conv_general_dilated(
             x,
-            self.weight.astype(x.dtype),
+            weight,
             window_strides=(1,) * self._num_spatial,
             padding=pads,
             lhs_dilation=self.stride,
@@ -141,6 +146,8 @@ class Conv1DTranspose(_ConvTranspose):
       output_shape: (keyword) the output width, an int or a 1-tuple; with ``"SAME"`` or
         ``"VALID"`` padding the padding is adjusted to produce it (as Haiku).
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     Raises:
       ValueError: at construction for non-positive sizes, an unknown padding or data format,
@@ -185,6 +192,8 @@ class Conv2DTranspose(_ConvTranspose):
       output_shape: (keyword) the spatial output size, an int or a pair; with ``"SAME"`` or
         ``"VALID"`` padding the padding is adjusted to produce it (as Haiku).
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     Raises:
       ValueError: at construction for non-positive sizes, an unknown padding or data format,
@@ -233,6 +242,8 @@ class Conv3DTranspose(_ConvTranspose):
       output_shape: (keyword) the spatial output size, an int or a triple; with ``"SAME"`` or
         ``"VALID"`` padding the padding is adjusted to produce it (as Haiku).
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     Raises:
       ValueError: at construction for non-positive sizes, an unknown padding or data format,

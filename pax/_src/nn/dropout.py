@@ -110,8 +110,9 @@ class Dropout(Module):
         *,
         axis_name: str | Sequence[str] | None = None,
         rng_key: jax.Array | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
         self.rate = v.rate_in_unit_interval(cls, "rate", rate)
         self.broadcast_dims = v.int_tuple(

@@ -54,8 +54,10 @@ class EMA(Module):
         decay: float,
         zero_debias: bool = True,
         warmup_length: int = 0,
+        *,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
         self.decay = v.rate_in_unit_interval(cls, "decay", decay)
         zero_debias = v.boolean(cls, "zero_debias", zero_debias)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -22,6 +24,8 @@ class Embed(Module):
       w_init: initializer of the table; default (as Haiku) a normal truncated at 2 std with
         std parameter 1.
       rng_key: key for the initializer; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     The table is the parameter ``weight`` of shape ``(vocab_size, embed_dim)``. Like
     ``jnp.take``, out-of-range ids are clamped under ``jax.jit``; use `attend` to tie the table
@@ -46,14 +50,18 @@ class Embed(Module):
         w_init: Initializer | None = None,
         *,
         rng_key: jax.Array | None = None,
+        param_dtype: Any = jnp.float32,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
         self.vocab_size = v.positive_int(cls, "vocab_size", vocab_size)
         self.embed_dim = v.positive_int(cls, "embed_dim", embed_dim)
+        w_init = initializers.resolve(cls, "w_init", w_init)
         w_init = w_init or initializers.truncated_normal(stddev=1.0)
         shape = (self.vocab_size, self.embed_dim)
-        self.register_parameter("weight", w_init(resolve_rng_key(rng_key), shape, jnp.float32))
+        dtype = v.float_dtype(cls, "param_dtype", param_dtype)
+        self.register_parameter("weight", w_init(resolve_rng_key(rng_key), shape, dtype))
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         ids = jnp.asarray(ids)

@@ -29,6 +29,9 @@ class Linear(LazyLayer):
         parameter ``1 / sqrt(in_dim)``.
       b_init: bias initializer; default zeros.
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32). The layer computes in the
+        promoted dtype of its input and parameters (see README, "Mixed precision").
+      name: a name shown by repr and summary.
 
     Raises:
       ValueError: for a non-positive size, or (at call) an input whose last axis is not
@@ -56,24 +59,34 @@ class Linear(LazyLayer):
         b_init: Initializer | None = None,
         *,
         rng_key: jax.Array | None = None,
+        param_dtype: Any = jnp.float32,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
         self.in_dim = None  # set by _build
         self.out_dim = v.positive_int(cls, "out_dim", out_dim)
         self.with_bias = v.boolean(cls, "with_bias", with_bias)
-        self._setup(in_dim, rng_key, w_init=w_init, b_init=b_init)
+        w_init = initializers.resolve(cls, "w_init", w_init)
+        b_init = initializers.resolve(cls, "b_init", b_init)
+        dtype = v.float_dtype(cls, "param_dtype", param_dtype)
+        self._setup(in_dim, rng_key, w_init=w_init, b_init=b_init, dtype=dtype)
 
     def _build(
-        self, in_dim: int, key: jax.Array, w_init: Initializer | None, b_init: Initializer | None
+        self,
+        in_dim: int,
+        key: jax.Array,
+        w_init: Initializer | None,
+        b_init: Initializer | None,
+        dtype: Any,
     ) -> None:
         self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
         w_init = w_init or initializers.truncated_normal(stddev=1.0 / np.sqrt(in_dim))
         b_init = b_init or initializers.zeros
         w_key, b_key = jax.random.split(key)
-        self.register_parameter("weight", w_init(w_key, (in_dim, self.out_dim), jnp.float32))
+        self.register_parameter("weight", w_init(w_key, (in_dim, self.out_dim), dtype))
         if self.with_bias:
-            self.register_parameter("bias", b_init(b_key, (self.out_dim,), jnp.float32))
+            self.register_parameter("bias", b_init(b_key, (self.out_dim,), dtype))
         else:
             self.bias = None
 
@@ -172,8 +185,8 @@ class Lambda(Module):
       [0.0, 2.0]
     """
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        super().__init__()
+    def __init__(self, fn: Callable[..., Any], *, name: str | None = None) -> None:
+        super().__init__(name=name)
         if not callable(fn):
             raise TypeError(
                 f"Lambda: fn must be callable, got {fn!r}; e.g. pax.nn.Lambda(jax.nn.relu)."

@@ -26,6 +26,26 @@ def _abs_axes(cls: str, axes: tuple[int, ...], shape: tuple[int, ...]) -> tuple[
     return tuple(sorted({a % ndim for a in axes}))
 
 
+def statistics_dtype(x: jax.Array) -> Any:
+    """The dtype normalization statistics are computed in: at least float32, whatever the
+    input (a bfloat16 or float16 variance loses too much)."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def output_dtype(x: jax.Array, *params: jax.Array | None) -> Any:
+    """The dtype a layer returns: its input's and parameters' promoted dtype."""
+    return jnp.result_type(x, *(p for p in params if p is not None))
+
+
+def checked_inits(cls: str, scale_init: Any, offset_init: Any, param_dtype: Any) -> dict:
+    """The initializer arguments of a normalization layer, resolved and checked."""
+    return {
+        "scale_init": initializers.resolve(cls, "scale_init", scale_init),
+        "offset_init": initializers.resolve(cls, "offset_init", offset_init),
+        "dtype": v.float_dtype(cls, "param_dtype", param_dtype),
+    }
+
+
 def _scale_offset(
     module: Module,
     key: jax.Array | None,
@@ -35,6 +55,7 @@ def _scale_offset(
     scale_init: Initializer | None,
     offset_init: Initializer | None,
     *,
+    dtype: Any = jnp.float32,
     with_offset: bool = True,
 ) -> None:
     """Registers `scale` and `offset` (or sets them to None), checking the init arguments.
@@ -50,14 +71,14 @@ def _scale_offset(
         raise ValueError(f"{cls}: offset_init is set but create_offset=False; drop one of them.")
     s_key, o_key = jax.random.split(resolve_rng_key(key))
     if create_scale:
-        scale = (scale_init or initializers.ones)(s_key, shape, jnp.float32)
+        scale = (scale_init or initializers.ones)(s_key, shape, dtype)
         module.register_parameter("scale", scale)
     else:
         module.scale = None
     if not with_offset:
         return
     if create_offset:
-        offset = (offset_init or initializers.zeros)(o_key, shape, jnp.float32)
+        offset = (offset_init or initializers.zeros)(o_key, shape, dtype)
         module.register_parameter("offset", offset)
     else:
         module.offset = None
@@ -80,6 +101,8 @@ class LayerNorm(LazyLayer):
       offset_init: initializer of the offset.
       use_fast_variance: compute the variance as ``E[x^2] - E[x]^2``.
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     Raises:
       ValueError: for a non-positive `in_dim`, a bad `axis`, an init given without its
@@ -108,8 +131,10 @@ class LayerNorm(LazyLayer):
         use_fast_variance: bool = False,
         *,
         rng_key: jax.Array | None = None,
+        param_dtype: Any = jnp.float32,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
         self.in_dim = None  # set by _build
         self.axis = v.int_tuple(cls, "axis", axis, scalar=True, example="-1")
@@ -120,8 +145,7 @@ class LayerNorm(LazyLayer):
             rng_key,
             create_scale=create_scale,
             create_offset=create_offset,
-            scale_init=scale_init,
-            offset_init=offset_init,
+            **checked_inits(cls, scale_init, offset_init, param_dtype),
         )
 
     def _build(self, in_dim: int, key: jax.Array, **init_args: Any) -> None:
@@ -137,6 +161,8 @@ class LayerNorm(LazyLayer):
         x = jnp.asarray(x)
         v.check_last_dim(cls, x, self.in_dim)
         axes = _abs_axes(cls, self.axis, x.shape)
+        out_dtype = output_dtype(x, self.scale, self.offset)
+        x = x.astype(statistics_dtype(x))
         mean = jnp.mean(x, axis=axes, keepdims=True)
         if self.use_fast_variance:
             variance = jnp.mean(jnp.square(x), axis=axes, keepdims=True) - jnp.square(mean)
@@ -147,7 +173,7 @@ class LayerNorm(LazyLayer):
         scale, offset = jnp.broadcast_to(scale, x.shape), jnp.broadcast_to(offset, x.shape)
         eps = jax.lax.convert_element_type(self.eps, variance.dtype)
         inv = scale * jax.lax.rsqrt(variance + eps)
-        return inv * (x - mean) + offset
+        return (inv * (x - mean) + offset).astype(out_dtype)
 
 
 class RMSNorm(LazyLayer):
@@ -163,6 +189,8 @@ class RMSNorm(LazyLayer):
       create_scale: learn a scale of shape ``(in_dim,)`` (initialized to ones).
       scale_init: initializer of the scale.
       rng_key: key for the initializer; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     Raises:
       ValueError: for a non-positive `in_dim`, a bad `axis`, `scale_init` without
@@ -185,20 +213,36 @@ class RMSNorm(LazyLayer):
         scale_init: Initializer | None = None,
         *,
         rng_key: jax.Array | None = None,
+        param_dtype: Any = jnp.float32,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
         self.in_dim = None  # set by _build
         self.axis = v.int_tuple(cls, "axis", axis, scalar=True, example="-1")
         self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
-        self._setup(in_dim, rng_key, create_scale=create_scale, scale_init=scale_init)
+        inits = checked_inits(cls, scale_init, None, param_dtype)
+        self._setup(
+            in_dim,
+            rng_key,
+            create_scale=create_scale,
+            scale_init=inits["scale_init"],
+            dtype=inits["dtype"],
+        )
 
     def _build(
-        self, in_dim: int, key: jax.Array, create_scale: bool, scale_init: Initializer | None
+        self,
+        in_dim: int,
+        key: jax.Array,
+        create_scale: bool,
+        scale_init: Initializer | None,
+        dtype: Any,
     ) -> None:
         self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
         shape = (self.in_dim,)
-        _scale_offset(self, key, shape, create_scale, False, scale_init, None, with_offset=False)
+        _scale_offset(
+            self, key, shape, create_scale, False, scale_init, None, dtype=dtype, with_offset=False
+        )
 
     def _input_size(self, x: Any, **kwargs: Any) -> int:
         return int(jnp.shape(x)[-1])
@@ -209,9 +253,11 @@ class RMSNorm(LazyLayer):
         x = jnp.asarray(x)
         v.check_last_dim(cls, x, self.in_dim)
         axes = _abs_axes(cls, self.axis, x.shape)
+        out_dtype = output_dtype(x, self.scale)
+        x = x.astype(statistics_dtype(x))
         mean_squared = jnp.mean(jnp.square(x), axis=axes, keepdims=True)
         scale = 1.0 if self.scale is None else jnp.broadcast_to(self.scale.astype(x.dtype), x.shape)
-        return x * scale * jax.lax.rsqrt(mean_squared + self.eps)
+        return (x * scale * jax.lax.rsqrt(mean_squared + self.eps)).astype(out_dtype)
 
 
 class GroupNorm(LazyLayer):
@@ -231,6 +277,8 @@ class GroupNorm(LazyLayer):
       offset_init: initializer of the offset.
       data_format: ``"channels_last"`` (``N...C``, default) or ``"channels_first"`` (``NC...``).
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     Raises:
       ValueError: for bad sizes or formats at construction; at call for an input of rank < 2
@@ -261,8 +309,10 @@ class GroupNorm(LazyLayer):
         data_format: str = "channels_last",
         *,
         rng_key: jax.Array | None = None,
+        param_dtype: Any = jnp.float32,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
         self.in_dim = None  # set by _build
         self.groups = v.positive_int(cls, "groups", groups)
@@ -273,8 +323,7 @@ class GroupNorm(LazyLayer):
             rng_key,
             create_scale=create_scale,
             create_offset=create_offset,
-            scale_init=scale_init,
-            offset_init=offset_init,
+            **checked_inits(cls, scale_init, offset_init, param_dtype),
         )
 
     def _build(self, in_dim: int, key: jax.Array, **init_args: Any) -> None:
@@ -322,7 +371,8 @@ class GroupNorm(LazyLayer):
         else:
             group_shape = (-1, self.groups, per_group, *x.shape[2:])
             axes = tuple(range(2, rank + 1))
-        y = x.reshape(group_shape)
+        out_dtype = output_dtype(x, self.scale, self.offset)
+        y = x.astype(statistics_dtype(x)).reshape(group_shape)
         mean = jnp.mean(y, axes, keepdims=True)
         var = jnp.var(y, axes, keepdims=True)
         y = ((y - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
@@ -331,4 +381,4 @@ class GroupNorm(LazyLayer):
             y = y * jnp.broadcast_to(self.scale.astype(y.dtype).reshape(param_shape), y.shape)
         if self.offset is not None:
             y = y + jnp.broadcast_to(self.offset.astype(y.dtype).reshape(param_shape), y.shape)
-        return y
+        return y.astype(out_dtype)

@@ -170,8 +170,10 @@ class _Pool(Module):
         stride: int | Sequence[int] | None = None,
         padding: str = "VALID",
         data_format: str = "channels_last",
+        *,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
         window, stride, padding, data_format = _check_args(
             cls, window_shape, stride, padding, data_format

@@ -73,6 +73,8 @@ class LSTM(_Cell):
         with std parameter ``1 / sqrt(in_dim + hidden_dim)``.
       b_init: bias initializer; default zeros.
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     Call: ``cell(x, state) -> (h', LSTMState(h', c'))`` for ``x`` of shape ``(..., in_dim)``;
     a state given as a plain tuple or another named tuple (``hk.LSTMState``) keeps its type.
@@ -97,24 +99,34 @@ class LSTM(_Cell):
         b_init: Initializer | None = None,
         *,
         rng_key: jax.Array | None = None,
+        param_dtype: Any = jnp.float32,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
         self.in_dim = None  # set by _build
         self.hidden_dim = v.positive_int(cls, "hidden_dim", hidden_dim)
-        self._setup(in_dim, rng_key, w_init=w_init, b_init=b_init)
+        w_init = initializers.resolve(cls, "w_init", w_init)
+        b_init = initializers.resolve(cls, "b_init", b_init)
+        dtype = v.float_dtype(cls, "param_dtype", param_dtype)
+        self._setup(in_dim, rng_key, w_init=w_init, b_init=b_init, dtype=dtype)
 
     def _build(
-        self, in_dim: int, key: jax.Array, w_init: Initializer | None, b_init: Initializer | None
+        self,
+        in_dim: int,
+        key: jax.Array,
+        w_init: Initializer | None,
+        b_init: Initializer | None,
+        dtype: Any,
     ) -> None:
         self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
         hidden_dim = self.hidden_dim
         w_init = w_init or initializers.truncated_normal(1.0 / np.sqrt(in_dim + hidden_dim))
         b_init = b_init or initializers.zeros
         k1, k2, k3 = jax.random.split(key, 3)
-        self.register_parameter("weight_ih", w_init(k1, (in_dim, 4 * hidden_dim), jnp.float32))
-        self.register_parameter("weight_hh", w_init(k2, (hidden_dim, 4 * hidden_dim), jnp.float32))
-        self.register_parameter("bias", b_init(k3, (4 * hidden_dim,), jnp.float32))
+        self.register_parameter("weight_ih", w_init(k1, (in_dim, 4 * hidden_dim), dtype))
+        self.register_parameter("weight_hh", w_init(k2, (hidden_dim, 4 * hidden_dim), dtype))
+        self.register_parameter("bias", b_init(k3, (4 * hidden_dim,), dtype))
 
     def __call__(
         self, x: jax.Array, state: LSTMState | tuple[jax.Array, jax.Array]
@@ -156,6 +168,8 @@ class GRU(_Cell):
       w_h_init: initializer of ``weight_hh``; default ``variance_scaling()``.
       b_init: bias initializer; default zeros.
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     Call: ``cell(x, state) -> (h', h')``.
 
@@ -180,25 +194,32 @@ class GRU(_Cell):
         b_init: Initializer | None = None,
         *,
         rng_key: jax.Array | None = None,
+        param_dtype: Any = jnp.float32,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
         self.in_dim = None  # set by _build
         self.hidden_dim = v.positive_int(cls, "hidden_dim", hidden_dim)
-        self._setup(in_dim, rng_key, w_i_init=w_i_init, w_h_init=w_h_init, b_init=b_init)
+        self._setup(
+            in_dim,
+            rng_key,
+            w_i_init=initializers.resolve(cls, "w_i_init", w_i_init),
+            w_h_init=initializers.resolve(cls, "w_h_init", w_h_init),
+            b_init=initializers.resolve(cls, "b_init", b_init),
+            dtype=v.float_dtype(cls, "param_dtype", param_dtype),
+        )
 
-    def _build(self, in_dim: int, key: jax.Array, **inits: Initializer | None) -> None:
+    def _build(self, in_dim: int, key: jax.Array, dtype: Any, **inits: Initializer | None) -> None:
         self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
         hidden_dim = self.hidden_dim
         w_i_init = inits["w_i_init"] or initializers.variance_scaling()
         w_h_init = inits["w_h_init"] or initializers.variance_scaling()
         b_init = inits["b_init"] or initializers.zeros
         k1, k2, k3 = jax.random.split(key, 3)
-        self.register_parameter("weight_ih", w_i_init(k1, (in_dim, 3 * hidden_dim), jnp.float32))
-        self.register_parameter(
-            "weight_hh", w_h_init(k2, (hidden_dim, 3 * hidden_dim), jnp.float32)
-        )
-        self.register_parameter("bias", b_init(k3, (3 * hidden_dim,), jnp.float32))
+        self.register_parameter("weight_ih", w_i_init(k1, (in_dim, 3 * hidden_dim), dtype))
+        self.register_parameter("weight_hh", w_h_init(k2, (hidden_dim, 3 * hidden_dim), dtype))
+        self.register_parameter("bias", b_init(k3, (3 * hidden_dim,), dtype))
 
     def __call__(self, x: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
         self._lazy_check(x, state)
@@ -231,6 +252,8 @@ class VanillaRNN(_Cell):
       double_bias: also learn a bias ``bias_hh`` on the hidden-to-hidden path (as Haiku).
       activation: the nonlinearity; default ``jax.nn.relu`` (as Haiku).
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     Call: ``cell(x, state) -> (h', h')``.
 
@@ -255,8 +278,10 @@ class VanillaRNN(_Cell):
         activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
         *,
         rng_key: jax.Array | None = None,
+        param_dtype: Any = jnp.float32,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
         self.in_dim = None  # set by _build
         self.hidden_dim = v.positive_int(cls, "hidden_dim", hidden_dim)
@@ -264,23 +289,21 @@ class VanillaRNN(_Cell):
             raise TypeError(f"{cls}: activation must be callable, got {activation!r}.")
         self.activation = activation
         self.double_bias = v.boolean(cls, "double_bias", double_bias)
-        self._setup(in_dim, rng_key)
+        self._setup(in_dim, rng_key, dtype=v.float_dtype(cls, "param_dtype", param_dtype))
 
-    def _build(self, in_dim: int, key: jax.Array) -> None:
+    def _build(self, in_dim: int, key: jax.Array, dtype: Any) -> None:
         self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
         hidden_dim = self.hidden_dim
         k1, k2 = jax.random.split(key)
-        w_ih = initializers.truncated_normal(1.0 / np.sqrt(in_dim))(
-            k1, (in_dim, hidden_dim), jnp.float32
-        )
+        w_ih = initializers.truncated_normal(1.0 / np.sqrt(in_dim))(k1, (in_dim, hidden_dim), dtype)
         w_hh = initializers.truncated_normal(1.0 / np.sqrt(hidden_dim))(
-            k2, (hidden_dim, hidden_dim), jnp.float32
+            k2, (hidden_dim, hidden_dim), dtype
         )
         self.register_parameter("weight_ih", w_ih)
-        self.register_parameter("bias", jnp.zeros((hidden_dim,)))
+        self.register_parameter("bias", jnp.zeros((hidden_dim,), dtype))
         self.register_parameter("weight_hh", w_hh)
         if self.double_bias:
-            self.register_parameter("bias_hh", jnp.zeros((hidden_dim,)))
+            self.register_parameter("bias_hh", jnp.zeros((hidden_dim,), dtype))
         else:
             self.bias_hh = None
 

@@ -49,8 +49,10 @@ class Reshape(Module):
       ['Reshape', 'Reshape', '0']
     """
 
-    def __init__(self, output_shape: int | Sequence[int], preserve_dims: int = 1) -> None:
-        super().__init__()
+    def __init__(
+        self, output_shape: int | Sequence[int], preserve_dims: int = 1, *, name: str | None = None
+    ) -> None:
+        super().__init__(name=name)
         cls = type(self).__name__
         self.output_shape = _target_shape(cls, output_shape)
         self.preserve_dims = v.positive_int(cls, "preserve_dims", preserve_dims, allow_zero=True)
@@ -93,8 +95,8 @@ class Flatten(Module):
       (2, 3, 20)
     """
 
-    def __init__(self, preserve_dims: int = 1) -> None:
-        super().__init__()
+    def __init__(self, preserve_dims: int = 1, *, name: str | None = None) -> None:
+        super().__init__(name=name)
         cls = type(self).__name__
         self.preserve_dims = v.positive_int(cls, "preserve_dims", preserve_dims, allow_zero=True)
 

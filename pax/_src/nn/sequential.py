@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from pax._src.core.module import Module
@@ -42,8 +43,8 @@ class Sequential(Module):
 
     modules: list[Any]  # pax modules; plain functions are wrapped in a Lambda
 
-    def __init__(self, *layers: Module | Callable[..., Any]) -> None:
-        super().__init__()
+    def __init__(self, *layers: Module | Callable[..., Any], name: str | None = None) -> None:
+        super().__init__(name=name)
         self.register_module_subtree(
             "modules", [m if isinstance(m, Module) else Lambda(m) for m in layers]
         )
@@ -84,20 +85,32 @@ class Sequential(Module):
 class MLP(Module):
     """A multi-layer perceptron: Linear layers with an activation between them (``hk.nets.MLP``).
 
+    Two spellings: pax's ``MLP(dims)`` lists every size, the input's included, so
+    ``MLP([784, 128, 10])`` has two layers; Haiku's ``hk.nets.MLP(output_sizes)`` lists the
+    output sizes only, so ``hk.nets.MLP([128, 10])`` also has two layers. Port Haiku code with
+    the keyword ``MLP(output_sizes=[128, 10], in_dim=784)`` (``in_dim=None``: taken from a
+    first input, see `pax.Module.lazy_init`); giving both forms is refused.
+
     Args:
       dims: the layer sizes ``[in_dim, hidden..., out_dim]``.
+      output_sizes: Haiku's form, instead of `dims`: ``[hidden..., out_dim]``.
+      in_dim: with `output_sizes`, the input size (None: lazy).
       activation: applied after every layer but the last.
       activate_final: also apply it after the last layer.
       with_bias: use biases.
       w_init: weight initializer of every layer; default that of `Linear`.
       b_init: bias initializer of every layer; default zeros.
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+      param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
+      name: a name shown by repr and summary.
 
     Example:
       >>> import jax.numpy as jnp, pax
       >>> mlp = pax.nn.MLP([3, 16, 16, 2])
       >>> mlp(jnp.ones((5, 3))).shape
       (5, 2)
+      >>> len(pax.nn.MLP(output_sizes=[16, 2], in_dim=3).layers)
+      2
     """
 
     layers: list[Linear]
@@ -107,32 +120,31 @@ class MLP(Module):
     @v.renamed_kwargs(features="dims")
     def __init__(
         self,
-        dims: Sequence[int],
+        dims: Sequence[int] | None = None,
         activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
         activate_final: bool = False,
         with_bias: bool = True,
         w_init: Initializer | None = None,
         b_init: Initializer | None = None,
         *,
+        output_sizes: Sequence[int] | None = None,
+        in_dim: int | None = None,
         rng_key: jax.Array | None = None,
+        param_dtype: Any = jnp.float32,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
-        sizes = tuple(dims) if isinstance(dims, Iterable) and not isinstance(dims, str) else ()
-        if len(sizes) < 2:
-            raise ValueError(
-                f"{cls}: dims needs at least [in_dim, out_dim], got {dims!r}; e.g. "
-                f"{cls}([784, 128, 10])."
-            )
         if not callable(activation):
             raise TypeError(f"{cls}: activation must be callable, got {activation!r}.")
-        self.dims = tuple(v.positive_int(cls, f"dims[{i}]", d) for i, d in enumerate(sizes))
-        keys = jax.random.split(resolve_rng_key(rng_key), len(sizes) - 1)
+        self.dims = _mlp_dims(cls, dims, output_sizes, in_dim)
+        keys = jax.random.split(resolve_rng_key(rng_key), len(self.dims) - 1)
         self.activation = activation
         self.activate_final = v.boolean(cls, "activate_final", activate_final)
         with_bias = v.boolean(cls, "with_bias", with_bias)
+        dtype = v.float_dtype(cls, "param_dtype", param_dtype)
         self.layers = [
-            Linear(i, o, with_bias, w_init, b_init, rng_key=k)
+            Linear(i, cast(int, o), with_bias, w_init, b_init, rng_key=k, param_dtype=dtype)
             for i, o, k in zip(self.dims[:-1], self.dims[1:], keys)
         ]
 
@@ -149,3 +161,39 @@ class MLP(Module):
             if i < last or self.activate_final:
                 x = self.activation(x)
         return x
+
+
+def _sizes(value: Any) -> tuple:
+    return tuple(value) if isinstance(value, Iterable) and not isinstance(value, str) else ()
+
+
+def _mlp_dims(cls: str, dims: Any, output_sizes: Any, in_dim: Any) -> tuple[int | None, ...]:
+    """The sizes ``(in_dim, hidden..., out_dim)`` from pax's or Haiku's spelling."""
+    if output_sizes is not None:
+        if dims is not None:
+            raise TypeError(
+                f"{cls}: give dims (every size, the input's first) or output_sizes (Haiku's "
+                f"form, without the input size), not both. Fix: {cls}(output_sizes="
+                f"{list(_sizes(output_sizes))!r}, in_dim=...)."
+            )
+        outs = _sizes(output_sizes)
+        if not outs:
+            raise ValueError(
+                f"{cls}: output_sizes needs at least one size, got {output_sizes!r}; e.g. "
+                f"{cls}(output_sizes=[128, 10], in_dim=784)."
+            )
+        first = None if in_dim is None else v.positive_int(cls, "in_dim", in_dim)
+        rest = tuple(v.positive_int(cls, f"output_sizes[{i}]", d) for i, d in enumerate(outs))
+        return (first, *rest)
+    if in_dim is not None:
+        raise TypeError(
+            f"{cls}: in_dim= goes with output_sizes= (Haiku's form); with dims the input size "
+            f"is dims[0]. Fix: {cls}(output_sizes=[...], in_dim={in_dim!r})."
+        )
+    sizes = _sizes(dims)
+    if len(sizes) < 2:
+        raise ValueError(
+            f"{cls}: dims needs at least [in_dim, out_dim], got {dims!r}; e.g. "
+            f"{cls}([784, 128, 10]), or Haiku's form {cls}(output_sizes=[128, 10], in_dim=784)."
+        )
+    return tuple(v.positive_int(cls, f"dims[{i}]", d) for i, d in enumerate(sizes))

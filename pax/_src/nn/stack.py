@@ -109,8 +109,9 @@ class Stack(Module):
         remat: bool = False,
         unroll: int | bool = 1,
         rng_key: jax.Array | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         cls = type(self).__name__
         if isinstance(make_layer, Module) or not callable(make_layer):
             raise TypeError(
