@@ -101,7 +101,8 @@ def fsdp_rules(tree: Any, mesh: Mesh, axis: str = "data") -> list[Rule]:
         seen.add(key)
         shape = np.shape(leaf)
         spec = PartitionSpec()
-        if shape and np.issubdtype(np.dtype(getattr(leaf, "dtype", np.int32)), np.floating):
+        dtype = getattr(leaf, "dtype", None)
+        if shape and dtype is not None and jax.dtypes.issubdtype(dtype, np.floating):
             dims = [d for d, n in enumerate(shape) if n % size == 0]
             if dims:
                 dim = max(dims, key=lambda d: shape[d])
