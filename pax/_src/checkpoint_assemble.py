@@ -29,7 +29,7 @@ from pax._src.checkpoint_codec import (
     weak,
 )
 from pax._src.checkpoint_io import Reader
-from pax._src.checkpoint_sharded import PART_FORMAT, file_digest
+from pax._src.checkpoint_sharded import PART_FORMAT, bounds, file_digest
 from pax._src.errors import CheckpointError
 
 Bounds = tuple[tuple[int, int], ...]
@@ -49,7 +49,7 @@ def load_parts(path: str, metadata: dict, expected: dict[str, Any]) -> list[Any]
                 pieces[where].append((readers[-1], member, start, stop))
         for where, record in records.items():
             _check_tiling(path, where, record, pieces[where])
-        plans = {where: _plan(where, records[where], expected[where]) for where in wanted}
+        plans = {where: _plan(records[where], expected[where]) for where in wanted}
         for where in wanted:  # every check passed: read what this process needs
             plans[where]["regions"] = _read(path, where, records[where], pieces[where], plans)
     finally:
@@ -166,7 +166,7 @@ def _target(like: Any) -> jax.sharding.Sharding | None:
     return sharding
 
 
-def _plan(where: str, record: dict, like: Any) -> dict[str, Any]:
+def _plan(record: dict, like: Any) -> dict[str, Any]:
     """The regions of the stored array this process reads for a leaf, by device."""
     sharding = _target(like)
     stored = tuple(record["stored_shape"])
@@ -174,25 +174,11 @@ def _plan(where: str, record: dict, like: Any) -> dict[str, Any]:
         return {"sharding": None, "needed": {tuple((0, n) for n in stored)}}
     if record["encoding"] == "key" and not isinstance(
         sharding, (jax.sharding.NamedSharding, jax.sharding.SingleDeviceSharding)
-    ):
-        raise CheckpointError(
-            f"pax.load: the PRNG key array at {where or 'the root'} of a multi-process "
-            f"checkpoint can be loaded into a NamedSharding or a single device, not into a "
-            f"{type(sharding).__name__}. Nothing was loaded. Fix: give the `like` leaf a "
-            f"NamedSharding, e.g. jax.device_put(key, NamedSharding(mesh, P()))."
-        )
+    ):  # a key's data has one more axis, which only these shardings extend to: `place` it
+        return {"sharding": None, "needed": {tuple((0, n) for n in stored)}}
     indices = sharding.addressable_devices_indices_map(tuple(record["shape"]))
     needed = {bounds(index, stored) for index in indices.values()}  # a key's data axes: whole
     return {"sharding": sharding, "needed": needed}
-
-
-def bounds(index: Any, shape: tuple[int, ...]) -> Bounds:
-    """A device's index (a tuple of slices) as (start, stop) per axis of ``shape``."""
-    found = []
-    for axis in range(min(len(index), len(shape))):
-        start, stop, _ = index[axis].indices(shape[axis])
-        found.append((start, max(start, stop)))
-    return tuple(found) + tuple((0, n) for n in shape[len(found) :])
 
 
 def _read(

@@ -72,19 +72,16 @@ def part_name(path: str, save_id: str, index: int, count: int) -> str:
     return f"{os.path.basename(path)}.{save_id}.part{index}-of-{count}"
 
 
-def _bounds(index: tuple, shape: tuple[int, ...]) -> tuple[list[int], list[int]]:
-    """The start and stop per axis of a shard's index (a tuple of slices)."""
-    starts, stops = [], []
-    for axis, size in enumerate(shape):
-        piece = index[axis] if axis < len(index) else slice(None)
-        start, stop, step = piece.indices(size)
-        if step != 1:
-            raise CheckpointError(
-                f"pax.save: a shard with a strided index {index} is not supported."
-            )
-        starts.append(start)
-        stops.append(max(start, stop))
-    return starts, stops
+def bounds(index: Any, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """A shard's index (a tuple of slices, as JAX gives them) as (start, stop) per axis.
+
+    Axes of ``shape`` beyond the index (a key array's data axes) are whole.
+    """
+    found = []
+    for axis in range(min(len(index), len(shape))):
+        start, stop, _ = index[axis].indices(shape[axis])  # JAX's slices have no step
+        found.append((start, max(start, stop)))
+    return tuple(found) + tuple((0, n) for n in shape[len(found) :])
 
 
 def pieces(
@@ -95,15 +92,13 @@ def pieces(
     if isinstance(leaf, jax.Array):
         record = record_of(name, leaf)
         stored = tuple(record["stored_shape"])
-        if leaf.is_fully_addressable:  # on this process's devices only: process 0 writes it
-            if index != 0:
-                return record, []
-            return record, [([0] * len(stored), list(stored), encode_leaf(name, leaf)[0])]
+        if leaf.is_fully_addressable and index != 0:
+            return record, []  # on this process's devices only: process 0 writes its own
         owned = []
         for shard in leaf.addressable_shards:
             if shard.replica_id == 0:
-                starts, stops = _bounds(shard.index, stored)
-                owned.append((starts, stops, encode_leaf(name, shard.data)[0]))
+                starts, stops = zip(*bounds(shard.index, stored)) if stored else ((), ())
+                owned.append((list(starts), list(stops), encode_leaf(name, shard.data)[0]))
         return record, owned
     array, record = encode_leaf(name, leaf)
     record["stored_shape"] = list(array.shape)
