@@ -9,6 +9,7 @@ sharded.
 from pax._src.sharding.presets import data_parallel_rules as data_parallel_rules
 from pax._src.sharding.presets import fsdp_rules as fsdp_rules
 from pax._src.sharding.presets import init_sharded as init_sharded
+from pax._src.sharding.presets import make_mesh as make_mesh
 from pax._src.sharding.presets import shard_batch as shard_batch
 from pax._src.sharding.presets import tensor_parallel_rules as tensor_parallel_rules
 from pax._src.sharding.rules import shard as shard
@@ -19,6 +20,7 @@ __all__ = [
     "data_parallel_rules",
     "fsdp_rules",
     "init_sharded",
+    "make_mesh",
     "shard",
     "shard_batch",
     "shardings",

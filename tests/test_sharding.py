@@ -26,7 +26,7 @@ def mesh_1d(name="data"):
 
 
 def mesh_2d():
-    return Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "model"))
+    return pax.sharding.make_mesh((2, 4), ("data", "model"))
 
 
 def loss_fn(params, model, inputs):
@@ -174,7 +174,10 @@ def test_tensor_parallel_mlp_on_a_2d_mesh():
     opt = pax.optim.adam(model.parameters(), 1e-2)
     mesh = mesh_2d()
     rules = pax.sharding.tensor_parallel_rules(model)
-    s_model, s_opt, _ = check_sharded_training(model, opt, mlp_batch(), mesh, rules)
+    s_model, s_opt, compiled = check_sharded_training(model, opt, mlp_batch(), mesh, rules)
+    # Megatron layout: activations and gradients are reduced, no weight is ever gathered.
+    assert "all-gather" not in compiled.as_text()
+    assert "all-reduce" in compiled.as_text()
     layers = s_model.layers
     assert (spec_of(layers[0].weight), spec_of(layers[0].bias)) == (
         P(None, "model"),
@@ -187,6 +190,7 @@ def test_tensor_parallel_mlp_on_a_2d_mesh():
     assert spec_of(s_opt.opt_state.inner_state[0].mu[".layers[1].weight"]) == P("model")
 
 
+@pytest.mark.slow
 def test_tensor_parallel_attention_on_a_2d_mesh():
     model = Attention(rng_key=jax.random.PRNGKey(0))
     # SGD, not Adam: the key bias has a zero gradient up to rounding (softmax ignores a shift of
@@ -303,12 +307,9 @@ def test_init_sharded_equals_the_unsharded_model_bit_for_bit():
     expected = pax.sharding.shardings(reference, mesh, rules)
     assert same_shardings(model, expected) == []
     assert {s.data.shape for s in model.layers[0].weight.addressable_shards} == {(8, 8)}
-    # The model works: a forward pass and a training step.
-    x, y = mlp_batch()
+    # The model works.
+    x, _ = mlp_batch()
     np.testing.assert_allclose(model(x), reference(x), rtol=1e-5, atol=1e-6)
-    opt = pax.sharding.shard(pax.optim.adam(model.parameters(), 1e-2), mesh, rules)
-    _, model, opt = pax.utils.build_update_fn(loss_fn)(model, opt, (x, y))
-    assert same_shardings(model, expected) == []
 
 
 def test_init_sharded_model_and_optimizer_together():
@@ -448,3 +449,16 @@ def test_shard_batch_errors():
         pax.sharding.shard_batch(jnp.float32(1), mesh)
     with pytest.raises(ValueError, match=r"shard_batch: the mesh has no axis 'batch'"):
         pax.sharding.shard_batch(jnp.ones((8, 2)), mesh, "batch")
+
+
+def test_make_mesh_has_auto_axes_and_fsdp_refuses_explicit_ones():
+    mesh = pax.sharding.make_mesh((2, 4), ("data", "model"))
+    assert dict(mesh.shape) == {"data": 2, "model": 4}
+    assert mesh.axis_types == (jax.sharding.AxisType.Auto,) * 2
+    explicit = jax.make_mesh((8,), ("data",), (jax.sharding.AxisType.Explicit,))
+    model = make_mlp(jax.random.PRNGKey(0))
+    with pytest.raises(
+        ValueError,
+        match=r"the mesh axis 'data' is Explicit .*Fix: a mesh with Auto axes, mesh = pax.sharding.make_mesh\(\(8,\), \('data',\)\)",
+    ):
+        pax.sharding.fsdp_rules(model, explicit)

@@ -9,12 +9,12 @@ places ``[0].layers[0].weight`` and the optimizer's moments of ``.layers[0].weig
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from pax._src.describe import describe
 from pax._src.nn.attention import MultiHeadAttention
@@ -42,6 +42,35 @@ def _grouped(pairs: list[tuple[str, PartitionSpec]]) -> list[Rule]:
     return rules
 
 
+def make_mesh(
+    axis_shapes: Sequence[int], axis_names: Sequence[str], *, devices: Sequence[Any] | None = None
+) -> Mesh:
+    """A device mesh whose axes are ``Auto``: the compiler chooses how intermediate values are
+    split, so layers need no sharding annotations.
+
+    ``jax.make_mesh`` makes ``Explicit`` axes by default: JAX then requires every operation
+    whose inputs are split over an axis to state its output sharding, which `pax.nn` layers do
+    not, and a matrix product of FSDP or tensor-parallel weights raises a
+    ``ShardingTypeError``. Data parallelism works with either.
+
+    Args:
+      axis_shapes: the size of each axis; their product is the number of devices used.
+      axis_names: the name of each axis, e.g. ``("data", "model")``.
+      devices: the devices to use; default ``jax.devices()``.
+
+    Returns:
+      ``jax.make_mesh(axis_shapes, axis_names, axis_types=(AxisType.Auto, ...))``.
+
+    Example:
+      >>> import pax
+      >>> mesh = pax.sharding.make_mesh((1,), ("data",))
+      >>> dict(mesh.shape), mesh.axis_types
+      ({'data': 1}, (Auto,))
+    """
+    types = (AxisType.Auto,) * len(axis_shapes)
+    return jax.make_mesh(tuple(axis_shapes), tuple(axis_names), types, devices=devices)
+
+
 def data_parallel_rules() -> list[Rule]:
     """Rules that replicate every leaf: data parallelism (split the batch with `shard_batch`).
 
@@ -64,6 +93,18 @@ def _axis_size(mesh: Mesh, axis: str, owner: str) -> int:
     return int(mesh.shape[axis])
 
 
+def _check_auto(mesh: Mesh, axis: str, owner: str) -> None:
+    """Raises if `axis` is an Explicit axis, on which pax layers' matrix products fail."""
+    if mesh.axis_types[mesh.axis_names.index(axis)] == AxisType.Explicit:
+        raise ValueError(
+            f"pax.sharding.{owner}: the mesh axis {axis!r} is Explicit (the default of "
+            f"jax.make_mesh): JAX would refuse the matrix products of weights split over it, "
+            f"since pax layers do not state the sharding of their outputs. Fix: a mesh with Auto "
+            f"axes, mesh = pax.sharding.make_mesh({tuple(mesh.axis_sizes)}, "
+            f"{tuple(mesh.axis_names)})."
+        )
+
+
 def fsdp_rules(tree: Any, mesh: Mesh, axis: str = "data") -> list[Rule]:
     """Rules for fully sharded data parallelism: each floating-point leaf of `tree` is split
     over `axis` along its largest dimension divisible by the axis size.
@@ -82,7 +123,7 @@ def fsdp_rules(tree: Any, mesh: Mesh, axis: str = "data") -> list[Rule]:
       A list of ``(pattern, PartitionSpec)`` rules ending with the catch-all ``(".*", P())``.
 
     Raises:
-      ValueError: if the mesh has no axis `axis`.
+      ValueError: if the mesh has no axis `axis`, or it is an Explicit axis (see `make_mesh`).
 
     Example:
       >>> import jax, numpy as np, pax
@@ -94,6 +135,7 @@ def fsdp_rules(tree: Any, mesh: Mesh, axis: str = "data") -> list[Rule]:
       P(None, 'data')
     """
     size = _axis_size(mesh, axis, "fsdp_rules")
+    _check_auto(mesh, axis, "fsdp_rules")
     pairs, seen = [], set()
     for key, _, leaf in rule_keys(tree):
         if key in seen:
@@ -137,7 +179,8 @@ def tensor_parallel_rules(model: Any, axis: str = "model") -> list[Rule]:
     key and value projections split their heads (choose ``num_heads`` divisible by the axis
     size) and the output projection its input. Any other Linear splits its output features;
     every other leaf is replicated (over a 2-D mesh ``("data", "model")`` parameters are then
-    replicated over "data", and the batch is split over it with `shard_batch`).
+    replicated over "data", and the batch is split over it with `shard_batch`). Use a mesh
+    with Auto axes (`make_mesh`): on an Explicit axis JAX refuses the split matrix products.
 
     Args:
       model: the model (arrays or `jax.ShapeDtypeStruct` leaves).
