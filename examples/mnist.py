@@ -3,6 +3,7 @@
     python examples/mnist.py --data-dir DIR              # DIR holds the four MNIST IDX files
     python examples/mnist.py --data-dir DIR --use-haiku  # the same network from pax.haiku
     PAX_MNIST_DIR=DIR python examples/mnist.py --epochs 5 --batch-size 128
+    python -m pax.launch -n 2 examples/mnist.py --data-dir DIR   # two processes, one run
 
 Data: the standard IDX files (``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
 ``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz``, gzipped or not) from
@@ -11,9 +12,12 @@ Data: the standard IDX files (``train-images-idx3-ubyte.gz``, ``train-labels-idx
 
 Training is data-parallel over every visible device (the batch is split along its leading axis,
 the model and optimizer are replicated; see ``_data_parallel.py``); BatchNorm's statistics are
-those of the whole global batch. Each epoch ends with the test accuracy of the model in
-``eval()`` mode (BatchNorm then uses its moving averages, dropout is off), counted by a
-`pax.metrics.Accuracy` updated in a jitted step; the last model is saved with ``pax.save``.
+those of the whole global batch. In a multi-process run (``--coordinator``, ``--num-processes``,
+``--process-id``, or ``python -m pax.launch``) every process reads the data and feeds its share
+of each global batch; only process 0 prints, plots and saves. Each epoch ends with the test
+accuracy of the model in ``eval()`` mode (BatchNorm then uses its moving averages, dropout is
+off), counted by a `pax.metrics.Accuracy` updated in a jitted step; the last model is saved with
+``pax.save``.
 """
 
 from __future__ import annotations
@@ -259,6 +263,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--max-steps", type=int, default=0, help="stop each epoch early (smoke tests)")
+    dp.add_process_flags(p)
     return p.parse_args(argv)
 
 
@@ -267,7 +272,12 @@ def run(
     devices: Sequence[jax.Device] | None = None,
     data: dict[str, np.ndarray] | None = None,
 ) -> dict:
-    """Trains as `args` says; returns the model, the per-epoch test accuracies and seconds."""
+    """Trains as `args` says; returns the model, the per-epoch test accuracies and seconds.
+
+    In a multi-process run (`dp.initialize` first) every process calls it; only process 0
+    prints, plots and saves.
+    """
+    main_process = dp.is_main_process()
     mesh = dp.make_mesh(devices)
     dp.check_batch_size(args.batch_size, mesh)
     data = load_mnist(args.data_dir) if data is None else data
@@ -291,12 +301,14 @@ def run(
     eval_batch = -(-1000 // mesh.size) * mesh.size
     rng = np.random.default_rng(args.seed)
 
-    print(
-        f"mnist: {len(data['train_images'])} train / {len(data['test_images'])} test images, "
-        f"{mesh.size} device(s) ({mesh.devices.flat[0].platform}), "
-        f"{'pax.haiku' if args.use_haiku else 'pax.nn'} model",
-        file=sys.stderr,
-    )
+    processes = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    if main_process:
+        print(
+            f"mnist: {len(data['train_images'])} train / {len(data['test_images'])} test images, "
+            f"{mesh.size} device(s) ({mesh.devices.flat[0].platform}{processes}), "
+            f"{'pax.haiku' if args.use_haiku else 'pax.nn'} model",
+            file=sys.stderr,
+        )
     accuracies, epoch_seconds, losses = [], [], []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
@@ -307,7 +319,7 @@ def run(
             total=steps_per_epoch,
             desc=f"epoch {epoch}",
             unit="step",
-            disable=args.no_progress,
+            disable=args.no_progress or not main_process,
         )
         last_time, last_step = start, 0
         for step, batch in enumerate(bar, 1):
@@ -331,16 +343,18 @@ def run(
         )
         accuracies.append(accuracy)
         epoch_seconds.append(seconds)
-        print(
-            f"epoch {epoch}: test accuracy {accuracy:.2%}, train time {seconds:.1f}s",
-            file=sys.stderr,
-        )
-    if args.checkpoint:
+        if main_process:
+            print(
+                f"epoch {epoch}: test accuracy {accuracy:.2%}, train time {seconds:.1f}s",
+                file=sys.stderr,
+            )
+    if args.checkpoint and main_process:
+        # the model is replicated: process 0 writes its local copy (one file)
         os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
-        pax.save(args.checkpoint, model)
+        pax.save(args.checkpoint, dp.host_local(model, mesh))
         print(f"checkpoint written to {args.checkpoint}", file=sys.stderr)
     losses = [float(x) for x in jax.device_get(losses)]
-    plot = _plot.default_path(args.plot, args.checkpoint)
+    plot = _plot.default_path(args.plot, args.checkpoint) if main_process else ""
     _plot.save_curves(
         plot, "MNIST", [("step", "train loss", losses), ("epoch", "test accuracy", accuracies)]
     )
@@ -354,8 +368,10 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     try:
-        run(parse_args(argv))
+        dp.initialize(args)
+        run(args)
     except FileNotFoundError as err:
         sys.exit(str(err))
 
