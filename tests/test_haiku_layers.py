@@ -39,13 +39,13 @@ CASES = {
         True,
     ),
     "lstm": (
-        lambda: pax.haiku.lstm(3, 5),
+        lambda: pax.haiku.lstm(5, in_dim=3),
         lambda x, s: hk.LSTM(5)(x, s),
         lambda: (_x(2, 3), _lstm_state(2, 5)),
         None,
     ),
     "gru": (
-        lambda: pax.haiku.gru(3, 5),
+        lambda: pax.haiku.gru(5, in_dim=3),
         lambda x, h: hk.GRU(5)(x, h),
         lambda: (_x(2, 3), jnp.full((2, 5), 0.1)),
         None,
@@ -137,7 +137,7 @@ def test_initializers_in_both_conventions_and_rng_key():
 ARGUMENT_ERRORS = [
     (lambda: pax.haiku.linear(0, 3), r"pax\.haiku\.linear: in_dim must be a positive int, got 0"),
     (
-        lambda: pax.haiku.gru(3, True),
+        lambda: pax.haiku.gru(True),
         r"pax\.haiku\.gru: hidden_dim must be a positive int, got True",
     ),
     (
@@ -176,7 +176,7 @@ def test_layer_argument_errors(make, match):
 
 
 def test_initializer_errors():
-    with pytest.raises(TypeError, match=r"pax\.haiku\.embed: w_init must be an initializer"):
+    with pytest.raises(TypeError, match=r"pax\.haiku\.embed: w_init=1\.0 is not callable"):
         pax.haiku.embed(3, 2, w_init=1.0)
 
 
@@ -198,7 +198,7 @@ def test_batch_norm_eval_mode_keeps_state():
 
 
 def test_lstm_dynamic_unroll_equals_haiku():
-    cell = pax.haiku.lstm(3, 4)
+    cell = pax.haiku.lstm(4, in_dim=3)
     xs = _x(5, 2, 3)  # time-major
     h0 = _lstm_state(2, 4)
 

@@ -75,7 +75,7 @@ def test_old_keyword_after_the_new_one_given_positionally_raises():
     with pytest.raises(TypeError, match=r"conv_2d: got both `in_features` .* and `in_dim`"):
         H.conv_2d(3, out_dim=4, kernel_shape=3, in_features=3)
     with pytest.raises(TypeError, match=r"batch_norm_2d: got both `decay_rate` .* and `decay`"):
-        H.batch_norm_2d(3, True, True, 0.9, decay_rate=0.9)
+        H.batch_norm_2d(3, -1, 0.9, decay_rate=0.9)
     with pytest.raises(TypeError, match=r"max_pool: got both `strides` .* and `stride`"):
         H.max_pool(2, 2, "VALID", strides=2)
 
@@ -84,7 +84,7 @@ def test_positional_calls_keep_their_meaning():
     a = H.conv_2d(3, 4, 3, 1, 2, rng_key=KEY)  # the fifth argument: dilation (was rate)
     assert a.hk_config == H.conv_2d(3, 4, 3, dilation=2, rng_key=KEY).hk_config
     assert a.hk_config.arguments()["rate"] == 2
-    bn = H.batch_norm_2d(3, True, True, 0.5, rng_key=KEY)  # the fourth: decay (was decay_rate)
+    bn = H.batch_norm_2d(3, -1, 0.5, rng_key=KEY)  # the third: decay (Pax v0.2's decay_rate)
     assert bn.hk_config.arguments()["decay_rate"] == 0.5
     pool = H.avg_pool(2, 1, "SAME")
     assert pool.hk_config.arguments()["strides"] == 1

@@ -1,9 +1,12 @@
 """`pax.haiku` convolutions: Haiku's ``Conv1D``/``Conv2D`` and their transposes, initialized.
 
 They take pax.nn's argument names (`in_dim`, `out_dim`, `dilation`,
-``data_format="channels_last"``); `in_features`, `out_features`, `rate` and the layouts
-``"NWC"``, ``"NHWC"``, ``"NCW"``, ``"NCHW"`` still work for one release, with a
-`DeprecationWarning`.
+``data_format="channels_last"``) in Pax v0.2's positional order (``input_channels,
+output_channels, kernel_shape, stride, rate, padding, with_bias, w_init, b_init, data_format``):
+a Pax v0.2 call with positional arguments means the same. The keywords `in_features`,
+`out_features`, Pax v0.2's `input_channels`, `output_channels` and `rate` (Haiku's name of the
+dilation) and the layouts ``"NWC"``, ``"NHWC"``, ``"NCW"``, ``"NCHW"`` still work, with a
+`DeprecationWarning` naming the new spelling.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from pax._src.haiku.module import HaikuModule
 
 # The keywords renamed by the one pax vocabulary (old -> new), accepted for one release.
 RENAMED = {"in_features": "in_dim", "out_features": "out_dim"}
+# Pax v0.2's names of the channel counts, also accepted with a warning.
+RENAMED.update(input_channels="in_dim", output_channels="out_dim")
 
 
 def _per_axis(fn: str, arg: str, value: IntOrSeq, n: int) -> tuple[int, ...]:

@@ -8,7 +8,6 @@ keyword-only `rng_key`; Haiku still receives its own names (``strides``, ``decay
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,7 +18,9 @@ import jax.numpy as jnp
 from pax._src.arguments import CHANNELS_LAST, int_tuple, positive_int, renamed_kwargs
 from pax._src.arguments import data_format as parse_data_format
 from pax._src.core.rng import resolve_rng_key
+from pax._src.haiku.compat_args import channel_axis_format
 from pax._src.haiku.module import HaikuModule
+from pax._src.nn.initializer_forms import is_pax_form
 
 InitializerLike = Callable[..., jax.Array]
 IntOrSeq = int | Sequence[int]
@@ -49,17 +50,12 @@ class _KeyedInitializer:
 def as_haiku_initializer(fn: str, arg: str, init: InitializerLike | None) -> InitializerLike | None:
     """Accepts both Haiku's ``init(shape, dtype)`` and pax's ``init(key, shape, dtype)``.
 
-    `fn` is the public name shown in the error, e.g. ``"pax.haiku.linear"``.
+    `fn` is the public name shown in the error, e.g. ``"pax.haiku.linear"``; the forms and
+    errors are those of the native layers (`pax._src.nn.initializer_forms.resolve`).
     """
     if init is None:
         return None
-    if not callable(init):
-        raise TypeError(f"{fn}: {arg} must be an initializer, got {init!r}.")
-    try:
-        first = next(iter(inspect.signature(init).parameters), "")
-    except (TypeError, ValueError):
-        return init
-    return _KeyedInitializer(init) if first in ("key", "rng_key", "rng") else init
+    return _KeyedInitializer(init) if is_pax_form(fn, arg, init) else init
 
 
 def build_layer(
@@ -136,22 +132,24 @@ def linear(
     return build_layer(hk.Linear, kwargs, dummy, rng_key)
 
 
+@renamed_kwargs("pax.haiku", num_channels="in_dim")
 def layer_norm(
     in_dim: int,
     axis: int | Sequence[int] = -1,
+    *,
     create_scale: bool = True,
     create_offset: bool = True,
     eps: float = 1e-5,
     scale_init: InitializerLike | None = None,
     offset_init: InitializerLike | None = None,
-    *,
     name: str | None = None,
     rng_key: jax.Array | None = None,
 ) -> HaikuModule:
     """``hk.LayerNorm`` normalizing over `axis`, with scale and offset of shape ``(in_dim,)``.
 
     The scale and offset apply to the last axis, of size `in_dim` (Haiku's default
-    ``param_axis=-1``).
+    ``param_axis=-1``). The positional arguments are Pax v0.2's ``(num_channels, axis)``
+    (`num_channels` is a deprecated spelling of `in_dim`); the others are keyword-only.
 
     Args:
       in_dim: size of the last input axis.
@@ -187,50 +185,61 @@ def layer_norm(
     return build_layer(hk.LayerNorm, kwargs, dummy, rng_key)
 
 
-@renamed_kwargs("pax.haiku", in_features="in_dim", decay_rate="decay")
+@renamed_kwargs("pax.haiku", in_features="in_dim", num_channels="in_dim", decay_rate="decay")
 def batch_norm_2d(
     in_dim: int,
+    axis: int = -1,
+    decay: float = 0.99,
+    cross_replica_axis: str | Sequence[str] | None = None,
+    *,
     create_scale: bool = True,
     create_offset: bool = True,
-    decay: float = 0.9,
     eps: float = 1e-5,
     scale_init: InitializerLike | None = None,
     offset_init: InitializerLike | None = None,
     data_format: str = "channels_last",
-    cross_replica_axis: str | Sequence[str] | None = None,
-    *,
     name: str | None = None,
     rng_key: jax.Array | None = None,
 ) -> HaikuModule:
     """``hk.BatchNorm`` for 4-D inputs with `in_dim` channels (``is_training`` from the mode).
 
-    The moving averages are Haiku state, updated in training mode only (``model.eval()``
-    freezes them). `in_features`, `decay_rate` and the layouts ``"NHWC"`` / ``"NCHW"`` are
+    The positional arguments and defaults are Pax v0.2's: ``(num_channels, axis=-1,
+    decay_rate=0.99, cross_replica_axis=None)``; the others are keyword-only. The moving
+    averages are Haiku state, updated in training mode only (``model.eval()`` freezes them).
+    `num_channels`, `in_features`, `decay_rate` and the layouts ``"NHWC"`` / ``"NCHW"`` are
     deprecated spellings of `in_dim`, `decay` and the two `data_format` values.
 
     Args:
       in_dim: number of channels.
+      axis: the channel axis: -1 (or 3) for ``(N, H, W, C)`` inputs, 1 (or -3) for
+        ``(N, C, H, W)``; another value than -1 sets the layout (`data_format` then must agree
+        or be left at its default).
+      decay: decay of the moving averages (Haiku's ``decay_rate``; default 0.99 as Pax v0.2).
+      cross_replica_axis: named axis (``jax.pmap``/``shard_map``) to average the batch
+        statistics over.
       create_scale: learn a scale.
       create_offset: learn an offset.
-      decay: decay of the moving averages (Haiku's ``decay_rate``).
       eps: added to the variance.
       scale_init: scale initializer; default ones.
       offset_init: offset initializer; default zeros.
       data_format: ``"channels_last"`` (default, ``(N, H, W, C)``) or ``"channels_first"``.
-      cross_replica_axis: named axis (``jax.pmap``/``shard_map``) to average the batch
-        statistics over.
       name: the Haiku module name.
       rng_key: key for the initializers; default `pax.next_rng_key()`.
+
+    Raises:
+      ValueError: for another `axis`, or an `axis` and a `data_format` that disagree.
 
     Example:
       >>> import jax.numpy as jnp, pax
       >>> bn = pax.haiku.batch_norm_2d(3)
       >>> bn(jnp.ones((2, 5, 5, 3))).shape
       (2, 5, 5, 3)
+      >>> pax.haiku.batch_norm_2d(3, 1, 0.9)(jnp.ones((2, 3, 5, 5))).shape  # channels first
+      (2, 3, 5, 5)
     """
     fn = "pax.haiku.batch_norm_2d"
     in_dim = positive_int(fn, "in_dim", in_dim)
-    layout = haiku_layout(fn, data_format, 2)
+    layout = haiku_layout(fn, channel_axis_format(fn, axis, data_format), 2)
     shape = [1, 1, 1, in_dim] if layout == "NHWC" else [1, in_dim, 1, 1]
     kwargs = dict(
         create_scale=create_scale,
@@ -254,12 +263,12 @@ def embed(
     vocab_size: int,
     embed_dim: int,
     w_init: InitializerLike | None = None,
-    lookup_style: str = "ARRAY_INDEX",
     *,
+    lookup_style: str = "ARRAY_INDEX",
     name: str | None = None,
     rng_key: jax.Array | None = None,
 ) -> HaikuModule:
-    """``hk.Embed(vocab_size, embed_dim)``, initialized.
+    """``hk.Embed(vocab_size, embed_dim)``, initialized (Pax v0.2's positional arguments).
 
     Args:
       vocab_size: number of rows (ids ``0 .. vocab_size - 1``).

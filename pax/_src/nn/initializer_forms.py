@@ -134,12 +134,31 @@ def resolve(owner: str, arg: str, init: Any) -> Initializer | None:
     """
     if init is None:
         return None
+    return init if is_pax_form(owner, arg, init) else _haiku_form(init, f"{owner}: {arg}")
+
+
+def is_pax_form(owner: str, arg: str, init: Any) -> bool:
+    """True for pax's form ``init(key, shape, dtype)``, False for Haiku's ``init(shape, dtype)``.
+
+    The rules and errors of `resolve` (which see); `pax.haiku` layers use it to adapt the other
+    way.
+
+    Raises:
+      TypeError: naming `owner` and `arg`, for anything that is neither.
+
+    Example:
+      >>> import haiku as hk, pax
+      >>> is_pax_form("Linear", "w_init", pax.initializers.zeros)
+      True
+      >>> is_pax_form("Linear", "w_init", hk.initializers.TruncatedNormal(0.1))
+      False
+    """
     if isinstance(init, type):
         raise _error(owner, arg, init, "is a class, not an initializer; create an instance")
     if not callable(init):
         raise _error(owner, arg, init, "is not callable")
     if type(init).__module__.split(".")[0] == "haiku":
-        return _haiku_form(init, f"{owner}: {arg}")
+        return False
     module, name = getattr(init, "__module__", None), getattr(init, "__name__", None)
     if module == "pax._src.nn.initializers" and name in _FACTORIES:
         raise _error(owner, arg, init, f"is a factory; call it: pax.initializers.{name}(...)")
@@ -151,13 +170,13 @@ def resolve(owner: str, arg: str, init: Any) -> Initializer | None:
     params = signature.parameters.values()
     positional = [p for p in params if p.kind in kinds]
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        return init
+        return True
     required = [p for p in positional if p.default is inspect.Parameter.empty]
     if positional and positional[0].name == "shape" and len(required) <= 2:
-        return _haiku_form(init, f"{owner}: {arg}")
+        return False
     if len(positional) >= 3 and len(required) <= 3:
-        return init
+        return True
     if len(positional) == 2 and positional[0].name not in _KEY_NAMES:
-        return _haiku_form(init, f"{owner}: {arg}")
+        return False
     names = ", ".join(p.name for p in positional)
     raise _error(owner, arg, init, f"takes the positional arguments ({names})")
