@@ -176,7 +176,14 @@ def test_load_errors_list_missing_unexpected_and_mismatched():
     with pytest.raises(ValueError, match=r"shape or dtype mismatch"):
         pax.haiku.load_haiku_params(model, params, strict=False)
     w1 = jnp.full((4, 1), 0.25)
-    partial = pax.haiku.load_haiku_params(model, {"linear_1": {"w": w1}}, strict=False)
+    partial, report = pax.haiku.load_haiku_params(model, {"linear_1": {"w": w1}}, strict=False)
+    assert report.loaded == ("params['linear_1']['w']",)
+    assert set(report.left) == {
+        "params['linear']['w']",
+        "params['linear']['b']",
+        "params['linear_1']['b']",
+    }
+    assert report.skipped == ()
     np.testing.assert_array_equal(partial.modules[1].params["linear"]["w"], w1)
     for i, name in ((1, "b"), (0, "w"), (0, "b")):
         kept = model.modules[i].params["linear"][name]
@@ -211,3 +218,85 @@ def test_ported_resnet18_trains_like_haiku():
     model, params, state, _, _ = _train_both(f, model, params, state, x, labels, opt, 2, rtol=1e-4)
     want, _ = f.apply(params, state, None, x, False)
     np.testing.assert_allclose(model.eval()(x), want, rtol=1e-3, atol=1e-4)
+
+
+class Transparent(hk.Module):
+    """A Haiku module whose call is transparent: its Linear is named in the caller's scope."""
+
+    @hk.transparent
+    def __call__(self, x):
+        return hk.Linear(3)(x)
+
+
+def test_transparent_module_names_round_trip():
+    x = jnp.ones((1, 2))
+    f = hk.transform_with_state(lambda x: Transparent()(x))
+    params, state = f.init(jax.random.PRNGKey(0), x)
+    assert sorted(params) == ["linear"]
+    t = pax.from_haiku(Transparent)().hk_init(x)
+    mine, _ = pax.haiku.to_haiku_params(t)
+    assert sorted(mine) == ["linear"]  # was "transparent/linear", which Haiku rejects
+    f.apply(mine, state, None, x)  # Haiku accepts the exported dict
+    again = pax.haiku.load_haiku_params(t, t.params)  # a module's own dicts load back
+    assert_trees_close(again, t)
+    loaded = pax.haiku.load_haiku_params(t, params, state)
+    np.testing.assert_allclose(loaded(x), f.apply(params, state, None, x)[0], rtol=1e-6)
+
+
+def test_flat_dicts_are_accepted():
+    def forward(x):
+        return hk.nets.MLP([4, 2])(x)
+
+    f = hk.transform_with_state(forward)
+    params, _ = f.init(jax.random.PRNGKey(0), jnp.ones((1, 3)))
+    flat = {
+        f"{module}/{name}": v for module, leaves in params.items() for name, v in leaves.items()
+    }
+    assert "mlp/~/linear_0/w" in flat
+    model = pax.from_haiku(hk.nets.MLP)([4, 2]).hk_init(jnp.ones((1, 3)))
+    from_flat = pax.haiku.load_haiku_params(model, flat)
+    assert_trees_close(from_flat, pax.haiku.load_haiku_params(model, params))
+    with pytest.raises(TypeError, match=r"flat key 'w' has no '/'"):
+        pax.haiku.load_haiku_params(model, {"w": np.ones(3)})
+    with pytest.raises(TypeError, match=r"got a mix.*params\['mlp/~/linear_1/b'\] is dict"):
+        pax.haiku.load_haiku_params(model, {"mlp/~/linear_0/w": np.ones(3), "mlp/~/linear_1/b": {}})
+
+
+def test_non_strict_load_returns_a_report_and_never_loads_nothing_silently():
+    def forward(x):
+        x = hk.Linear(4)(x)
+        return hk.Linear(1)(x)
+
+    params, _ = hk.transform_with_state(forward).init(jax.random.PRNGKey(0), jnp.ones((1, 2)))
+    model = pax.nn.Sequential(
+        pax.haiku.linear(2, 4), pax.haiku.linear(4, 1), pax.haiku.linear(1, 1)
+    )
+    extra = {**params, "head": {"w": np.ones((4, 1), np.float32)}}
+    loaded, report = pax.haiku.load_haiku_params(model, extra, strict=False)
+    assert set(report.loaded) == {f"params['{m}']['{n}']" for m in params for n in "wb"}
+    assert report.skipped == ("params['head']",)
+    assert set(report.left) == {"params['linear_2']['w']", "params['linear_2']['b']"}
+    np.testing.assert_array_equal(loaded.modules[1].params["linear"]["w"], params["linear_1"]["w"])
+    np.testing.assert_array_equal(
+        loaded.modules[2].params["linear"]["w"], model.modules[2].params["linear"]["w"]
+    )
+    with pytest.raises(ValueError, match=r"no entry of the Haiku dicts fits the model"):
+        pax.haiku.load_haiku_params(model, {"other": params["linear"]}, strict=False)
+    with pytest.raises(TypeError, match=r"strip_prefix must be a str"):
+        pax.haiku.load_haiku_params(model, params, strip_prefix=1)
+
+
+def test_strip_prefix_removes_the_program_scope():
+    class Program(hk.Module):
+        def __call__(self, x):
+            x = hk.Linear(3)(x)
+            return hk.Linear(2)(x)
+
+    f = hk.transform_with_state(lambda x: Program()(x))
+    params, state = f.init(jax.random.PRNGKey(0), jnp.ones((1, 2)))
+    model = pax.nn.Sequential(pax.haiku.linear(2, 3), pax.haiku.linear(3, 2))
+    loaded = pax.haiku.load_haiku_params(model, params, state, strip_prefix="program/")
+    x = jnp.ones((2, 2))
+    np.testing.assert_allclose(loaded(x), f.apply(params, state, None, x)[0], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"params\['program/linear'\] \(outside strip_prefix "):
+        pax.haiku.load_haiku_params(model, params, strip_prefix="other/")

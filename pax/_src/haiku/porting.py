@@ -1,179 +1,184 @@
 """Porting weights between a Haiku program's ``params``/``state`` dicts and a pax model.
 
-The mapping rule. A Haiku program names its modules as Haiku does: the first ``hk.Linear``
-created in a scope is ``linear``, the next ``linear_1``, and so on; a module's own submodules
-live under its name (``mlp/~/linear_0``, ``lstm/linear``). The pax model's `HaikuModule`s are
-taken in pax order (the order of ``jax.tree_util.tree_leaves``, i.e. attribute registration
-order, lists in order) and named by the same rule: each module's Haiku name (``name=`` if
-given, else Haiku's default such as ``conv2_d``) gets the suffix ``_1``, ``_2``, ... when it
-was seen before, and `prefix` in front. So a model built with the same layers in the order the
-Haiku program creates them gets the Haiku program's names. `names` overrides the name of single
-modules by their pax path (``{".layers[2]": "encoder/~/linear_1"}``), and `haiku_module_names`
-shows the names in use.
+The model may hold `pax.from_haiku` modules, native `pax.nn` layers with a Haiku twin, or
+both; the naming rule is in `pax._src.haiku.haiku_names` and the per-layer mapping in
+`pax._src.haiku.native_names`. `haiku_module_names` shows the names in use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, Literal, NamedTuple, overload
 
 import jax.numpy as jnp
 import numpy as np
 
 from pax._src.core.module import Module
-from pax._src.haiku.config import module_name
-from pax._src.haiku.init import haiku_modules_with_path
-from pax._src.haiku.module import HaikuDict, HaikuModule
+from pax._src.haiku import haiku_names as hn
+from pax._src.haiku.module import HaikuDict
 
 _MAX_LISTED = 12
 
 _FIX = (
-    "Fix: build the model from the same Haiku layers, in the order the Haiku program creates "
-    "them; if the Haiku program nests them inside a module, pass prefix (e.g. "
-    "prefix='my_net/~/'); rename single modules with names={{'.layers[0]': 'conv2_d_1'}}. "
-    "The model's names now (pax path -> Haiku name): {table}."
+    "Fix: build the model from the same layers, in the order the Haiku program creates them; "
+    "if the Haiku program nests them inside a module, pass prefix (e.g. prefix='my_net/~/') "
+    "or strip that scope from the dicts with strip_prefix='my_net/~/'; rename single layers "
+    "with names={{'.layers[0]': 'conv2_d_1'}}. The model's names now (pax path -> Haiku "
+    "name): {table}."
 )
 
-
-def _entries(
-    model: Any, prefix: str, names: Mapping[str, str] | None, fn: str
-) -> list[tuple[str, HaikuModule, str, str]]:
-    """(pax path, module, Haiku base name, full Haiku name) of every `HaikuModule`."""
-    if not isinstance(model, Module):
-        raise TypeError(f"{fn} expects a pax.Module, got {type(model).__name__}.")
-    if not isinstance(prefix, str):
-        raise TypeError(f"{fn}: prefix must be a str such as 'my_net/~/', got {prefix!r}.")
-    modules = haiku_modules_with_path(model)
-    names = dict(names or {})
-    unknown = sorted(set(names) - {path for path, _ in modules})
-    if unknown:
-        raise ValueError(
-            f"{fn}: names has keys that are not paths of pax.from_haiku modules in the model: "
-            f"{unknown}. Fix: use paths among {[path or '' for path, _ in modules]} "
-            f"(see pax.haiku.haiku_module_names(model))."
-        )
-    counts: dict[str, int] = {}
-    entries = []
-    for path, module in modules:
-        base = module_name(module.hk_config)
-        if path in names:
-            full = names[path]
-        else:
-            n = counts.get(base, 0)
-            counts[base] = n + 1
-            full = prefix + (base if n == 0 else f"{base}_{n}")
-        entries.append((path, module, base, full))
-    return entries
+T = Any
 
 
-def _outer(inner: str, base: str, full: str) -> str:
-    """The Haiku program's name of a key of a module's own dict (``mlp/~/linear_0``)."""
-    if inner == base:
-        return full
-    if inner.startswith(base + "/"):
-        return full + inner[len(base) :]
-    return f"{full}/{inner}"
+class HaikuLoadReport(NamedTuple):
+    """What ``pax.haiku.load_haiku_params(..., strict=False)`` did.
 
+    Entries are written ``params['linear']['w']`` (with the dicts' own names).
 
-def _table(entries: list) -> str:
-    rows = [f"{path or '<the model>'} -> {full}" for path, _, _, full in entries]
-    return ", ".join(rows) if rows else "(none)"
+    Attributes:
+      loaded: the entries copied into the model.
+      skipped: entries of the dicts used by no layer of the model (ignored).
+      left: entries of the model absent from the dicts (they keep the model's value).
+    """
 
-
-def _require_initialized(entries: list, fn: str) -> None:
-    for path, module, _, _ in entries:
-        if not module.is_initialized:
-            raise ValueError(
-                f"{fn}: {path or '<the model>'} ({module._describe()}) is not initialized, so "
-                f"its Haiku names and shapes are unknown. Fix: model = "
-                f"model.hk_init(*dummy_inputs) first (enable_jit=True computes nothing "
-                f"eagerly)."
-            )
+    loaded: tuple[str, ...]
+    skipped: tuple[str, ...]
+    left: tuple[str, ...]
 
 
 def haiku_module_names(
     model: Module, *, prefix: str = "", names: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """Returns ``{pax path: Haiku module name}`` for every `pax.from_haiku` module of `model`.
+    """Returns ``{pax path: Haiku module name}`` for every layer of `model` with a Haiku name.
 
-    These are the names `load_haiku_params` and `to_haiku_params` use (see the module
-    docstring of the rule).
+    These are the names `load_haiku_params` and `to_haiku_params` use: every `pax.from_haiku`
+    module and every native `pax.nn` layer with a Haiku twin, named as a Haiku program creating
+    them in pax order would name them (``linear``, ``linear_1``, ...; a `pax.nn.Stack` is a
+    ``hk.layer_stack`` scope).
+
+    Raises:
+      ValueError: if a module holds arrays of its own and has no Haiku twin (naming its
+        path), or the model has no layer with a Haiku name.
 
     Example:
       >>> import jax, pax
-      >>> net = pax.nn.Sequential(pax.haiku.linear(2, 4), jax.nn.relu, pax.haiku.linear(4, 1))
+      >>> net = pax.nn.Sequential(pax.haiku.linear(2, 4), jax.nn.relu, pax.nn.Linear(4, 1))
       >>> pax.haiku.haiku_module_names(net)
       {'.modules[0]': 'linear', '.modules[2]': 'linear_1'}
+      >>> pax.haiku.haiku_module_names(pax.nn.MLP([3, 4, 2]), prefix="net/~/")
+      {'': 'net/~/mlp'}
     """
-    entries = _entries(model, prefix, names, "haiku_module_names")
-    return {path: full for path, _, _, full in entries}
+    return {e.path: e.full for e in hn.entries(model, prefix, names, "haiku_module_names")}
+
+
+def _check_ranks(found: list[hn.Entry], input_ranks: Mapping[str, int] | None) -> None:
+    paths = {e.path for e in found}
+    for path, rank in (input_ranks or {}).items():
+        if path not in paths or not isinstance(rank, int) or rank < 2:
+            raise ValueError(
+                f"to_haiku_params: input_ranks maps pax paths of BatchNorm/GroupNorm layers to "
+                f"the rank of their input (an int >= 2), got {path!r}: {rank!r}. Fix: e.g. "
+                f"input_ranks={{'.layers[1]': 3}}; paths: {sorted(paths)}."
+            )
 
 
 def to_haiku_params(
-    model: Module, *, prefix: str = "", names: Mapping[str, str] | None = None
+    model: Module,
+    *,
+    prefix: str = "",
+    names: Mapping[str, str] | None = None,
+    input_ranks: Mapping[str, int] | None = None,
 ) -> tuple[HaikuDict, HaikuDict]:
     """Returns the ``(params, state)`` dicts of the Haiku program equivalent to `model`.
 
     The result can be passed to ``hk.transform_with_state(f).apply`` of a Haiku program that
-    creates the same modules in the same order (see `load_haiku_params` for the naming rule).
+    creates the same layers in the same order (see `haiku_module_names` for the naming rule).
+    Native layers give their arrays in Haiku's layout (e.g. an LSTM's two weights as Haiku's
+    one concatenated ``w``).
+
+    Args:
+      model: the pax model.
+      prefix: put in front of every name.
+      names: ``{pax path: Haiku module name}`` for layers named otherwise.
+      input_ranks: ``{pax path: rank}`` for native BatchNorm (and channels-first GroupNorm)
+        layers: Haiku keeps their arrays in a shape that depends on the input rank
+        (``(1, 1, 1, C)`` for images). Default 4 for `pax.nn.BatchNorm2D`, 2 for the others.
 
     Raises:
-      ValueError: if a module is not initialized, or two modules get the same Haiku name.
+      ValueError: if a layer is not initialized, two layers get the same Haiku name, a module
+        with arrays has no Haiku twin, or the model has no layer with a Haiku name.
 
     Example:
       >>> import jax, pax
-      >>> net = pax.nn.Sequential(pax.haiku.linear(2, 4), jax.nn.relu, pax.haiku.linear(4, 1))
+      >>> net = pax.nn.Sequential(pax.nn.Linear(2, 4), jax.nn.relu, pax.haiku.linear(4, 1))
       >>> params, state = pax.haiku.to_haiku_params(net)
       >>> sorted(params), params["linear_1"]["w"].shape, state
       (['linear', 'linear_1'], (4, 1), {})
     """
-    entries = _entries(model, prefix, names, "to_haiku_params")
-    _require_initialized(entries, "to_haiku_params")
-    params: HaikuDict = {}
-    state: HaikuDict = {}
-    owner: dict[str, str] = {}
-    for path, module, base, full in entries:
-        for own, out in ((module.params, params), (module.state, state)):
-            for inner, leaves in cast(HaikuDict, own).items():
-                outer = _outer(inner, base, full)
-                if outer in out:
-                    raise ValueError(
-                        f"to_haiku_params: {owner[outer] or '<the model>'} and "
-                        f"{path or '<the model>'} both get the Haiku name {outer!r}. Fix: give "
-                        f"one of them another name with names={{{path!r}: '...'}}."
-                    )
-                owner[outer] = path
-                out[outer] = dict(leaves)
-    return params, state
+    fn = "to_haiku_params"
+    found = hn.entries(model, prefix, names, fn)
+    hn.require_initialized(found, fn)
+    _check_ranks(found, input_ranks)
+    out: dict[str, HaikuDict] = {"params": {}, "state": {}}
+    owner: dict[tuple[str, str], str] = {}
+    for item in hn.items(found, input_ranks):
+        first = owner.setdefault((item.what, item.module), item.unit)
+        if first != item.unit:
+            raise ValueError(
+                f"{fn}: {hn.where(first)} and {hn.where(item.unit)} both get the Haiku name "
+                f"{item.module!r}. Fix: give one of them another name with "
+                f"names={{{item.unit!r}: '...'}}."
+            )
+        out[item.what].setdefault(item.module, {})[item.leaf] = item.read()
+    return out["params"], out["state"]
 
 
 def _describe_array(x: Any) -> str:
     return f"{np.dtype(getattr(x, 'dtype', np.asarray(x).dtype))}{tuple(np.shape(x))}"
 
 
-def _compare(
-    expected: dict[str, dict[str, Any]], given: Any, what: str, problems: dict[str, list]
-) -> None:
-    if not isinstance(given, Mapping) or not all(isinstance(v, Mapping) for v in given.values()):
-        raise TypeError(
-            f"load_haiku_params: {what} must be a dict {{module_name: {{name: array}}}}, as "
-            f"returned by hk.transform_with_state(f).init, got {type(given).__name__}."
-        )
-    for outer, leaves in expected.items():
-        got = given.get(outer, {})
-        for leaf, mine in leaves.items():
-            where = f"{what}[{outer!r}][{leaf!r}]"
-            if leaf not in got:
-                problems["missing"].append(where)
-            elif _describe_array(got[leaf]) != _describe_array(mine):
-                problems["mismatched"].append(
-                    f"{where} is {_describe_array(got[leaf])} in {what} but "
-                    f"{_describe_array(mine)} in the model"
-                )
-        problems["unexpected"].extend(
-            f"{what}[{outer!r}][{leaf!r}]" for leaf in got if leaf not in leaves
-        )
-    problems["unexpected"].extend(f"{what}[{outer!r}]" for outer in given if outer not in expected)
+def _is_array(x: Any) -> bool:
+    return (hasattr(x, "shape") and hasattr(x, "dtype")) or isinstance(x, (int, float))
+
+
+def nested(given: Any, what: str, fn: str = "load_haiku_params") -> dict[str, dict[str, Any]]:
+    """A Haiku dict in nested form, from the nested ``{module: {name: array}}`` or the flat
+    ``{"module/name": array}`` form (as ``np.savez`` of a flattened dict gives)."""
+    form = (
+        f"{fn}: {what} must be a dict {{module_name: {{name: array}}}} as returned by "
+        f"hk.transform_with_state(f).init, or its flat form {{'module_name/name': array}}"
+    )
+    if not isinstance(given, Mapping):
+        raise TypeError(f"{form}; got {type(given).__name__}.")
+    if all(isinstance(v, Mapping) for v in given.values()):
+        return {str(k): dict(v) for k, v in given.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in given.items():
+        if isinstance(value, Mapping) or not _is_array(value):
+            raise TypeError(
+                f"{form}; got a mix, or a value that is not an array: {what}[{key!r}] is "
+                f"{type(value).__name__}. Fix: pass one form."
+            )
+        if not isinstance(key, str) or "/" not in key:
+            raise TypeError(
+                f"{form}; the flat key {key!r} has no '/' between the module name and the "
+                f"array name (e.g. 'linear/w')."
+            )
+        module, leaf = key.rsplit("/", 1)
+        out.setdefault(module, {})[leaf] = value
+    return out
+
+
+def _strip(tree: dict, strip_prefix: str, what: str) -> tuple[dict, list[str]]:
+    if not strip_prefix:
+        return tree, []
+    kept, outside = {}, []
+    for name, leaves in tree.items():
+        if name.startswith(strip_prefix):
+            kept[name[len(strip_prefix) :]] = leaves
+        else:
+            outside.append(f"{what}[{name!r}] (outside strip_prefix {strip_prefix!r})")
+    return kept, outside
 
 
 def _listed(items: list[str]) -> str:
@@ -181,40 +186,76 @@ def _listed(items: list[str]) -> str:
     return shown + (f", and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
 
 
+@overload
 def load_haiku_params(
-    model: Module,
-    params: Mapping[str, Mapping[str, Any]],
-    state: Mapping[str, Mapping[str, Any]] | None = None,
+    model: T,
+    params: Mapping[str, Any],
+    state: Mapping[str, Any] | None = ...,
+    *,
+    prefix: str = ...,
+    strip_prefix: str = ...,
+    names: Mapping[str, str] | None = ...,
+    strict: Literal[True] = ...,
+) -> T: ...
+
+
+@overload
+def load_haiku_params(
+    model: T,
+    params: Mapping[str, Any],
+    state: Mapping[str, Any] | None = ...,
+    *,
+    prefix: str = ...,
+    strip_prefix: str = ...,
+    names: Mapping[str, str] | None = ...,
+    strict: Literal[False],
+) -> tuple[T, HaikuLoadReport]: ...
+
+
+def load_haiku_params(
+    model: T,
+    params: Mapping[str, Any],
+    state: Mapping[str, Any] | None = None,
     *,
     prefix: str = "",
+    strip_prefix: str = "",
     names: Mapping[str, str] | None = None,
     strict: bool = True,
-) -> Module:
+) -> T | tuple[T, HaikuLoadReport]:
     """Returns a copy of `model` holding the weights of a Haiku program.
 
     `params` and `state` are the dicts of ``hk.transform_with_state(f).init`` (or of a
-    checkpoint). Each `pax.from_haiku` / `pax.haiku` module of `model` takes the entries of its
-    Haiku name: modules are named as Haiku names them (``linear``, ``linear_1``, ...), in pax
-    order, with `prefix` in front, unless `names` maps its pax path to a name; see
-    `haiku_module_names`. Every module must be initialized (``model.hk_init(...)``) so that the
-    expected names and shapes are known.
+    checkpoint), nested ``{module: {name: array}}`` or flat ``{"module/name": array}``. Every
+    `pax.from_haiku` module and every native `pax.nn` layer with a Haiku twin takes the entries
+    of its Haiku name (see `haiku_module_names`): layers are named as Haiku names them
+    (``linear``, ``linear_1``, ...), in pax order, with `prefix` in front, unless `names` maps
+    its pax path to a name. Native layers take the arrays in their own layout (an LSTM's
+    ``w`` is split into ``weight_ih`` and ``weight_hh``). Every layer must be initialized
+    (``model.hk_init(...)`` / ``model.lazy_init(...)``) so that the expected shapes are known.
+    Nothing is changed on error.
 
     Args:
       model: the pax model.
       params: the Haiku parameters.
       state: the Haiku state; None keeps the model's state.
-      prefix: put in front of every name, e.g. ``"my_net/~/"`` when the Haiku program creates
-        its layers inside a module ``MyNet``.
-      names: ``{pax path: Haiku module name}`` for modules named otherwise.
-      strict: with False, entries missing from `params`/`state` keep the model's values and
-        entries no module uses are ignored (shapes must still match).
+      prefix: put in front of every model name, e.g. ``"my_net/~/"`` when the Haiku program
+        creates its layers inside a module ``MyNet`` and the pax model holds only the layers.
+      strip_prefix: removed from the front of every name of `params` and `state` (names
+        without it are unused): the converse of `prefix`, e.g. ``"program/"`` when the dicts
+        come from a program that wrapped its layers in a module the pax model does not have.
+      names: ``{pax path: Haiku module name}`` for layers named otherwise.
+      strict: with False, entries of the model missing from the dicts keep the model's values
+        and entries no layer uses are ignored; shapes and dtypes must still match.
 
     Returns:
-      The model with the loaded arrays.
+      The model with the loaded arrays; with ``strict=False``, ``(model, report)`` where the
+      `HaikuLoadReport` lists what was loaded, skipped and left.
 
     Raises:
       ValueError: listing the missing and unexpected entries and the shape or dtype
-        mismatches, with the model's names; or if a module is not initialized.
+        mismatches, with the model's names (with ``strict=False``: mismatches, or no entry
+        loaded at all); or if a layer is not initialized.
+      TypeError: if `params` or `state` is not a Haiku dict.
 
     Example:
       >>> import haiku as hk, jax, jax.numpy as jnp, pax
@@ -223,48 +264,82 @@ def load_haiku_params(
       ...     return hk.Linear(1)(x)  # "linear_1"
       >>> f = hk.transform_with_state(forward)
       >>> params, state = f.init(jax.random.PRNGKey(0), jnp.ones((1, 2)))
-      >>> net = pax.nn.Sequential(pax.haiku.linear(2, 4), jax.nn.relu, pax.haiku.linear(4, 1))
+      >>> net = pax.nn.Sequential(pax.nn.Linear(2, 4), jax.nn.relu, pax.nn.Linear(4, 1))
       >>> net = pax.haiku.load_haiku_params(net, params, state)
       >>> x = jnp.ones((3, 2))
       >>> bool(jnp.allclose(net(x), f.apply(params, state, None, x)[0]))
       True
-    """
+      >>> net, report = pax.haiku.load_haiku_params(net, {"linear/w": params["linear"]["w"]},
+      ...                                           strict=False)
+      >>> report.loaded, report.left
+      (("params['linear']['w']",), ("params['linear']['b']", "params['linear_1']['w']", "params['linear_1']['b']"))
+    """  # noqa: E501
     fn = "load_haiku_params"
-    result = model.copy()
-    entries = _entries(result, prefix, names, fn)
-    _require_initialized(entries, fn)
-    problems: dict[str, list] = {"missing": [], "unexpected": [], "mismatched": []}
-    sources = [("params", params)] + ([("state", state)] if state is not None else [])
-    plans = []
-    for what, given in sources:
-        expected: dict[str, dict[str, Any]] = {}
-        for _, module, base, full in entries:
-            for inner, leaves in getattr(module, what).items():
-                expected[_outer(inner, base, full)] = leaves
-        _compare(expected, given, what, problems)
-        plans.append((what, given))
-    if not strict:
-        problems["missing"] = problems["unexpected"] = []
-    if any(problems.values()):
+    if not isinstance(strip_prefix, str):
+        raise TypeError(
+            f"{fn}: strip_prefix must be a str such as 'program/', got {strip_prefix!r}."
+        )
+    result = model.copy() if isinstance(model, Module) else model
+    found = hn.entries(result, prefix, names, fn)
+    hn.require_initialized(found, fn)
+    sources: dict[str, dict[str, dict[str, Any]]] = {}
+    unexpected: list[str] = []
+    for what, given in (("params", params), ("state", state)):
+        if given is None:
+            continue
+        tree, outside = _strip(nested(given, what, fn), strip_prefix, what)
+        sources[what] = tree
+        unexpected += outside
+    missing, mismatched, loaded, plan = [], [], [], []
+    used: set[tuple[str, str, str]] = set()
+    for item in hn.items(found):
+        if item.what not in sources:
+            continue
+        label = f"{item.what}[{item.module!r}][{item.leaf!r}]"
+        got = sources[item.what].get(item.module, {})
+        if item.leaf not in got:
+            missing.append(label)
+            continue
+        used.add((item.what, item.module, item.leaf))
+        value, mine = got[item.leaf], item.read()
+        shape = tuple(np.shape(value))
+        fits = item.accepts(shape) if item.accepts else shape == tuple(np.shape(mine))
+        if not fits or np.dtype(getattr(value, "dtype", np.asarray(value).dtype)) != mine.dtype:
+            mismatched.append(
+                f"{label} is {_describe_array(value)} in {item.what} but "
+                f"{_describe_array(mine)} in the model (at {item.pax})"
+            )
+            continue
+        loaded.append(label)
+        plan.append((item, value))
+    known = {(item.what, item.module) for item in hn.items(found)}
+    for what, tree in sources.items():
+        for module, leaves in tree.items():
+            if (what, module) not in known:
+                unexpected.append(f"{what}[{module!r}]")
+                continue
+            unexpected += [
+                f"{what}[{module!r}][{leaf!r}]"
+                for leaf in leaves
+                if (what, module, leaf) not in used
+            ]
+    nothing = not loaded and not mismatched and not strict
+    if mismatched or nothing or (strict and (missing or unexpected)):
         lines = [f"{fn}: the Haiku weights do not fit the model."]
+        if nothing:
+            lines[0] = f"{fn}: no entry of the Haiku dicts fits the model (nothing to load)."
         labels = {
-            "missing": "missing (the model has them, the Haiku dicts do not)",
-            "unexpected": "unexpected (in the Haiku dicts, used by no module of the model)",
-            "mismatched": "shape or dtype mismatch",
+            "missing (the model has them, the Haiku dicts do not)": missing,
+            "unexpected (in the Haiku dicts, used by no module of the model)": unexpected,
+            "shape or dtype mismatch": mismatched,
         }
-        for kind, label in labels.items():
-            if problems[kind]:
-                lines.append(f"  {label}: {_listed(problems[kind])}")
-        lines.append(_FIX.format(table=_table(entries)))
+        for label, found_items in labels.items():
+            if found_items and (strict or label.startswith("shape") or nothing):
+                lines.append(f"  {label}: {_listed(found_items)}")
+        lines.append(_FIX.format(table=hn.describe_table(found)))
         raise ValueError("\n".join(lines))
-    for what, given in plans:
-        for _, module, base, full in entries:
-            loaded = {}
-            for inner, leaves in getattr(module, what).items():
-                got = given.get(_outer(inner, base, full), {})
-                loaded[inner] = {
-                    leaf: jnp.asarray(got[leaf]) if leaf in got else mine
-                    for leaf, mine in leaves.items()
-                }
-            setattr(module, what, loaded)
-    return result
+    for item, value in plan:
+        item.write(jnp.asarray(value))
+    if strict:
+        return result
+    return result, HaikuLoadReport(tuple(loaded), tuple(unexpected), tuple(missing))
