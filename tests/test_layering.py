@@ -24,6 +24,7 @@ ALLOWED = {
     "training": {"base", "core", "optim", "training"},
     "haiku": {"base", "core", "nn", "haiku"},  # native twins of the Haiku layers
     "metrics": {"base", "core", "metrics"},
+    "state_dict": {"base", "core", "checkpoint", "state_dict"},
     "sharding": {"base", "core", "nn", "optim", "sharding"},
     "distributed": {"base", "distributed"},
     "launch": {"base", "distributed", "launch"},

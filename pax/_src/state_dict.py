@@ -1,0 +1,237 @@
+"""Flat ``{name: array}`` import and export of a model's arrays, for weights from anywhere.
+
+`state_dict` gives every array of a model (parameters and states) under its key path
+(``.modules[0].weight``); `load_state_dict` loads such a mapping, possibly written by another
+library (a PyTorch ``state_dict`` saved with ``np.savez``, safetensors, another JAX library),
+renaming its keys and adjusting its arrays on the way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar, overload
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pax._src.checkpoint import LoadReport
+from pax._src.describe import listing
+
+T = TypeVar("T")
+Rename = Callable[[str], "str | None"] | Sequence[tuple[str, str]]
+Transform = Callable[[str, Any], Any]
+
+_MAX_LISTED = 20
+
+
+def _is_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def state_dict(model: Any) -> dict[str, np.ndarray]:
+    """Returns every array of `model` as numpy, keyed by its key path.
+
+    The keys are those of ``jax.tree_util.keystr`` (``.modules[0].weight``), as in `pax.load`'s
+    reports; parameters and states alike (a BatchNorm's moving averages, RNG keys as their
+    ``uint32`` data). Save it with ``np.savez(path, **pax.state_dict(model))``.
+
+    Args:
+      model: a module (or any pytree of arrays).
+
+    Raises:
+      TypeError: if a leaf is not an array (e.g. a JAX tracer inside ``jax.jit``).
+
+    Example:
+      >>> import pax
+      >>> sd = pax.state_dict(pax.nn.Sequential(pax.nn.Linear(2, 3)))
+      >>> {k: v.shape for k, v in sd.items()}
+      {'.modules[0].weight': (2, 3), '.modules[0].bias': (3,)}
+    """
+    out: dict[str, np.ndarray] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(model)[0]:
+        where = jax.tree_util.keystr(path)
+        if isinstance(leaf, jax.core.Tracer) or not hasattr(leaf, "shape"):
+            raise TypeError(
+                f"pax.state_dict: {where or '<root>'} is {type(leaf).__name__}, not an array. "
+                f"Fix: call state_dict outside jax.jit / jax.grad, on a model of arrays."
+            )
+        out[where] = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+    return out
+
+
+def _renamer(rename: Rename | None) -> Callable[[str], str | None]:
+    if rename is None:
+        return lambda name: name
+    if callable(rename):
+        return rename
+    rules = []
+    for rule in rename:
+        if not (
+            isinstance(rule, tuple) and len(rule) == 2 and all(isinstance(r, str) for r in rule)
+        ):
+            raise TypeError(
+                f"pax.load_state_dict: rename must be a function name -> key path, or a list of "
+                f"(regex, replacement) pairs of str, got the rule {rule!r}. Fix: e.g. "
+                f"rename=[(r'^(\\d+)\\.weight$', r'.modules[\\1].weight')]."
+            )
+        rules.append((re.compile(rule[0]), rule[1]))
+
+    def by_rules(name: str) -> str:
+        for pattern, replacement in rules:
+            if pattern.search(name):
+                return pattern.sub(replacement, name)
+        return name
+
+    return by_rules
+
+
+def _spec(x: Any) -> str:
+    return f"{np.dtype(x.dtype)}{list(np.shape(x))}"
+
+
+@overload
+def load_state_dict(
+    model: T,
+    mapping: Mapping[str, Any],
+    *,
+    rename: Rename | None = ...,
+    transform: Transform | None = ...,
+    strict: Literal[True] = ...,
+) -> T: ...
+
+
+@overload
+def load_state_dict(
+    model: T,
+    mapping: Mapping[str, Any],
+    *,
+    rename: Rename | None = ...,
+    transform: Transform | None = ...,
+    strict: Literal[False],
+) -> tuple[T, LoadReport]: ...
+
+
+def load_state_dict(
+    model: T,
+    mapping: Mapping[str, Any],
+    *,
+    rename: Rename | None = None,
+    transform: Transform | None = None,
+    strict: bool = True,
+) -> T | tuple[T, LoadReport]:
+    """Returns a copy of `model` holding the arrays of a flat ``{name: array}`` mapping.
+
+    Each name of `mapping` is renamed to a key path of the model (see `state_dict`), its array
+    passed through `transform`, and checked against the model's leaf there: same shape and
+    dtype. Everything is checked before anything is built, and one error lists every problem;
+    `model` itself is never changed.
+
+    Args:
+      model: the model to load into.
+      mapping: ``{name: array}``: a dict, or what ``np.load(path)`` returns for an ``.npz``.
+      rename: how source names become key paths: a function ``name -> key path`` (None drops
+        the entry), or a list of ``(regex, replacement)`` rules: the first rule whose regex
+        matches (``re.search``) rewrites the name with ``re.sub``; names no rule matches are
+        kept. Default: names are key paths already.
+      transform: ``transform(key_path, array) -> array``, applied to every entry after
+        renaming, e.g. ``lambda k, a: a.T if k.endswith(".weight") else a`` for a PyTorch
+        Linear's ``(out, in)`` weight.
+      strict: if True (default), every key path of the model must be given and every entry
+        must find a key path. If False, entries that find none are ignored and key paths not
+        given keep the model's value; shapes and dtypes must still match, and at least one
+        entry must load.
+
+    Returns:
+      The loaded model; with ``strict=False``, ``(model, pax.LoadReport(missing,
+      unexpected))``: the model's key paths not given, and the source names (as given) that
+      found no key path.
+
+    Raises:
+      ValueError: listing every unmatched name, missing key path and shape or dtype mismatch,
+        or two names renamed to one key path.
+      TypeError: for a `mapping` that is not a mapping, or a bad `rename`.
+
+    Example:
+      >>> import numpy as np, pax
+      >>> torch_like = {"0.weight": np.ones((3, 2), np.float32), "0.bias": np.zeros(3, np.float32)}
+      >>> net = pax.load_state_dict(
+      ...     pax.nn.Sequential(pax.nn.Linear(2, 3)),
+      ...     torch_like,
+      ...     rename=[(r"^(\\d+)\\.(weight|bias)$", r".modules[\\1].\\2")],
+      ...     transform=lambda key, a: a.T if key.endswith(".weight") else a,
+      ... )
+      >>> net.modules[0].weight.shape
+      (2, 3)
+    """
+    fn = "pax.load_state_dict"
+    if not hasattr(mapping, "keys") or not hasattr(mapping, "__getitem__"):
+        raise TypeError(
+            f"{fn}: mapping must be a mapping {{name: array}} (a dict, or np.load of an .npz), "
+            f"got {type(mapping).__name__}."
+        )
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(model)
+    expected = {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
+    to_key = _renamer(rename)
+    unmatched, unmatched_names, mismatched = [], [], []
+    values: dict[str, Any] = {}
+    source: dict[str, Any] = {}
+    for name in list(mapping.keys()):
+        key = to_key(str(name))
+        if key is None or key not in expected:
+            unmatched.append(f"{name!r}" + ("" if key in (None, name) else f" (renamed {key!r})"))
+            unmatched_names.append(str(name))
+            continue
+        if key in source:
+            raise ValueError(
+                f"{fn}: the names {source[key]!r} and {name!r} are both renamed to {key!r}. "
+                f"Fix: make rename map them to distinct key paths (or None to drop one)."
+            )
+        source[key] = name
+        value = np.asarray(mapping[name])
+        if transform is not None:
+            value = transform(key, value)
+        mine = expected[key]
+        theirs = jax.random.key_data(mine) if _is_key(mine) else mine
+        if tuple(np.shape(value)) != tuple(np.shape(theirs)) or np.dtype(value.dtype) != np.dtype(
+            theirs.dtype
+        ):
+            mismatched.append(f"{key} (from {name!r}): given {_spec(value)}, model {_spec(theirs)}")
+            continue
+        values[key] = value
+    missing = [k for k in expected if k not in source]
+    nothing = bool(expected) and not values and not mismatched
+    if mismatched or nothing or (strict and (missing or unmatched)):
+        lines = [f"{fn}: the mapping does not fit {type(model).__name__}."]
+        kinds = [
+            ("shape or dtype mismatch", mismatched),
+            (
+                "unmatched (names that are no key path of the model)",
+                unmatched if strict or nothing else [],
+            ),
+            ("missing (key paths of the model not given)", missing if strict or nothing else []),
+        ]
+        for title, items in kinds:
+            if items:
+                lines.append(f"{title}:")
+                lines.extend(f"  {item}" for item in listing(items, _MAX_LISTED))
+        lines.append(
+            "Fix: map the names to the key paths listed by pax.state_dict(model) with rename= "
+            "(a function or [(regex, replacement), ...]); adjust layouts and dtypes with "
+            "transform=lambda key, a: ... (e.g. a.T, a.astype(np.float32)); or pass "
+            "strict=False to load only the names that match."
+        )
+        raise ValueError("\n".join(lines))
+    new_leaves = []
+    for key, leaf in expected.items():
+        if key not in values:
+            new_leaves.append(leaf)
+        elif _is_key(leaf):
+            new_leaves.append(jax.random.wrap_key_data(jnp.asarray(values[key])))
+        else:
+            new_leaves.append(jnp.asarray(values[key]))
+    result = jax.tree_util.tree_unflatten(treedef, new_leaves)
+    if strict:
+        return result
+    return result, LoadReport(tuple(missing), tuple(unmatched_names))
