@@ -28,6 +28,8 @@ from pax._src.errors import CheckpointMismatchError as CheckpointMismatchError
 from pax._src.errors import SharedObjectError as SharedObjectError
 from pax._src.errors import StructureChangedError as StructureChangedError
 from pax._src.nn.recurrent import dynamic_unroll as dynamic_unroll
+from pax._src.state_dict import load_state_dict as load_state_dict
+from pax._src.state_dict import state_dict as state_dict
 from pax._src.optim.base import Optimizer as Optimizer
 
 if TYPE_CHECKING:
@@ -74,12 +76,14 @@ __all__ = [
     "haiku",
     "initializers",
     "load",
+    "load_state_dict",
     "metrics",
     "next_rng_key",
     "nn",
     "optim",
     "save",
     "seed_rng_key",
+    "state_dict",
     "sharding",
     "utils",
 ]
