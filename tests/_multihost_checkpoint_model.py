@@ -6,6 +6,8 @@ Shared by `tests/_multihost_checkpoint_worker.py` (run as 2 processes) and
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,10 +18,12 @@ from jax.sharding import PartitionSpec as P
 import pax
 
 
+@functools.cache
 def build(seed: int):
     """An MLP, its adam optimizer after one step, and extra leaves (bf16, a typed key, numpy).
 
     Every value is computed on one device from ``seed``, so every process gets the same bits.
+    Cached: callers must not modify the result (`pax.load` does not modify ``like``).
     """
     pax.seed_rng_key(seed)
     net = pax.nn.MLP([8, 16, 8])

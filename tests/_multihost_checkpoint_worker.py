@@ -1,10 +1,11 @@
 """One process of a 2-process checkpoint test (started by tests/test_checkpoint_multihost.py).
 
-Usage: python _multihost_checkpoint_worker.py PORT PROCESS_ID MODE PATH SEED
+Usage: python _multihost_checkpoint_worker.py PORT PROCESS_ID MODE PATH SEED [PATH ...]
 
 MODE is ``save`` (save the tree of ``SEED``, sharded over a (2, 4) mesh of both processes'
 devices), ``load`` (load it into a (4, 2) mesh with the axes swapped, and check every local
-shard bit for bit) or ``die`` (as ``save``, but process 1 exits right after writing its part
+shard bit for bit; further paths, e.g. of one-process checkpoints, are loaded and checked the
+same way) or ``die`` (as ``save``, but process 1 exits right after writing its part
 file, before the main file is written). Prints ``OK`` on success.
 """
 
@@ -27,7 +28,7 @@ DIED = 17
 
 
 def main() -> None:
-    port, process, mode, path, seed = sys.argv[1:6]
+    port, process, mode, path, seed, *others = sys.argv[1:]
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=int(process)
@@ -49,8 +50,9 @@ def main() -> None:
     elif mode == "load":
         mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
         like = shard(build(int(seed) + 1000), mesh, transpose=True)  # other values: from the file
-        checked = check_loaded(pax.load(path, like), expected, like)
-        print(f"checked {checked} leaves on process {jax.process_index()}")
+        for one in [path, *others]:
+            checked = check_loaded(pax.load(one, like), expected, like)
+            print(f"checked {checked} leaves of {one} on process {jax.process_index()}")
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     jax.distributed.shutdown()

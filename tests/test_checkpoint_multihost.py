@@ -87,6 +87,38 @@ def test_part_format_round_trips_into_any_sharding(tmp_path):
         check_loaded(pax.load(path, like), expected, like)
 
 
+def test_scalars_weak_types_and_keys_round_trip_in_parts(tmp_path):
+    m = mesh(2, 4)
+    tree = {
+        "float": 2.5,
+        "int": 3,
+        "scalar": np.float32(1.5),
+        "weak": jax.device_put(jnp.asarray(0.25), NamedSharding(m, P())),
+        "key": jax.device_put(jax.random.split(jax.random.key(3), 4), NamedSharding(m, P("model"))),
+    }
+    assert tree["weak"].weak_type
+    path = tmp_path / "c.npz"
+    save_in_parts(path, tree)
+    like = {
+        "float": 0.0,
+        "int": 0,
+        "scalar": np.float32(0),
+        "weak": jax.device_put(jnp.asarray(0.0), NamedSharding(m, P())),
+        "key": jax.device_put(jax.random.split(jax.random.key(0), 4), NamedSharding(m, P("data"))),
+    }
+    loaded = pax.load(path, like)
+    assert loaded["float"] == 2.5 and type(loaded["float"]) is float
+    assert loaded["int"] == 3 and type(loaded["int"]) is int
+    assert loaded["scalar"] == np.float32(1.5) and isinstance(loaded["scalar"], np.float32)
+    assert loaded["weak"].weak_type and loaded["weak"].sharding == like["weak"].sharding
+    assert float(loaded["weak"]) == 0.25
+    assert loaded["key"].sharding == like["key"].sharding
+    np.testing.assert_array_equal(
+        jax.random.key_data(loaded["key"]), jax.random.key_data(tree["key"])
+    )
+    assert str(jax.random.key_impl(loaded["key"])) == str(jax.random.key_impl(tree["key"]))
+
+
 def test_replicated_data_is_written_once(tmp_path):
     m = mesh(2, 4)
     tree = {
@@ -113,9 +145,12 @@ def test_a_new_save_removes_the_parts_of_older_saves(tmp_path):
     path = tmp_path / "c.npz"
     save_in_parts(path, {"w": jnp.ones(3)})
     first = parts_of(path)
+    stale = tmp_path / ".c.npz.0123456789ab.part1-of-2.0123456789ab.tmp"  # a killed writer's
+    stale.write_bytes(b"partial")
     save_in_parts(path, {"w": jnp.zeros(3)})
     second = parts_of(path)
     assert len(first) == len(second) == 1 and first != second
+    assert not stale.exists()
     (tmp_path / "other.npz.0123456789ab.part0-of-1").write_bytes(b"not ours")
     pax.save(path, {"w": jnp.full(3, 2.0)})  # a one-process save over a multi-process one
     assert parts_of(path) == []
@@ -263,13 +298,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_workers(tmp_path, mode: str, path, seed: int, timeout: float = 240.0) -> list[int]:
+def run_workers(tmp_path, mode: str, path, seed: int, *others, timeout: float = 240.0) -> list[int]:
     """Runs the 2 worker processes; returns their exit codes (a process left running is killed
     once the other ended with an error, as a killed process leaves its peer waiting)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     port = free_port()
     logs = [open(tmp_path / f"{mode}-{i}.log", "wb") for i in range(2)]
-    args = [str(port), mode, os.fspath(path), str(seed)]
+    args = [str(port), mode, os.fspath(path), str(seed), *map(os.fspath, others)]
     procs = [
         subprocess.Popen(
             [sys.executable, WORKER, args[0], str(i), *args[1:]],
@@ -351,10 +386,14 @@ def test_a_two_process_checkpoint_loads_in_one_process(saved_by_two):
 
 @pytest.mark.slow
 def test_a_two_process_checkpoint_loads_in_two_processes_resharded(saved_by_two, tmp_path):
-    codes = run_workers(tmp_path, "load", saved_by_two, 1)
+    one_file = tmp_path / "one.npz"  # and a one-process checkpoint, into arrays of 2 processes
+    pax.save(one_file, build(1))
+    codes = run_workers(tmp_path, "load", saved_by_two, 1, one_file)
     log = log_of(tmp_path, "load")
     assert codes == [0, 0], log
-    assert "checked 16 leaves on process 0" in log and "checked 16 leaves on process 1" in log
+    for path in (saved_by_two, one_file):
+        for process in (0, 1):
+            assert f"checked 16 leaves of {path} on process {process}" in log, log
 
 
 @pytest.mark.slow

@@ -7,6 +7,11 @@ document (stored as a uint8 array) with a format marker and version, the treedef
 tree, and the shape and dtype of every leaf. Dtypes numpy cannot store (bfloat16, float8, int4,
 ...) are stored as their raw bits (an unsigned integer view) and restored bit for bit; typed PRNG
 keys (``jax.random.key``) are stored as their key data plus the name of their implementation.
+
+When several processes share the arrays (``jax.process_count() > 1``), each process writes the
+pieces it owns into a part file next to the checkpoint and process 0 writes the main file last
+(`checkpoint_sharded`); `pax.load` reassembles them into ``like``'s shardings
+(`checkpoint_assemble`), on any number of processes and devices.
 """
 
 from __future__ import annotations
@@ -64,13 +69,25 @@ def save(path: PathLike, tree: Any) -> None:
     Leaves that are None (e.g. in ``model.parameters()``) are not stored. Only arrays (and
     their weak types) are stored; the structure and static attributes come from ``like``.
 
+    Across processes (``jax.process_count() > 1``, e.g. parameters sharded over the devices of
+    several hosts), every process must call ``pax.save`` with the same tree and a path in a
+    directory all processes share. Each process writes the shards it owns (those with
+    ``replica_id == 0``, so replicated data is written once) to its own part file,
+    ``{path}.{save id}.part{i}-of-{n}``; leaves that do not span processes (numpy arrays,
+    scalars, arrays on one process's devices) are taken from process 0. Process 0 then writes
+    ``path`` atomically, listing the parts with their sizes and SHA-256 digests: the checkpoint
+    is complete once ``path`` is replaced, and a save killed before that leaves the previous
+    checkpoint and its parts as they were. Parts of older saves are removed afterwards.
+
     Args:
       path: where to write; the name is used as given (``.npz`` is a good extension).
       tree: a pytree whose leaves are arrays, e.g. ``model`` or ``(model, optimizer)``.
 
     Raises:
       CheckpointError: if a leaf is not an array of a storable dtype (or is a tracer, inside
-        ``jax.jit``), or a module is reachable twice in ``tree`` (both key paths are named).
+        ``jax.jit``), or a module is reachable twice in ``tree`` (both key paths are named);
+        across processes, if process 0 does not see another process's part file (the
+        directory is not shared) or another process failed to write its part.
       PermissionError: if ``path`` is an existing read-only file.
       OSError: any other error of the file system, naming ``path``.
 
@@ -164,6 +181,12 @@ def load(path: PathLike, like: T, *, strict: bool = True) -> T | tuple[T, LoadRe
     numpy). ``like``'s leaves may be arrays or ``jax.ShapeDtypeStruct``; its None leaves (e.g.
     from ``model.parameters()``) stay None.
 
+    A checkpoint saved by several processes loads on any number of processes and devices:
+    every part file is checked first (present, of the recorded size and SHA-256, its pieces
+    tiling each leaf exactly), then each process reads only the slices its devices hold in
+    ``like``'s sharding (``like``'s arrays may span processes). Every process must see the
+    checkpoint's directory with its part files.
+
     Args:
       path: a file written by `pax.save`.
       like: a tree with the structure to load into, e.g. a freshly built model.
@@ -178,7 +201,8 @@ def load(path: PathLike, like: T, *, strict: bool = True) -> T | tuple[T, LoadRe
     Raises:
       FileNotFoundError: if ``path`` does not exist.
       CheckpointError: if the file is truncated, corrupted, declares sizes it does not hold,
-        is not a regular file or not a pax checkpoint.
+        is not a regular file or not a pax checkpoint; or if a part file of a multi-process
+        checkpoint is missing (the file and the fix are named), corrupted or from another save.
       CheckpointMismatchError: for missing or unexpected keys (only when ``strict``), shape
         or dtype mismatches (always), or no common key at all (even if not ``strict``); its
         ``missing``, ``unexpected`` and ``mismatched`` attributes hold every key path.
