@@ -267,6 +267,9 @@ def init_sharded(make_model: Callable[..., T], mesh: Mesh, rules: Rules, *args: 
 def shard_batch(batch: T, mesh: Mesh, axis: str = "data") -> T:
     """Places every array of `batch` split over `axis` along its first (batch) dimension.
 
+    `batch` is the global batch: in a run of several processes each must pass the same values
+    (to give each process its own part, use ``jax.make_array_from_process_local_data``).
+
     Args:
       batch: a pytree of arrays (inputs, targets) with the batch first.
       mesh: the mesh.
