@@ -15,15 +15,20 @@ from pax._src.haiku.layers import linear as linear
 from pax._src.haiku.layers import max_pool as max_pool
 from pax._src.haiku.module import HaikuModule as HaikuModule
 from pax._src.haiku.module import from_haiku as from_haiku
+from pax._src.haiku.porting import HaikuLoadReport as HaikuLoadReport
 from pax._src.haiku.porting import haiku_module_names as haiku_module_names
 from pax._src.haiku.porting import load_haiku_params as load_haiku_params
 from pax._src.haiku.porting import to_haiku_params as to_haiku_params
+from pax._src.haiku.programs import HaikuProgram as HaikuProgram
+from pax._src.haiku.programs import from_transformed as from_transformed
 from pax._src.haiku.recurrent import gru as gru
 from pax._src.haiku.recurrent import lstm as lstm
 
 __all__ = [
     "HaikuConfig",
+    "HaikuLoadReport",
     "HaikuModule",
+    "HaikuProgram",
     "avg_pool",
     "batch_norm_2d",
     "conv_1d",
@@ -33,6 +38,7 @@ __all__ = [
     "dropout",
     "embed",
     "from_haiku",
+    "from_transformed",
     "gru",
     "haiku_module_names",
     "hk_init",

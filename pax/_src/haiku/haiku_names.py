@@ -14,8 +14,10 @@ Haiku program creates its layers in order. A `pax.nn.Stack` is Haiku's ``hk.laye
 scope named ``__layer_stack_no_per_layer`` (a name given to ``hk.layer_stack(n, name=...)``
 goes into ``names``) whose layers are named inside it and whose arrays carry the leading axis
 ``n``. ``names`` overrides the full name of single units (or stacks) by their pax path
-(``{".layers[2]": "encoder/~/linear_1"}``). A module that holds arrays of its own and has no
-Haiku twin is refused with its path: it has no Haiku name.
+(``{".layers[2]": "encoder/~/linear_1"}``). A `pax.haiku.from_transformed` program adds no
+name: its keys are the program's own (with ``prefix``, or its ``names`` entry, in front). A
+module that holds arrays of its own and has no Haiku twin is refused with its path: it has no
+Haiku name.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pax._src.core.module import Module
 from pax._src.haiku.config import module_name
 from pax._src.haiku.module import HaikuDict, HaikuModule
 from pax._src.haiku.native_names import HAIKU_NAMES, is_pending, native_slots, twin_name
+from pax._src.haiku.programs import HaikuProgram
 from pax._src.nn.dropout import Dropout
 from pax._src.nn.stack import Stack
 
@@ -100,6 +103,11 @@ def entries(model: Any, prefix: str, names: Mapping[str, str] | None, fn: str) -
 
     def visit(module: Module, path: str, scope: str, counts: dict[str, int]) -> None:
         base = None
+        if isinstance(module, HaikuProgram):  # adds no scope: its keys are the program's
+            full = names.get(path, scope)
+            named.update([path] if path in names else [])
+            found.append(Entry(path, module, "", full))
+            return
         if isinstance(module, HaikuModule):
             base = module_name(module.hk_config)
         elif isinstance(module, Stack):
@@ -165,6 +173,8 @@ def outer_name(inner: str, base: str, full: str) -> str:
     A key that is not under the module's own name was created in its parent's scope (a
     module whose ``__call__`` is ``@hk.transparent``): it keeps that scope.
     """
+    if not base:  # a program: its keys are already the program's names
+        return (full + "/" if full and not full.endswith("/") else full) + inner
     if inner == base:
         return full
     if inner.startswith(base + "/"):

@@ -308,7 +308,9 @@ def check_haiku_class(hk_cls: Any, where: str) -> None:
     raise TypeError(
         f"{where} expects a Haiku module class (a subclass of hk.Module) such as hk.Linear, got "
         f"{hk_cls!r}. Fix: pass the class, then its arguments: "
-        f"pax.from_haiku(hk.Linear)(output_size=3); wrap a plain function in pax.nn.Lambda(fn)."
+        f"pax.from_haiku(hk.Linear)(output_size=3). A Haiku program (a function given to "
+        f"hk.transform) is wrapped by pax.haiku.from_transformed(fn); a plain function that "
+        f"creates no Haiku parameters by pax.nn.Lambda(fn)."
     )
 
 
