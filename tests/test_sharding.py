@@ -462,3 +462,33 @@ def test_make_mesh_has_auto_axes_and_fsdp_refuses_explicit_ones():
         match=r"the mesh axis 'data' is Explicit .*Fix: a mesh with Auto axes, mesh = pax.sharding.make_mesh\(\(8,\), \('data',\)\)",
     ):
         pax.sharding.fsdp_rules(model, explicit)
+
+
+class VelocitySGD(pax.Optimizer):
+    """An optimizer whose state is a copy of the model's parameters (not a KeyPathDict)."""
+
+    def __init__(self, params):
+        self.register_state_subtree("velocity", jax.tree_util.tree_map(jnp.zeros_like, params))
+
+    def step(self, grads, model):
+        self.velocity = jax.tree_util.tree_map(lambda v, g: 0.9 * v + g, self.velocity, grads)
+        params = jax.tree_util.tree_map(lambda p, v: p - 0.1 * v, model.parameters(), self.velocity)
+        return model.update(params)
+
+
+def test_presets_made_from_model_and_optimizer_place_a_state_copy_of_the_model():
+    model = make_mlp(jax.random.PRNGKey(0))
+    opt = VelocitySGD(model.parameters())
+    mesh = mesh_2d()
+    for rules in (
+        pax.sharding.fsdp_rules((model, opt), mesh),
+        pax.sharding.tensor_parallel_rules((model, opt)),
+    ):
+        s_model, s_opt = pax.sharding.specs((model, opt), mesh, rules)
+        assert s_opt.velocity.layers[0].weight == s_model.layers[0].weight != P()
+        assert s_opt.velocity.layers[1].weight == s_model.layers[1].weight != P()
+    # Made from the model alone, the velocity's key paths (.velocity.layers...) are not the
+    # model's: the catch-all replicates them.
+    rules = pax.sharding.tensor_parallel_rules(model)
+    s_model, s_opt = pax.sharding.specs((model, opt), mesh, rules)
+    assert s_opt.velocity.layers[0].weight == P() != s_model.layers[0].weight

@@ -112,7 +112,9 @@ def fsdp_rules(tree: Any, mesh: Mesh, axis: str = "data") -> list[Rule]:
     Leaves with no such dimension, and integer leaves and RNG keys, are replicated. The rules
     name each leaf by key path, so make them from the model (or from ``jax.eval_shape`` of
     it): they also place its ``from_optax`` optimizer's moments, matched by their parameter's
-    key path. The batch is split over the same axis (`shard_batch`).
+    key path. An optimizer that keeps its state as a copy of the model (a ``velocity``
+    attribute) has other key paths: make the rules from ``(model, opt)`` then. The batch is
+    split over the same axis (`shard_batch`).
 
     Args:
       tree: the model (or model and optimizer), arrays or `jax.ShapeDtypeStruct` leaves.
@@ -183,7 +185,9 @@ def tensor_parallel_rules(model: Any, axis: str = "model") -> list[Rule]:
     with Auto axes (`make_mesh`): on an Explicit axis JAX refuses the split matrix products.
 
     Args:
-      model: the model (arrays or `jax.ShapeDtypeStruct` leaves).
+      model: the model (arrays or `jax.ShapeDtypeStruct` leaves), or ``(model, opt)`` when
+        the optimizer keeps its state as a copy of the model (``from_optax`` moments follow
+        the model's rules anyway).
       axis: the mesh axis to split over.
 
     Returns:
