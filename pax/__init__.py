@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pax import distributed as distributed
 from pax import initializers as initializers
 from pax import metrics as metrics
+from pax import mixed_precision as mixed_precision
 from pax import nn as nn
 from pax import optim as optim
 from pax import sharding as sharding
@@ -78,6 +79,7 @@ __all__ = [
     "load",
     "load_state_dict",
     "metrics",
+    "mixed_precision",
     "next_rng_key",
     "nn",
     "optim",

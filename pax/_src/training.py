@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jmp
 import numpy as np
 
 from pax._src.core import registry, tracing
@@ -15,6 +16,7 @@ from pax._src.core.sharing import check, modules_are_distinct
 from pax._src.core.structure import check_same_structure, describe_difference
 from pax._src.describe import describe
 from pax._src.optim.base import Optimizer
+from pax._src.optim.loss_scale import LossScaledOptimizer
 
 LossFn = Callable[[Any, Any, Any], tuple[Any, tuple[Any, Any]]]
 UpdateFn = Callable[[Any, Any, Any], tuple[Any, Any, Any]]
@@ -125,6 +127,10 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
       donate: donate the buffers of `model` and `optimizer` to the step (saves memory; the
         model and optimizer passed in cannot be used afterwards).
 
+    With an optimizer from `pax.optim.with_loss_scale`, the step differentiates the scaled
+    loss, and a step whose gradients are not finite returns the model unchanged (parameters
+    and states) with the optimizer unchanged but for its lowered scale.
+
     Returns:
       The update function; the loss it returns is the first element of ``loss_fn``'s
       auxiliary output.
@@ -169,17 +175,21 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
             "step). Fix: build_update_fn(loss_fn, jit=True, donate=True)."
         )
 
-    def checked_loss(params: Any, model: Module, inputs: Any) -> tuple[Any, tuple[Any, Any]]:
+    def checked_loss(
+        params: Any, model: Module, inputs: Any, optimizer: Any
+    ) -> tuple[Any, tuple[Any, Any]]:
         loss, aux, new_model = _unpack(loss_fn(params, model, inputs))
         _check_params_used(params, model, new_model)
         check_same_structure(model, new_model, what="the model returned by loss_fn")
+        if isinstance(optimizer, LossScaledOptimizer):
+            loss = optimizer.scale_loss(loss)
         return loss, (aux, new_model)
 
     grad_fn = jax.grad(checked_loss, has_aux=True)
 
     def update_fn(model: Any, optimizer: Any, inputs: Any) -> tuple[Any, Any, Any]:
         _check_arguments(model, optimizer)
-        grads, (loss, new_model) = grad_fn(model.parameters(), model, inputs)
+        grads, (loss, new_model) = grad_fn(model.parameters(), model, inputs, optimizer)
         _check_optimizer_state(optimizer, grads)
         optimizer_def = jax.tree_util.tree_structure(optimizer)
         before = optimizer.copy()
@@ -190,6 +200,8 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
                 f"{type(new_model).__name__}. Fix: end step with `return model.update(new_params)`."
             )
         check_same_structure(model, new_model, what="the model returned by optimizer.step")
+        if isinstance(optimizer, LossScaledOptimizer):  # a skipped step keeps the states too
+            new_model = jmp.select_tree(optimizer.last_step_finite, new_model, model)
         if jax.tree_util.tree_structure(optimizer) != optimizer_def:
             check_same_structure(before, optimizer, what="the optimizer after step")
         return loss, new_model, optimizer

@@ -19,6 +19,8 @@ them once), so gradients come back in it.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import jax
@@ -65,7 +67,14 @@ def as_policy(policy: Any, who: str) -> jmp.Policy:
 
 
 def is_mixed_precision(module: Any) -> bool:
-    """True if `module` was made by `mixed_precision`."""
+    """True if `module` was made by `Module.mixed_precision` (or `apply_policy`).
+
+    Example:
+      >>> import jmp, pax
+      >>> fc = pax.nn.Linear(2, 2)
+      >>> pax.mixed_precision.is_mixed_precision(fc.mixed_precision(jmp.get_policy("c=bf16")))
+      True
+    """
     return type(module) in _MIXED
 
 
@@ -197,7 +206,7 @@ def mixed_precision(module: T, policy: Any) -> T:
     """
     cls = _base_class(type(module))
     policy = as_policy(policy, f"{cls.__name__}.mixed_precision")
-    if not callable(cls):
+    if not callable(module):
         raise TypeError(
             f"{cls.__name__}.mixed_precision: the module has no __call__ to run under the "
             f"policy. Fix: give the policy to the submodules that compute, e.g. "
@@ -233,3 +242,87 @@ def unwrap_mixed_precision(module: T) -> T:
     delattr(new, POLICY_ATTR)
     object.__setattr__(new, "__class__", _base_class(type(module)))
     return new
+
+
+Policies = Mapping[Any, Any]
+
+
+def _matches(key: Any, module: Any, path: str) -> bool:
+    if isinstance(key, type):
+        return isinstance(module, key)
+    return re.search(key, path) is not None
+
+
+def _check_keys(policies: Policies) -> dict[Any, jmp.Policy]:
+    checked = {}
+    for key, policy in policies.items():
+        if isinstance(key, str):
+            try:
+                re.compile(key)
+            except re.error as err:
+                raise ValueError(f"apply_policy: {key!r} is not a valid regex ({err}).") from None
+        elif not isinstance(key, type):
+            raise TypeError(
+                f"apply_policy: a key must be a module class or a regular expression searched "
+                f"in the key path, got {key!r}. Fix: {{pax.nn.BatchNorm: f32_policy, "
+                f"r'^\\.head': policy}}."
+            )
+        checked[key] = as_policy(policy, f"apply_policy[{key!r}]")
+    return checked
+
+
+def apply_policy(model: T, policies: Policies) -> T:
+    r"""Returns a copy where every submodule matched by a key of `policies` gets its policy.
+
+    Keys are module classes (matching instances of subclasses too) or regular expressions
+    searched in the submodule's key path from `model` (``".layers[0]"``; the root's is
+    ``""``). Each submodule takes the policy of the first key that matches it, in the mapping's
+    order; a module with its own policy casts its own parameters when called, from their
+    stored dtype, whatever policy its parents have (as Haiku's per-class policies).
+
+    Args:
+      model: the model.
+      policies: ``{class or key-path regex: jmp.Policy or policy string}``.
+
+    Raises:
+      ValueError: if no submodule matches some key (a typo is likely), or a key is an
+        invalid regex.
+      TypeError: for a key that is neither a class nor a string, or a policy that is not one.
+
+    Example:
+      >>> import jax.numpy as jnp, jmp, pax
+      >>> half = jmp.get_policy("params=float32,compute=bfloat16,output=bfloat16")
+      >>> full = jmp.get_policy("params=float32,compute=float32,output=bfloat16")
+      >>> net = pax.nn.Sequential(pax.nn.Linear(2, 4), pax.nn.BatchNorm(4))
+      >>> net = pax.mixed_precision.apply_policy(
+      ...     net, {pax.nn.BatchNorm: full, r"^\.modules\[0\]$": half}
+      ... )
+      >>> [type(m).__name__ for m in net.modules]
+      ['MixedPrecisionLinear', 'MixedPrecisionBatchNorm']
+      >>> net(jnp.ones((3, 2))).dtype
+      dtype(bfloat16)
+    """
+    checked = _check_keys(policies)
+    used: set[Any] = set()
+    where = [""]
+
+    def visit(d: dict, layout: Any, path: str) -> None:
+        where[0] = path  # `finish` runs on this module next
+
+    def finish(new: Any) -> Any:
+        for key, policy in checked.items():
+            if _matches(key, new, where[0]):
+                used.add(key)
+                return mixed_precision(new, policy)
+        return new
+
+    out = rebuild(model, visit, finish=finish, with_paths=True)
+    unused = [k for k in checked if k not in used]
+    if unused:
+        raise ValueError(
+            f"apply_policy: no submodule of the {type(model).__name__} matches "
+            f"{', '.join(repr(k) for k in unused)} (key paths look like '.layers[0].fc'). "
+            f"Fix: check the class or the pattern; list the key paths with "
+            f"print(model.summary())."
+        )
+    return out

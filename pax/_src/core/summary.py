@@ -159,7 +159,8 @@ def summary(module: Any, *example_inputs: Any, **kwargs: Any) -> str:
     header += ["params", "states", "leaves t/f/s", "bytes"]
     for i, row in enumerate(rows):
         line = ["  " * row.depth + (row.path or type(row.module).__name__)]
-        line.append(type(row.module).__name__)
+        name = getattr(row.module, "name", None)
+        line.append(type(row.module).__name__ + (f" {name!r}" if isinstance(name, str) else ""))
         if calls is not None:
             line += [_calls_cell(calls[i], 0), _calls_cell(calls[i], 1), _own_cell(row)]
         c = row.counts

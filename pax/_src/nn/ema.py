@@ -109,7 +109,11 @@ class EMA(Module):
 
 def _step(hidden: Any, value: Any, counter: jax.Array, ema: EMA) -> tuple[Any, Any]:
     def one(h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        # computed in the promoted dtype, stored in the state's own (a state keeps its dtype:
+        # float32 statistics of a bfloat16 model, or bfloat16 ones after `astype`)
+        stored = h.dtype
         x = jnp.asarray(x)
+        x = x.astype(jnp.result_type(h, x))
         decay = jax.lax.convert_element_type(ema.decay, x.dtype)
         if ema.warmup_length > 0:
             decay = jnp.where(counter <= 0, jnp.zeros_like(decay), decay)
@@ -118,7 +122,7 @@ def _step(hidden: Any, value: Any, counter: jax.Array, ema: EMA) -> tuple[Any, A
         average = new_hidden
         if ema.zero_debias:
             average = average / (one - jnp.power(decay, counter))
-        return average, new_hidden
+        return average.astype(stored), new_hidden.astype(stored)
 
     leaves, treedef = jax.tree_util.tree_flatten(hidden)
     values = treedef.flatten_up_to(value)
