@@ -492,3 +492,10 @@ def test_presets_made_from_model_and_optimizer_place_a_state_copy_of_the_model()
     rules = pax.sharding.tensor_parallel_rules(model)
     s_model, s_opt = pax.sharding.specs((model, opt), mesh, rules)
     assert s_opt.velocity.layers[0].weight == P() != s_model.layers[0].weight
+
+
+def test_public_names_resolve_and_have_examples():
+    assert len(pax.sharding.__all__) == len(set(pax.sharding.__all__))
+    for name in pax.sharding.__all__:
+        assert "Example:" in getattr(pax.sharding, name).__doc__, name
+    assert pax.sharding is pax.__dict__["sharding"]
