@@ -187,6 +187,33 @@ def test_a_part_process_0_cannot_see_is_refused_and_the_old_checkpoint_kept(tmp_
     np.testing.assert_array_equal(pax.load(path, {"w": jnp.zeros(2)})["w"], 1.0)
 
 
+def test_a_failed_part_elsewhere_stops_the_save_on_every_process(tmp_path):
+    path = tmp_path / "c.npz"
+    pax.save(path, {"w": jnp.ones(2)})
+    before = path.read_bytes()
+    # Process 0 of 2, told by the collectives that process 1 could not write its part.
+    failed_peer = checkpoint_sharded.Group(
+        0, 2, lambda x: x, lambda x: np.stack([x, np.zeros_like(x)])
+    )
+    with pytest.raises(
+        pax.CheckpointError,
+        match=r"process\(es\) \[1\] could not write their part of .*c\.npz \(their own errors "
+        r"say why\); the checkpoint was not written and the previous one, if any, is unchanged",
+    ):
+        save_in_parts(path, {"w": jnp.zeros(2)}, failed_peer)
+    assert path.read_bytes() == before
+    # Process 1 of 2, told by process 0 that it could not write the main file.
+    failed_main = checkpoint_sharded.Group(1, 2, np.zeros_like, lambda x: np.stack([x, x]))
+    with pytest.raises(
+        pax.CheckpointError,
+        match=r"process 0 could not write the main file .*c\.npz \(its own error says why\); "
+        r"the previous checkpoint, if any, is unchanged",
+    ):
+        save_in_parts(path, {"w": jnp.zeros(2)}, failed_main)
+    assert path.read_bytes() == before
+    np.testing.assert_array_equal(pax.load(path, {"w": jnp.zeros(2)})["w"], 1.0)
+
+
 @pytest.fixture
 def in_parts(tmp_path):
     path = tmp_path / "c.npz"
