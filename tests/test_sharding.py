@@ -348,6 +348,14 @@ def test_a_leaf_matched_by_no_rule_names_its_key_path_and_the_catch_all():
         pax.sharding.shard(model, mesh_2d(), [(r"\.weight$", P())])
 
 
+def test_an_unmatched_leaf_of_a_tuple_explains_start_anchors():
+    model = make_mlp(jax.random.PRNGKey(0))
+    rules = [(r"^\.layers", P())]
+    pax.sharding.specs(model, mesh_2d(), rules)  # the model alone: matched
+    with pytest.raises(ValueError, match=r"starts with \[0\] as the tree is a tuple.*anchor"):
+        pax.sharding.specs((model,), mesh_2d(), rules)
+
+
 def test_an_unmatched_optimizer_moment_names_its_parameter():
     model = make_mlp(jax.random.PRNGKey(0))
     opt = pax.optim.from_optax(optax.adam(1e-3))(model.parameters())

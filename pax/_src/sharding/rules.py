@@ -9,9 +9,10 @@ Optimizer state follows its parameters: a leaf inside a `pax.optim.KeyPathDict` 
 moments of a ``from_optax`` optimizer, e.g. ``.opt_state[0].mu['.layers[0].weight']``) is
 matched by its *key* in that dict, which is the parameter's key path in the model
 (``".layers[0].weight"``). So the rules written for a model shard the moments exactly as the
-parameters, and a pattern anchored at the start (``^\\.layers``) works for both. Every other
-leaf (a step count, an injected learning rate) is matched by its own key path, so a catch-all
-``(r".*", P())`` replicates it.
+parameters. A pattern anchored at the start (``^\\.layers``) matches the moments and the model
+when the model is the tree, not inside ``(model, opt)`` (``[0].layers...``); one anchored at the
+end (``\\.weight$``) matches everywhere. Every other leaf (a step count, an injected learning
+rate) is matched by its own key path, so a catch-all ``(r".*", P())`` replicates it.
 """
 
 from __future__ import annotations
@@ -193,9 +194,15 @@ def spec_for(
     if rule is None:
         shown = ", ".join(r.text for r in rules[:_SHOWN])
         more = f", ... ({len(rules)} in all)" if len(rules) > _SHOWN else ""
+        hint = ""
+        if key.startswith("[") and any(r.pattern.pattern.startswith("^") for r in rules):
+            hint = (
+                f" (Its key path starts with {key[: key.index(']') + 1]} as the tree is a tuple, "
+                f"list or dict: a pattern anchored with '^' does not match it; anchor at the end.)"
+            )
         raise ValueError(
             f"pax.sharding.{owner}: no rule matches {_where(key, full)} ({describe(leaf)}); the "
-            f"rules are [{shown}{more}]. Fix: {CATCH_ALL}, or write a rule for {key!r}."
+            f"rules are [{shown}{more}].{hint} Fix: {CATCH_ALL}, or write a rule for {key!r}."
         )
     shape = np.shape(leaf)
     if len(rule.spec) > len(shape):
