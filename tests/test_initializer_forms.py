@@ -163,3 +163,19 @@ def test_the_haiku_side_is_loaded_on_first_use():
         "assert w(jax.random.PRNGKey(0), (2,), 'float32').tolist() == [2.0, 2.0]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "init", [hk.initializers.TruncatedNormal(0.1), lambda shape, dtype: jnp.ones(shape, dtype)]
+)
+def test_resolving_an_adapted_initializer_again_keeps_it(init, key):
+    # layers built from layers (attention -> Linear) resolve the same initializer twice
+    once = resolve("MultiHeadAttention", "w_init", init)
+    assert resolve("Linear", "w_init", once) is once
+    np.testing.assert_array_equal(once(key, SHAPE, jnp.float32), once(key, SHAPE, jnp.float32))
+
+
+def test_attention_with_a_haiku_initializer(key):
+    init = hk.initializers.VarianceScaling(0.5)
+    mha = pax.nn.MultiHeadAttention(8, 2, 4, w_init=init, rng_key=key)
+    assert mha(jnp.ones((1, 3, 8))).shape == (1, 3, 8)

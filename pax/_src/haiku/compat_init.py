@@ -46,7 +46,6 @@ def from_haiku_initializer(init: Callable[..., Any], where: str = "initializer")
         shape = tuple(int(d) for d in shape)
         return check_result(where, transformed.apply({}, key, shape, dtype), shape)
 
-    haiku_init.__wrapped__ = init  # type: ignore[attr-defined]
     haiku_init.__qualname__ = f"from_haiku_initializer({init!r})"
     return haiku_init
 

@@ -90,7 +90,6 @@ def _haiku_form(init: Callable[..., Any], where: str) -> Initializer:
         del key  # without Haiku there is no hk.next_rng_key() for `init` to draw from
         return check_result(where, init(tuple(shape), dtype), shape)
 
-    shape_dtype_init.__wrapped__ = init  # type: ignore[attr-defined]
     return shape_dtype_init
 
 
