@@ -459,3 +459,15 @@ def test_float16_training_with_loss_scaling_learns():
         loss, net, opt = update_fn(net, opt, (x, y))
         losses.append(float(loss))
     assert np.isfinite(losses[-1]) and losses[-1] < 0.5 * losses[0]
+
+
+def test_policy_on_a_model_with_batch_norm_updates_its_statistics_in_a_jitted_step():
+    # the computing copy made by each call is not a lost change: its states live on
+    net = pax.nn.Sequential(pax.nn.Linear(4, 8), pax.nn.BatchNorm(8)).mixed_precision(POLICY)
+    opt = pax.optim.from_optax(optax.sgd(0.1))(net.parameters())
+    update_fn = pax.utils.build_update_fn(_loss_fn)
+    x, y = _input((16, 4)), _input((16, 8), 1)
+    for _ in range(2):
+        _, net, opt = update_fn(net, opt, (x, y))
+    assert int(net.modules[1].mean_ema.counter) == 2
+    assert net.modules[1].moving_mean.dtype == jnp.float32

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import jmp
 
-from pax._src.core import registry
+from pax._src.core import registry, tracing
 from pax._src.core.registry import Kind, is_module
 from pax._src.core.validate import casting_states
 from pax._src.core.views import rebuild
@@ -121,6 +121,7 @@ def _write_back(target: Any, source: Any) -> None:
     parameters, which keep their stored dtype."""
     if source is target:  # a submodule with its own policy was called in place
         return
+    tracing.flattened_in_trace(source)  # its changes live on in `target`: not lost
     d = source.__dict__
     layout = registry.layout_in(d)
     kind_of = layout.kind_of
