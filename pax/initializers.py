@@ -1,5 +1,10 @@
-"""Parameter initializers, ``init(key, shape, dtype) -> array``."""
+"""Parameter initializers, ``init(key, shape, dtype) -> array``.
 
+Every layer also takes Haiku's initializers (``hk.initializers.TruncatedNormal(0.1)``) and
+functions ``init(shape, dtype)``; `from_haiku_initializer` converts one for a direct call.
+"""
+
+from pax._src.nn.initializer_forms import from_haiku_initializer as from_haiku_initializer
 from pax._src.nn.initializers import Initializer as Initializer
 from pax._src.nn.initializers import constant as constant
 from pax._src.nn.initializers import glorot_normal as glorot_normal
@@ -20,6 +25,7 @@ from pax._src.nn.initializers import zeros as zeros
 __all__ = [
     "Initializer",
     "constant",
+    "from_haiku_initializer",
     "glorot_normal",
     "glorot_uniform",
     "he_normal",

@@ -179,3 +179,15 @@ def test_attention_with_a_haiku_initializer(key):
     init = hk.initializers.VarianceScaling(0.5)
     mha = pax.nn.MultiHeadAttention(8, 2, 4, w_init=init, rng_key=key)
     assert mha(jnp.ones((1, 3, 8))).shape == (1, 3, 8)
+
+
+def test_public_from_haiku_initializer(key):
+    init = hk.initializers.TruncatedNormal(0.1)
+    converted = pax.initializers.from_haiku_initializer(init)
+    np.testing.assert_array_equal(
+        converted(key, SHAPE, "float32"), haiku_first_parameter(init, key)
+    )
+    pax_form = pax.initializers.zeros
+    assert pax.initializers.from_haiku_initializer(pax_form) is pax_form
+    with pytest.raises(TypeError, match=r"pax\.initializers\.from_haiku_initializer: init=None"):
+        pax.initializers.from_haiku_initializer(None)

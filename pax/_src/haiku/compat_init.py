@@ -1,6 +1,6 @@
 """Haiku-form initializers (``init(shape, dtype)`` drawing from ``hk.next_rng_key()``) for pax.
 
-Importing this file registers `from_haiku_initializer` with `pax/_src/nn/initializer_forms.py`,
+Importing this file registers `adapt` with `pax/_src/nn/initializer_forms.py`,
 which loads it by name the first time a layer is given an initializer of Haiku's form.
 """
 
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from pax._src.nn.initializer_forms import Initializer, check_result, register_haiku_adapter
 
 
-def from_haiku_initializer(init: Callable[..., Any], where: str = "initializer") -> Initializer:
+def adapt(init: Callable[..., Any], where: str = "initializer") -> Initializer:
     """A Haiku initializer ``init(shape, dtype)`` as a pax one ``init(key, shape, dtype)``.
 
     The Haiku initializer runs inside ``hk.transform`` applied with the given key, so it draws
@@ -36,7 +36,7 @@ def from_haiku_initializer(init: Callable[..., Any], where: str = "initializer")
 
     Example:
       >>> import haiku as hk, jax
-      >>> init = from_haiku_initializer(hk.initializers.TruncatedNormal(0.1))
+      >>> init = adapt(hk.initializers.TruncatedNormal(0.1))
       >>> init(jax.random.PRNGKey(0), (3, 4)).shape
       (3, 4)
     """
@@ -50,4 +50,4 @@ def from_haiku_initializer(init: Callable[..., Any], where: str = "initializer")
     return haiku_init
 
 
-register_haiku_adapter(from_haiku_initializer)
+register_haiku_adapter(adapt)

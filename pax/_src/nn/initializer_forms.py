@@ -179,3 +179,29 @@ def is_pax_form(owner: str, arg: str, init: Any) -> bool:
         return False
     names = ", ".join(p.name for p in positional)
     raise _error(owner, arg, init, f"takes the positional arguments ({names})")
+
+
+def from_haiku_initializer(init: Any) -> Initializer:
+    """A Haiku initializer (``init(shape, dtype)``) as a pax one, ``init(key, shape, dtype)``.
+
+    Layers do this themselves (``w_init=hk.initializers.TruncatedNormal(0.1)`` works); this is
+    for calling one directly, as Pax v0.2's function of this name. The Haiku initializer runs
+    inside a Haiku transform keyed by the given key: it draws what a Haiku program initialized
+    with that key draws for its first parameter. A pax-form initializer is returned unchanged.
+
+    Args:
+      init: a Haiku initializer object or a function ``init(shape, dtype) -> array``.
+
+    Raises:
+      TypeError: for anything that is not an initializer (see `resolve`).
+
+    Example:
+      >>> import haiku as hk, jax, pax
+      >>> init = pax.initializers.from_haiku_initializer(hk.initializers.Constant(2.0))
+      >>> init(jax.random.PRNGKey(0), (2,), "float32").tolist()
+      [2.0, 2.0]
+    """
+    resolved = resolve("pax.initializers.from_haiku_initializer", "init", init)
+    if resolved is None:
+        raise _error("pax.initializers.from_haiku_initializer", "init", init, "is None")
+    return resolved
