@@ -28,10 +28,10 @@ from pax._src.errors import CheckpointError as CheckpointError
 from pax._src.errors import CheckpointMismatchError as CheckpointMismatchError
 from pax._src.errors import SharedObjectError as SharedObjectError
 from pax._src.errors import StructureChangedError as StructureChangedError
-from pax._src.nn.recurrent import dynamic_unroll as dynamic_unroll
+from pax._src.nn.unroll import dynamic_unroll as dynamic_unroll
+from pax._src.optim.base import Optimizer as Optimizer
 from pax._src.state_dict import load_state_dict as load_state_dict
 from pax._src.state_dict import state_dict as state_dict
-from pax._src.optim.base import Optimizer as Optimizer
 
 if TYPE_CHECKING:
     from pax import haiku as haiku
@@ -85,7 +85,7 @@ __all__ = [
     "optim",
     "save",
     "seed_rng_key",
-    "state_dict",
     "sharding",
+    "state_dict",
     "utils",
 ]

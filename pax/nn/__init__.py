@@ -27,12 +27,12 @@ from pax._src.nn.recurrent import GRU as GRU
 from pax._src.nn.recurrent import LSTM as LSTM
 from pax._src.nn.recurrent import LSTMState as LSTMState
 from pax._src.nn.recurrent import VanillaRNN as VanillaRNN
-from pax._src.nn.recurrent import dynamic_unroll as dynamic_unroll
 from pax._src.nn.reshape import Flatten as Flatten
 from pax._src.nn.reshape import Reshape as Reshape
 from pax._src.nn.sequential import MLP as MLP
 from pax._src.nn.sequential import Sequential as Sequential
 from pax._src.nn.stack import Stack as Stack
+from pax._src.nn.unroll import dynamic_unroll as dynamic_unroll
 
 __all__ = [
     "EMA",
