@@ -240,8 +240,44 @@ def test_indexing_errors():
     stack = nn.Stack(_block, 3)
     with pytest.raises(IndexError, match=r"Stack: layer index 3 is out of range .* \[-3, 3\)"):
         stack[3]
-    with pytest.raises(TypeError, match=r"Stack: layers are indexed by an int, got 'a'. Fix:"):
+    with pytest.raises(TypeError, match=r"Stack: layers are indexed by an int or a slice, got 'a'"):
         stack["a"]
+    with pytest.raises(ValueError, match=r"Stack: the slice slice\(2, 1, None\) selects no layer"):
+        stack[2:1]
+
+
+def test_slicing_gives_a_stack_of_those_layers():
+    stack = nn.Stack(lambda k: nn.Linear(3, 3, rng_key=k), 5, remat=True)
+    x = jnp.ones((2, 3))
+    for index in (slice(1, 4), slice(None, None, 2), slice(None, None, -1)):
+        part = stack[index]
+        picked = stack.unstack()[index]
+        assert isinstance(part, nn.Stack) and len(part) == len(picked) and part.remat
+        expected = x
+        for layer in picked:
+            expected = layer(expected)
+        _close(part(x), expected)
+    assert len(stack) == 5  # the original is unchanged
+
+
+def test_stack_under_a_mixed_precision_policy():
+    import jmp
+
+    policy = jmp.Policy(jnp.float32, jnp.bfloat16, jnp.bfloat16)
+    stack = nn.Stack(lambda k: nn.Linear(4, 4, rng_key=k), 3)
+    mixed = stack.mixed_precision(policy)
+    x = jnp.ones((2, 4))
+    out = mixed(x)
+    assert out.dtype == jnp.bfloat16 and mixed.stacked.weight.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out, np.float32), stack(x), rtol=5e-2, atol=5e-2)
+    grads = jax.grad(lambda p, m: m.update(p)(x).astype(jnp.float32).sum())(
+        mixed.parameters(), mixed
+    )
+    assert grads.stacked.weight.dtype == jnp.float32
+    # a policy on each layer must keep the carried dtype: a bfloat16 output is refused
+    per_layer = nn.Stack(lambda k: nn.Linear(4, 4, rng_key=k).mixed_precision(policy), 2)
+    with pytest.raises(ValueError, match=r"a layer mapped an input f32\[2,4\] to bf16\[2,4\]"):
+        per_layer(x)
 
 
 class _Counting(pax.Module):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
@@ -161,18 +162,45 @@ class Stack(Module):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, index: int) -> Module:
-        """Layer `index` as an ordinary module (its arrays are slices of the stacked ones).
+    @overload
+    def __getitem__(self, index: int) -> Module: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Stack: ...
+
+    def __getitem__(self, index: int | slice) -> Module | Stack:
+        """Layer `index` as an ordinary module (its arrays are slices of the stacked ones), or
+        for a slice, a `Stack` of those layers (same `remat` and `unroll`).
 
         Raises:
           IndexError: for an index outside ``[-n, n)``.
-          TypeError: for an index that is not an int.
+          ValueError: for a slice that selects no layer.
+          TypeError: for an index that is neither an int nor a slice.
+
+        Example:
+          >>> import pax
+          >>> stack = pax.nn.Stack(lambda key: pax.nn.Linear(3, 3, rng_key=key), 4)
+          >>> type(stack[0]).__name__, len(stack[1:3]), stack[::2].stacked.weight.shape
+          ('Linear', 2, (2, 3, 3))
         """
         cls = type(self).__name__
+        if isinstance(index, slice):
+            picked = list(range(self.n))[index]
+            if not picked:
+                raise ValueError(
+                    f"{cls}: the slice {index} selects no layer of a Stack of {self.n}. Fix: "
+                    f"a slice with at least one layer, e.g. stack[:{self.n}]."
+                )
+            new = self.copy()
+            contiguous = index.step in (None, 1)
+            rows = slice(picked[0], picked[-1] + 1) if contiguous else np.asarray(picked)
+            new.stacked = jax.tree_util.tree_map(lambda x: x[rows], self.stacked)
+            new.n = len(picked)
+            return new
         if isinstance(index, bool) or not isinstance(index, int):
             raise TypeError(
-                f"{cls}: layers are indexed by an int, got {index!r}. Fix: stack[i] with "
-                f"0 <= i < {self.n}, or stack.unstack() for the list of layers."
+                f"{cls}: layers are indexed by an int or a slice, got {index!r}. Fix: stack[i] "
+                f"with 0 <= i < {self.n}, stack[a:b], or stack.unstack() for the list of layers."
             )
         if not -self.n <= index < self.n:
             raise IndexError(
