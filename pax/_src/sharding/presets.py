@@ -203,7 +203,7 @@ def tensor_parallel_rules(model: Any, axis: str = "model") -> list[Rule]:
       >>> mlp = pax.nn.MLP([4, 8, 4])
       >>> s = pax.sharding.specs(mlp, mesh, pax.sharding.tensor_parallel_rules(mlp))
       >>> s.layers[0].weight, s.layers[1].weight
-      (P(None, 'model'), P('model', None))
+      (P(None, 'model'), P('model',))
     """
     pairs = []
     layers = (MLP, MultiHeadAttention, Linear)

@@ -238,8 +238,11 @@ def shardings(tree: T, mesh: Mesh, rules: Rules) -> T:
     catch-all ``(r".*", P())``. Integer leaves and RNG keys are placed like any other leaf (a
     ``uint32[2]`` key cannot be split over 8 devices: give it P()).
 
-    The result can be given to ``jax.device_put`` or to ``jax.jit(..., in_shardings=...,
-    out_shardings=...)``; ``pax.sharding.shard(tree, mesh, rules)`` is
+    Specs are written as a compiled step writes its outputs' (`canonical`: ``P("model", None)``
+    reads ``P("model",)``), so a jitted step given these shardings returns the very same ones
+    and does not compile again on its next call. The result can be given to ``jax.device_put``
+    or to ``jax.jit(..., in_shardings=..., out_shardings=...)``;
+    ``pax.sharding.shard(tree, mesh, rules)`` is
     ``jax.device_put(tree, shardings(tree, mesh, rules))``.
 
     Args:
@@ -282,9 +285,26 @@ def specs(tree: T, mesh: Mesh, rules: Rules) -> T:
     return _map_specs(tree, mesh, rules, "specs", lambda spec: spec)
 
 
+def canonical(spec: PartitionSpec) -> PartitionSpec:
+    """`spec` as a compiled step writes its outputs' specs: no trailing None, no 1-tuples.
+
+    A step's inputs then have the very shardings of its outputs, and the next call does not
+    compile again for an equivalent but unequal spec.
+
+    Example:
+      >>> from jax.sharding import PartitionSpec as P
+      >>> canonical(P("model", None)), canonical(P(("data",), None, "model"))
+      (P('model',), P('data', None, 'model'))
+    """
+    entries = [e[0] if isinstance(e, tuple) and len(e) == 1 else e for e in spec]
+    while entries and entries[-1] is None:
+        entries.pop()
+    return PartitionSpec(*entries)
+
+
 def _map_specs(tree: T, mesh: Mesh, rules: Rules, owner: str, make: Callable[[Any], Any]) -> T:
     compiled = compile_rules(rules, mesh, owner)
-    out = [make(spec_for(k, f, x, compiled, mesh, owner)) for k, f, x in rule_keys(tree)]
+    out = [make(canonical(spec_for(k, f, x, compiled, mesh, owner))) for k, f, x in rule_keys(tree)]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), out)
 
 
