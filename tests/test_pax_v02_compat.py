@@ -361,3 +361,109 @@ def test_pools_pax_v02_positional_form():
 def test_linear_pax_v02_positional_form():
     fc = pax.haiku.linear(3, 4, False, rng_key=KEY)
     assert "b" not in fc.params["linear"]
+
+
+# --- whole Pax v0.2 programs in small: every form the original examples use --------------------
+
+
+class _CharLM(pax.Module):
+    """A character LSTM written as Pax v0.2 programs write it."""
+
+    def __init__(self, vocab_size: int, hidden_dim: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embed = pax.haiku.embed(vocab_size, hidden_dim)
+        self.lstm = pax.haiku.lstm(hidden_dim)
+        self.output = pax.haiku.linear(hidden_dim, vocab_size)
+
+    def __call__(self, x):
+        x = self.embed(x)
+        state = self.lstm.initial_state(x.shape[0])
+        x, _ = pax.dynamic_unroll(self.lstm, x, state, time_major=False)
+        return self.output(x)
+
+
+def _lm_loss(params, model, batch) -> pax.utils.LossFnOutput:
+    model = model.update(params)
+    logits = model(batch[:, :-1])
+    targets = jax.nn.one_hot(batch[:, 1:], model.vocab_size)
+    loss = -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1))
+    return loss, (loss, model)
+
+
+def test_pax_v02_char_rnn_form_trains():
+    import optax
+
+    pax.seed_rng_key(42)
+    net = _CharLM(vocab_size=16, hidden_dim=8)
+    opt = pax.optim.from_optax(optax.adam(1e-2))(net.parameters())
+
+    @jax.jit
+    def update_fn(model, optimizer, batch):
+        grads, (loss, model) = jax.grad(_lm_loss, has_aux=True)(model.parameters(), model, batch)
+        return loss, optimizer.step(grads, model), optimizer
+
+    batch = jnp.tile(jnp.arange(9) % 16, (2, 1))
+    losses = []
+    for _ in range(15):
+        loss, net, opt = update_fn(net, opt, batch)
+        losses.append(float(loss))
+    assert losses[-1] < 0.8 * losses[0]
+    # one device of a pmap-style replicated model: jax.tree.map over the module
+    replicated = jax.tree.map(lambda x: jnp.stack([x, x]), net)
+    single = jax.tree.map(lambda x: x[0], replicated.eval())
+    np.testing.assert_allclose(single(batch), net.eval()(batch), rtol=1e-6)
+
+
+class _DropoutBlock(pax.Module):
+    """The dropout pattern of Pax v0.2's transformer: RngSeq keys into pax.haiku.dropout."""
+
+    def __init__(self, dim: int, num_layers: int, rate: float):
+        super().__init__()
+        self.rng_seq = pax.utils.RngSeq()
+        self.rate = rate
+        self.num_layers = num_layers
+        init = hk.initializers.VarianceScaling(2.0 / num_layers)
+        layers = [pax.nn.Linear(dim, dim, w_init=init) for _ in range(num_layers)]
+        self.register_module_subtree("layers", layers)
+        self.embed = pax.haiku.embed(
+            10, dim, w_init=hk.initializers.VarianceScaling(mode="fan_out")
+        )
+
+    def __call__(self, ids):
+        h = self.embed(ids)
+        rate = self.rate if self.training else 0.0
+        rngs = self.rng_seq.next_rng_key(self.num_layers)
+        for i in range(self.num_layers):
+            h = h + pax.haiku.dropout(rngs[i], rate, self.layers[i](h))
+        return h
+
+
+def test_pax_v02_transformer_dropout_pattern_under_jit_and_scan():
+    block = _DropoutBlock(8, 2, 0.5)
+    ids = jnp.arange(6).reshape(2, 3)
+
+    @jax.jit
+    def twice(block, ids):
+        def body(block, _):
+            return block, block(ids)
+
+        return jax.lax.scan(body, block, None, length=2)
+
+    block2, ys = twice(block, ids)
+    assert not np.allclose(ys[0], ys[1])  # new keys at each step of the scan
+    assert not np.array_equal(block2.rng_seq.rng_key, block.rng_seq.rng_key)
+    # eval mode: no dropout, no key change
+    e = block.eval()
+    np.testing.assert_allclose(e(ids), e(ids))
+    np.testing.assert_array_equal(e.rng_seq.rng_key, block.rng_seq.rng_key)
+
+
+def test_pax_v02_pax_nn_positional_forms():
+    conv = pax.nn.Conv2D(1, 4, 3, padding="VALID")
+    bn = pax.nn.BatchNorm2D(4, True, True, 0.9)
+    ln = pax.nn.LayerNorm(4, -1, True, True)
+    y = ln(bn(conv(jnp.ones((2, 5, 5, 1)))))
+    assert y.shape == (2, 3, 3, 4)
+    assert bn.decay == 0.9  # Pax v0.2's (num_channels, create_scale, create_offset, decay_rate)
+    assert ln.axis in (-1, (-1,)) and ln.scale.shape == ln.offset.shape == (4,)
