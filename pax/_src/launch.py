@@ -115,6 +115,8 @@ class _Child:
     def finish_output(self) -> None:
         for reader in self.readers:
             reader.join(timeout=_GRACE_SECONDS)
+        if any(reader.is_alive() for reader in self.readers):
+            return  # a process outside the group holds the pipe; closing it would block
         for pipe in (self.popen.stdout, self.popen.stderr):
             if pipe is not None:
                 pipe.close()
