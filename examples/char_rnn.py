@@ -6,12 +6,17 @@ next byte.
 
 Data parallelism: a `jax.sharding.Mesh` spans the devices; each global batch is split along its
 leading axis, the model and the optimizer are replicated, and one jitted step updates them (the
-compiler adds the cross-device gradient sum). The same command runs on one CPU, on 8 simulated
-CPU devices, on a GPU or on a TPU pod slice:
+compiler adds the cross-device gradient sum). ``--sharding fsdp`` splits the parameters and the
+Adam moments over the same devices (`pax.sharding.fsdp_rules`); ``--sharding tensor`` uses a 2-D
+mesh ``("data", "model")`` and splits the layers' output features over "model"
+(`TENSOR_PARALLEL_RULES`). The same command runs on one CPU, on 8 simulated CPU devices, on a
+GPU, on a TPU pod slice, or as several processes (each feeds its share of the global batch; only
+process 0 prints, samples and saves):
 
     python examples/char_rnn.py --steps 200 --batch-size 32            # the source of pax itself
     python examples/char_rnn.py --data input.txt --steps 5000          # any text file
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python examples/char_rnn.py --steps 50
+    python -m pax.launch -n 2 --devices-per-process 4 examples/char_rnn.py --steps 50
 
 The progress bar shows the mean loss since its last update, a `pax.metrics.Mean` updated inside
 the jitted step. Every `--sample-every` steps (and at the end) it prints text sampled from
@@ -21,6 +26,7 @@ the jitted step. Every `--sample-every` steps (and at the end) it prints text sa
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -32,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 import pax
@@ -41,6 +48,19 @@ import _data_parallel as dp
 import _plot
 
 VOCAB_SIZE = 256  # bytes
+SHARDINGS = ("data", "fsdp", "tensor")
+
+# --sharding tensor: each layer's output features split over the "model" axis (the LSTM's four
+# gates side by side, the head's vocabulary); the compiler gathers what the next layer needs.
+# A from_optax optimizer's moments follow their parameters' key paths, so they are split alike.
+TENSOR_PARALLEL_RULES = [
+    (r"\.embed\.weight$", P(None, "model")),
+    (r"\.lstm\.weight_(ih|hh)$", P(None, "model")),
+    (r"\.lstm\.bias$", P("model")),
+    (r"\.head\.weight$", P(None, "model")),
+    (r"\.head\.bias$", P("model")),
+    (r".*", P()),
+]
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -102,7 +122,7 @@ class LanguageModel(pax.Module):
         super().__init__()
         if use_haiku:
             self.embed = pax.haiku.embed(vocab_size, embed_dim)
-            self.lstm = pax.haiku.lstm(embed_dim, hidden_dim)
+            self.lstm = pax.haiku.lstm(hidden_dim, in_dim=embed_dim)
             self.head = pax.haiku.linear(hidden_dim, vocab_size)
         else:
             self.embed = pax.nn.Embed(vocab_size, embed_dim)
@@ -194,12 +214,49 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--resume", action="store_true", help="start from --checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--sharding",
+        choices=SHARDINGS,
+        default="data",
+        help="data: replicated parameters; fsdp: parameters and optimizer split over the "
+        "devices; tensor: layers split over the 'model' axis of a (data, model) mesh",
+    )
+    p.add_argument(
+        "--model-parallel", type=int, default=2, help="size of the 'model' axis (tensor only)"
+    )
+    p.add_argument(
+        "--metrics",
+        default="",
+        help="JSON file for the per-step losses and seconds (process 0; each step is then "
+        "waited for, to time it)",
+    )
+    dp.add_process_flags(p)
     return p.parse_args(argv)
 
 
+def sharding_rules(args: argparse.Namespace, model: LanguageModel, mesh) -> list:
+    """The `pax.sharding` rules of ``--sharding`` for `model` (and its optimizer)."""
+    if args.sharding == "fsdp":
+        return pax.sharding.fsdp_rules(model, mesh)
+    if args.sharding == "tensor":
+        return TENSOR_PARALLEL_RULES
+    return pax.sharding.data_parallel_rules()
+
+
 def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -> dict:
-    """Trains as `args` says on `devices` (default: all); returns the model and the losses."""
-    mesh = dp.make_mesh(devices)
+    """Trains as `args` says on `devices` (default: all); returns the model and the losses.
+
+    In a multi-process run (`dp.initialize` first) every process calls it; only process 0
+    prints, samples, plots and saves, and every process returns the same losses.
+    """
+    main_process = dp.is_main_process()
+    if args.sharding == "tensor" and args.use_haiku:
+        raise ValueError(
+            "--sharding tensor splits the pax.nn layers by their names (.lstm.weight_ih, ...), "
+            "which the pax.haiku layers do not have. Fix: leave out --use-haiku, or use "
+            "--sharding fsdp."
+        )
+    mesh = dp.make_mesh(devices, args.model_parallel if args.sharding == "tensor" else None)
     dp.check_batch_size(args.batch_size, mesh)
     if args.resume and not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(
@@ -216,25 +273,44 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
     if args.resume:
         model, optimizer = pax.load(args.checkpoint, (model, optimizer))
     # the mean loss since the last progress report, accumulated on the device
-    running_loss = pax.metrics.Mean()
-    model, optimizer, running_loss = dp.replicate((model, optimizer, running_loss), mesh)
+    running_loss = dp.replicate(pax.metrics.Mean(), mesh)
+    placement = pax.sharding.shardings((model, optimizer), mesh, sharding_rules(args, model, mesh))
+    model, optimizer = jax.device_put((model, optimizer), placement)
     update = pax.utils.build_update_fn(loss_fn, jit=False)
-    train_step = dp.jit_step(make_train_step(update), mesh, n_replicated=3)
-
-    print(
-        f"char_rnn: {len(corpus):,} bytes of text, {mesh.size} device(s) "
-        f"({mesh.devices.flat[0].platform}), global batch {args.batch_size} x {args.seq_len}",
-        file=sys.stderr,
+    rep, data_split = dp.replicated(mesh), dp.batch_sharded(mesh)
+    train_step = jax.jit(
+        make_train_step(update),
+        in_shardings=(*placement, rep, data_split),
+        out_shardings=(rep, *placement, rep),
     )
+
+    processes = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    if main_process:
+        print(
+            f"char_rnn: {len(corpus):,} bytes of text, {mesh.size} device(s) "
+            f"({mesh.devices.flat[0].platform}{processes}), mesh {dict(mesh.shape)}, "
+            f"--sharding {args.sharding}, global batch {args.batch_size} x {args.seq_len}",
+            file=sys.stderr,
+        )
     sample_key = jax.random.PRNGKey(args.seed + 1)
     losses = []
     tokens_per_step = args.batch_size * args.seq_len
-    bar = tqdm(range(1, args.steps + 1), disable=args.no_progress, desc="train", unit="step")
+    bar = tqdm(
+        range(1, args.steps + 1),
+        disable=args.no_progress or not main_process,
+        desc="train",
+        unit="step",
+    )
     last_time, last_step = time.perf_counter(), 0
+    step_seconds = []
     for step in bar:
+        start = time.perf_counter()
         batch = dp.shard_batch(next(data), mesh)
         loss, model, optimizer, running_loss = train_step(model, optimizer, running_loss, batch)
         losses.append(loss)
+        if args.metrics:
+            float(loss)  # wait for the step, to time it
+            step_seconds.append(time.perf_counter() - start)
         if step == 1:  # the first step compiled the update; measure throughput from here
             float(loss)
             last_time, last_step = time.perf_counter(), 1
@@ -246,23 +322,33 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
             last_time, last_step = now, step
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
         if (args.sample_every and step % args.sample_every == 0) or step == args.steps:
-            sample_key, key = jax.random.split(sample_key)
-            text = generate(model, args.prompt, args.sample_length, key, args.temperature)
-            tqdm.write(f"--- sample at step {step} (loss {float(loss):.3f}) ---\n{text}\n---")
+            local_model = dp.host_local(model, mesh)  # every process: gathers split parameters
+            if main_process:
+                sample_key, key = jax.random.split(sample_key)
+                text = generate(local_model, args.prompt, args.sample_length, key, args.temperature)
+                tqdm.write(f"--- sample at step {step} (loss {float(loss):.3f}) ---\n{text}\n---")
             last_time = time.perf_counter()  # leave sampling out of the throughput
     if args.checkpoint:
-        os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
-        pax.save(args.checkpoint, (model, optimizer))
-        print(f"checkpoint written to {args.checkpoint}", file=sys.stderr)
+        # Every process gathers the state; process 0 writes it (one file, replicated values).
+        state = dp.host_local((model, optimizer), mesh)
+        if main_process:
+            os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
+            pax.save(args.checkpoint, state)
+            print(f"checkpoint written to {args.checkpoint}", file=sys.stderr)
     losses = [float(x) for x in jax.device_get(losses)]
-    plot = _plot.default_path(args.plot, args.checkpoint)
+    plot = _plot.default_path(args.plot, args.checkpoint) if main_process else ""
     _plot.save_curves(plot, "char_rnn", [("step", "train loss", losses)])
+    if args.metrics and main_process:
+        with open(args.metrics, "w") as f:
+            json.dump({"losses": losses, "step_seconds": step_seconds}, f)
     return {"model": model, "optimizer": optimizer, "losses": losses, "plot": plot}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     try:
-        run(parse_args(argv))
+        dp.initialize(args)
+        run(args)
     except FileNotFoundError as err:
         sys.exit(str(err))
 
