@@ -337,3 +337,104 @@ def test_mismatched_shapes_name_the_pax_attribute():
         r"model \(at \.modules\[0\]\.weight\)",
     ):
         pax.haiku.load_haiku_params(pax.nn.Sequential(pax.nn.Linear(2, 4)), params, strict=False)
+
+
+def _grads(model, x, call):
+    def loss(m):
+        return sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree_util.tree_leaves(call(m, x)))
+
+    with pax.discard_state_changes():  # gradients only: BatchNorm's new averages are dropped
+        grads = jax.grad(loss, allow_int=True)(model)
+    return pax.haiku.to_haiku_params(grads)[0]
+
+
+WRAPPED = [
+    (
+        "convnet",
+        lambda: pax.nn.Sequential(
+            pax.from_haiku(hk.Conv2D)(4, 3, stride=2),
+            pax.from_haiku(hk.BatchNorm, pass_is_training=True)(True, True, 0.9),
+            jax.nn.relu,
+            pax.from_haiku(hk.GroupNorm)(2),
+            pax.from_haiku(hk.Conv2DTranspose)(3, 2, name="up"),
+            pax.nn.Flatten(),
+            pax.from_haiku(hk.nets.MLP)([5, 4]),
+            pax.from_haiku(hk.LayerNorm)(-1, True, True),
+            pax.from_haiku(hk.RMSNorm)(-1),
+            pax.from_haiku(hk.Linear)(2),
+        ),
+        IMG,
+        _plain,
+    ),
+    (
+        "attention",
+        lambda: pax.from_haiku(hk.MultiHeadAttention)(2, 3, w_init_scale=1.0, model_size=5),
+        R(K, (2, 4, 6)),
+        lambda m, x: m(x, x, x),
+    ),
+    ("embed", lambda: pax.from_haiku(hk.Embed)(10, 4), jnp.array([[1, 9]]), _plain),
+    ("lstm", lambda: pax.from_haiku(hk.LSTM)(4), R(K, (2, 3)), _pax_core),
+    ("gru", lambda: pax.from_haiku(hk.GRU)(4), R(K, (2, 3)), _pax_core),
+    ("rnn", lambda: pax.from_haiku(hk.VanillaRNN)(4), R(K, (2, 3)), _pax_core),
+    ("conv1d", lambda: pax.from_haiku(hk.Conv1D)(4, 3, rate=2), R(K, (2, 9, 3)), _plain),
+]
+
+
+@pytest.mark.parametrize("name, make, x, call", WRAPPED, ids=[w[0] for w in WRAPPED])
+def test_to_native_keeps_outputs_gradients_and_names(name, make, x, call):
+    if call is _pax_core:
+        wrapped = make()
+        wrapped = wrapped.hk_init(x, wrapped.initial_state(x.shape[0]))
+    else:
+        wrapped = make().hk_init(*((x, x, x) if name == "attention" else (x,)))
+    params, state = pax.haiku.to_haiku_params(wrapped)
+    wrapped = pax.haiku.load_haiku_params(wrapped, _perturb(params), state)
+    native, report = pax.haiku.to_native(wrapped)
+    assert report.kept == ()
+    is_wrapped = lambda m: isinstance(m, pax.haiku.HaikuModule)
+    assert not any(map(is_wrapped, jax.tree_util.tree_leaves(native, is_leaf=is_wrapped)))
+    assert pax.haiku.haiku_module_names(native) == pax.haiku.haiku_module_names(wrapped)
+    _assert_exact(pax.haiku.to_haiku_params(native), pax.haiku.to_haiku_params(wrapped))
+    for a, b in zip(
+        jax.tree_util.tree_leaves(call(native.copy(), x)),
+        jax.tree_util.tree_leaves(call(wrapped.copy(), x)),
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    mine, theirs = _grads(native, x, call), _grads(wrapped, x, call)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), mine, theirs
+    )
+    for a, b in zip(
+        jax.tree_util.tree_leaves(call(native.eval(), x)),
+        jax.tree_util.tree_leaves(call(wrapped.eval(), x)),
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_to_native_reports_what_stays_wrapped():
+    def program(x):
+        return hk.Linear(2)(x)
+
+    x = R(K, (2, 3))
+    model = pax.nn.Sequential(
+        pax.from_haiku(hk.Linear)(3), pax.haiku.from_transformed(program)
+    ).hk_init(x)
+    bn = pax.from_haiku(hk.BatchNorm, delay=False)(True, True, 0.9)(x, is_training=True)
+    mixed = pax.nn.Sequential(*model.modules, bn)
+    native, report = pax.haiku.to_native(mixed)
+    assert report.converted == (".modules[0]: hk.Linear -> pax.nn.Linear",)
+    assert report.kept == (
+        ".modules[1]: a program (it is a whole program (no single twin))",
+        ".modules[2]: hk.BatchNorm (it is called with is_training (build it with "
+        "pass_is_training=True))",
+    )
+    assert isinstance(native.modules[0], pax.nn.Linear)
+    assert native.modules[1] is not model.modules[1] and isinstance(
+        native.modules[1], pax.haiku.HaikuProgram
+    )
+    with pytest.raises(
+        ValueError, match=r"(?s)some wrapped Haiku modules stay wrapped.*hk\.BatchNorm"
+    ):
+        pax.haiku.to_native(mixed, strict=True)
+    with pytest.raises(TypeError, match=r"to_native expects a pax\.Module"):
+        pax.haiku.to_native([1])

@@ -25,10 +25,10 @@ def haiku_convnet(x, is_training):
 def pax_convnet():
     return pax.nn.Sequential(
         pax.haiku.conv_2d(1, 4, 3),
-        pax.haiku.batch_norm_2d(4),
+        pax.haiku.batch_norm_2d(4, decay=0.9),
         jax.nn.relu,
         pax.haiku.conv_2d(4, 6, 3, stride=2),
-        pax.haiku.batch_norm_2d(6),
+        pax.haiku.batch_norm_2d(6, decay=0.9),
         jax.nn.relu,
         pax.haiku.max_pool(*POOL),
         lambda x: x.reshape(x.shape[0], -1),

@@ -23,12 +23,15 @@ from pax._src.haiku.programs import HaikuProgram as HaikuProgram
 from pax._src.haiku.programs import from_transformed as from_transformed
 from pax._src.haiku.recurrent import gru as gru
 from pax._src.haiku.recurrent import lstm as lstm
+from pax._src.haiku.to_native import NativeReport as NativeReport
+from pax._src.haiku.to_native import to_native as to_native
 
 __all__ = [
     "HaikuConfig",
     "HaikuLoadReport",
     "HaikuModule",
     "HaikuProgram",
+    "NativeReport",
     "avg_pool",
     "batch_norm_2d",
     "conv_1d",
@@ -48,4 +51,5 @@ __all__ = [
     "lstm",
     "max_pool",
     "to_haiku_params",
+    "to_native",
 ]

@@ -5,7 +5,8 @@ A Haiku program names its modules as Haiku does: the first ``hk.Linear`` created
 (``mlp/~/linear_0``, ``lstm/linear``). A pax model is read the same way. Its *units* are taken
 in pax order (the order of ``jax.tree_util.tree_leaves``: attribute registration order, lists
 in order): every `pax.from_haiku` module and every native layer with a Haiku twin
-(`native_names.HAIKU_NAMES`: ``pax.nn.Linear`` is ``linear``, ``pax.nn.MLP`` is ``mlp``, ...).
+(`native_names.HAIKU_NAMES`: ``pax.nn.Linear`` is ``linear``, ``pax.nn.MLP`` is ``mlp``, ...;
+a layer built with ``name=`` is named so, as ``hk.Linear(3, name="head")`` is).
 Each unit's Haiku name (for a wrapped module ``name=`` if given, else Haiku's default such as
 ``conv2_d``) gets the suffix ``_1``, ``_2``, ... when it was seen before, and ``prefix`` in
 front. Other modules (`pax.nn.Sequential`, a user's own `pax.Module`, ...) add no name: their
@@ -112,8 +113,8 @@ def entries(model: Any, prefix: str, names: Mapping[str, str] | None, fn: str) -
             base = module_name(module.hk_config)
         elif isinstance(module, Stack):
             base = STACK_NAME
-        else:
-            base = twin_name(module)
+        else:  # a native twin is named by its name= as Haiku does, else by its class
+            base = twin_name(module) and (getattr(module, "name", None) or twin_name(module))
         if base is None:
             subs, own = _children(module)
             if own and not isinstance(module, Dropout):  # hk.dropout has no arrays
