@@ -438,3 +438,51 @@ def test_to_native_reports_what_stays_wrapped():
         pax.haiku.to_native(mixed, strict=True)
     with pytest.raises(TypeError, match=r"to_native expects a pax\.Module"):
         pax.haiku.to_native([1])
+
+
+def test_layer_stack_params_load_into_a_stack():
+    def block(x):
+        return jax.nn.relu(hk.LayerNorm(-1, True, True)(hk.Linear(6)(x)))
+
+    def forward(x):
+        x = hk.Linear(6)(x)
+        return hk.layer_stack(3, name="blocks")(block)(x)
+
+    def make_block(key):
+        return pax.nn.Sequential(pax.nn.Linear(6, 6, rng_key=key), pax.nn.LayerNorm(6), jax.nn.relu)
+
+    x = R(K, (2, 4))
+    f = hk.transform_with_state(forward)
+    params, state = f.init(jax.random.PRNGKey(0), x)
+    params = _perturb(params)
+    assert params["blocks/linear"]["w"].shape == (3, 6, 6)
+    model = pax.nn.Sequential(pax.nn.Linear(4, 6), pax.nn.Stack(make_block, 3))
+    names = {".modules[1]": "blocks"}
+    assert pax.haiku.haiku_module_names(model, names=names) == {
+        ".modules[0]": "linear",
+        ".modules[1].stacked.modules[0]": "blocks/linear",
+        ".modules[1].stacked.modules[1]": "blocks/layer_norm",
+    }
+    model = pax.haiku.load_haiku_params(model, params, state, names=names)
+    np.testing.assert_allclose(model(x), f.apply(params, state, None, x)[0], rtol=1e-5, atol=1e-5)
+    _assert_exact(pax.haiku.to_haiku_params(model, names=names), (params, state))
+    # the default scope name of hk.layer_stack
+    g = hk.transform_with_state(lambda x: hk.layer_stack(3)(block)(x))
+    params, state = g.init(jax.random.PRNGKey(0), jnp.ones((2, 6)))
+    stack = pax.haiku.load_haiku_params(pax.nn.Stack(make_block, 3), params, state)
+    x6 = R(K, (2, 6))
+    np.testing.assert_allclose(stack(x6), g.apply(params, state, None, x6)[0], rtol=1e-5)
+
+
+def test_native_layers_named_by_name():
+    def forward(x):
+        x = hk.Linear(3, name="encoder")(x)
+        return hk.Linear(2, name="encoder")(x)
+
+    params, _ = hk.transform_with_state(forward).init(jax.random.PRNGKey(0), jnp.ones((1, 2)))
+    assert sorted(params) == ["encoder", "encoder_1"]
+    model = pax.nn.Sequential(
+        pax.nn.Linear(2, 3, name="encoder"), pax.nn.Linear(3, 2, name="encoder")
+    )
+    assert sorted(pax.haiku.to_haiku_params(model)[0]) == ["encoder", "encoder_1"]
+    pax.haiku.load_haiku_params(model, params)
