@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jmp
 import optax
 
 import pax
@@ -95,6 +96,12 @@ def build_steps(depth: int) -> dict[str, tuple[Callable, tuple]]:
 
     steps["pax + from_optax"] = (pax_optim_step, (model, opt, x, y))
     steps["pax + build_update_fn"] = (pax_update_fn_step, (model, opt, x, y))
+    # The policy wrapper on every layer: with a float32 policy the compiled program is the
+    # plain one, so this row is the wrapper's own cost; bfloat16 adds the CPU's bf16 speed.
+    for name, compute in (("f32 policy", jnp.float32), ("bf16 policy", jnp.bfloat16)):
+        policy = jmp.Policy(jnp.float32, compute, jnp.float32)
+        mixed = pax.mixed_precision.apply_policy(model, {pax.nn.Linear: policy})
+        steps[f"pax + {name}"] = (pax_update_fn_step, (mixed, opt, x, y))
     return steps
 
 

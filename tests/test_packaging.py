@@ -61,7 +61,11 @@ def test_the_package_ships_its_typing_marker():
     assert "py.typed" in config["tool"]["setuptools"]["package-data"]["pax"]
 
 
-@pytest.mark.parametrize("module", [pax, pax.optim, pax.utils], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module",
+    [pax, pax.optim, pax.utils, pax.nn, pax.sharding, pax.mixed_precision, pax.distributed],
+    ids=lambda m: m.__name__,
+)
 def test_public_names_resolve(module):
     assert len(module.__all__) == len(set(module.__all__))
     missing = [name for name in module.__all__ if not hasattr(module, name)]
