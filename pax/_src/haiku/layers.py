@@ -20,7 +20,7 @@ from pax._src.arguments import data_format as parse_data_format
 from pax._src.core.rng import resolve_rng_key
 from pax._src.haiku.compat_args import channel_axis_format
 from pax._src.haiku.module import HaikuModule
-from pax._src.nn.initializer_forms import is_pax_form
+from pax._src.nn.initializer_forms import takes_key_first
 
 InitializerLike = Callable[..., jax.Array]
 IntOrSeq = int | Sequence[int]
@@ -55,7 +55,7 @@ def as_haiku_initializer(fn: str, arg: str, init: InitializerLike | None) -> Ini
     """
     if init is None:
         return None
-    return _KeyedInitializer(init) if is_pax_form(fn, arg, init) else init
+    return _KeyedInitializer(init) if takes_key_first(fn, arg, init) else init
 
 
 def build_layer(

@@ -133,10 +133,10 @@ def resolve(owner: str, arg: str, init: Any) -> Initializer | None:
     """
     if init is None:
         return None
-    return init if is_pax_form(owner, arg, init) else _haiku_form(init, f"{owner}: {arg}")
+    return init if takes_key_first(owner, arg, init) else _haiku_form(init, f"{owner}: {arg}")
 
 
-def is_pax_form(owner: str, arg: str, init: Any) -> bool:
+def takes_key_first(owner: str, arg: str, init: Any) -> bool:
     """True for pax's form ``init(key, shape, dtype)``, False for Haiku's ``init(shape, dtype)``.
 
     The rules and errors of `resolve` (which see); `pax.haiku` layers use it to adapt the other
@@ -147,9 +147,9 @@ def is_pax_form(owner: str, arg: str, init: Any) -> bool:
 
     Example:
       >>> import haiku as hk, pax
-      >>> is_pax_form("Linear", "w_init", pax.initializers.zeros)
+      >>> takes_key_first("Linear", "w_init", pax.initializers.zeros)
       True
-      >>> is_pax_form("Linear", "w_init", hk.initializers.TruncatedNormal(0.1))
+      >>> takes_key_first("Linear", "w_init", hk.initializers.TruncatedNormal(0.1))
       False
     """
     if isinstance(init, type):
