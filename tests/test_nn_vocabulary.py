@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import pax
 from pax import nn
 from pax._src.nn import _validate as v
 
@@ -244,3 +245,28 @@ def test_renamed_kwargs_passes_through_and_keeps_the_signature():
     assert f(0, 5, other=3) == (0, 5, 3)
     with pytest.warns(DeprecationWarning, match=r"pax\.nn\.f: `old` is deprecated, use `new`"):
         assert f(0, old=7) == (0, 7, 2)
+
+
+def test_attention_accepts_pax_v02_keywords_with_deprecation_warnings():
+    with pytest.warns(DeprecationWarning, match=r"MultiHeadAttention: `w_init_scale` is deprec"):
+        old = pax.nn.MultiHeadAttention(
+            8, num_heads=2, key_size=4, w_init_scale=0.5, rng_key=jax.random.PRNGKey(0)
+        )
+    new = pax.nn.MultiHeadAttention(
+        8,
+        num_heads=2,
+        key_size=4,
+        w_init=pax.initializers.variance_scaling(0.5),
+        rng_key=jax.random.PRNGKey(0),
+    )
+    np.testing.assert_array_equal(old.query_proj.weight, new.query_proj.weight)
+    with pytest.warns(DeprecationWarning, match=r"`model_size` is deprecated, use `out_dim`"):
+        assert pax.nn.MultiHeadAttention(8, 2, model_size=6).out_dim == 6
+    with pytest.raises(TypeError, match=r"give w_init or the deprecated w_init_scale, not both"):
+        pax.nn.MultiHeadAttention(8, 2, w_init=pax.initializers.zeros, w_init_scale=1.0)
+
+
+def test_attention_mask_rank_error_names_the_axes_to_add():
+    mha = pax.nn.MultiHeadAttention(8, 2)
+    with pytest.raises(ValueError, match=r"Fix: add the missing leading axes: mask\[None, None\]"):
+        mha(jnp.ones((2, 3, 8)), mask=jnp.ones((3, 3), bool))

@@ -176,8 +176,8 @@ _STRAY_MODULE = (
     "pax.dynamic_unroll), so its parameters could not be kept. Fix: store the module as an "
     "attribute of the model, and initialize a cell that is unrolled by a scan before "
     "unrolling it: cell = cell.{who}(x[0], cell.initial_state(batch_size)), or build it with "
-    "its input size (e.g. pax.nn.LSTM(in_dim, hidden_dim) or pax.haiku.lstm(in_dim, "
-    "hidden_dim)), which needs no example input."
+    "its input size (e.g. pax.nn.LSTM(in_dim, hidden_dim) or pax.haiku.lstm(hidden_dim, "
+    "in_dim=in_dim)), which needs no example input."
 )
 
 # What makes an abstract forward pass impossible: the model reads input values in Python.

@@ -41,6 +41,13 @@ class MultiHeadAttention(Module):
       rng_key: key for the initializers; default `pax.next_rng_key()`.
       param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
       name: a name shown by repr and summary.
+      w_init_scale: deprecated (Haiku's and Pax v0.2's spelling): use
+        ``w_init=pax.initializers.variance_scaling(w_init_scale)``.
+
+    Pax v0.2 and Haiku name the output size ``model_size``: it is accepted as a deprecated
+    keyword for `out_dim`. Their ``MultiHeadAttention(num_heads, key_size, w_init_scale)``
+    has no input size: in pax it is the first argument, or None (taken from a first input),
+    so write ``MultiHeadAttention(None, num_heads, key_size, w_init=...)``.
 
     Call: ``mha(query, key=None, value=None, mask=None)`` with ``query`` ``(..., T, in_dim)``,
     ``key`` and ``value`` ``(..., S, ·)`` (default: self-attention, ``key = value = query``)
@@ -65,6 +72,7 @@ class MultiHeadAttention(Module):
     value_proj: Linear
     out_proj: Linear
 
+    @v.renamed_kwargs(model_size="out_dim")
     def __init__(
         self,
         in_dim: int | None,
@@ -81,9 +89,22 @@ class MultiHeadAttention(Module):
         rng_key: jax.Array | None = None,
         param_dtype: Any = jnp.float32,
         name: str | None = None,
+        w_init_scale: float | None = None,
     ) -> None:
         super().__init__(name=name)
         cls = type(self).__name__
+        if w_init_scale is not None:
+            if w_init is not None:
+                raise TypeError(
+                    f"{cls}: give w_init or the deprecated w_init_scale, not both. Fix: "
+                    f"w_init=pax.initializers.variance_scaling({w_init_scale!r})."
+                )
+            v.warn_deprecated(
+                cls, "w_init_scale", f"w_init=pax.initializers.variance_scaling({w_init_scale!r})"
+            )
+            w_init = initializers.variance_scaling(
+                v.positive_float(cls, "w_init_scale", w_init_scale)
+            )
         in_dim = None if in_dim is None else v.positive_int(cls, "in_dim", in_dim)
         with_bias = v.boolean(cls, "with_bias", with_bias)
         self.num_heads = v.positive_int(cls, "num_heads", num_heads)
@@ -143,10 +164,17 @@ class MultiHeadAttention(Module):
         if mask is not None:
             mask = jnp.asarray(mask)
             if mask.ndim != logits.ndim:
+                missing = logits.ndim - mask.ndim
+                fix = (
+                    f"add the missing leading axes: mask[{', '.join(['None'] * missing)}] "
+                    f"(one mask shared by the heads and the batch)"
+                    if missing > 0
+                    else f"a mask of rank {logits.ndim}"
+                )
                 raise ValueError(
                     f"{type(self).__name__}: the mask must have the rank of the logits "
-                    f"(..., num_heads, T, S) = {logits.shape}, got shape {mask.shape}. Fix: add "
-                    f"axes, e.g. mask[..., None, :, :] for one mask shared by the heads."
+                    f"(..., num_heads, T, S) = {logits.shape}, got shape {mask.shape}. Fix: "
+                    f"{fix}."
                 )
             logits = jnp.where(mask, logits, -1e30)
         weights = jax.nn.softmax(logits)
