@@ -139,12 +139,35 @@ class LanguageModel(pax.Module):
         return self.unroll(tokens, self.lstm.initial_state(tokens.shape[0]))[0]
 
 
+def cross_entropy(model: LanguageModel, inputs, state) -> jax.Array:
+    """The mean next-byte cross-entropy of `model` over ``inputs = (x, y)``, from `state`."""
+    x, y = inputs
+    logits, _ = model.unroll(x, state)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
 def loss_fn(params: LanguageModel, model: LanguageModel, inputs):
     model = model.update(params)
-    x, y = inputs
-    logits = model(x)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss = cross_entropy(model, inputs, model.lstm.initial_state(inputs[0].shape[0]))
     return loss, (loss, model)
+
+
+def per_device_loss_fn(params: LanguageModel, model: LanguageModel, inputs):
+    """`loss_fn` on one device's rows of the batch, inside `jax.shard_map` (``--sharding data``).
+
+    The replicated parameters are cast to per-device ("varying") values once, before the
+    model runs: the gradient's sum over the devices is then a single all-reduce at that cast,
+    after the backward pass. Without it (a plain `jax.jit` of the global step) the compiler
+    puts the all-reduce of the LSTM's weight gradients inside the backward time loop: one
+    cross-device reduction per time step, cheap within one process, slow across processes.
+    The loss is the mean over the devices, so the update is the same as on one device.
+    """
+    vary = lambda tree: jax.lax.pcast(tree, dp.DATA_AXIS, to="varying")
+    local = model.update(vary(params))
+    state = vary(local.lstm.initial_state(inputs[0].shape[0]))  # the scan's carry varies too
+    loss = jax.lax.pmean(cross_entropy(local, inputs, state), dp.DATA_AXIS)
+    # the replicated parameters go on to the optimizer (the model has no array states)
+    return loss, (loss, local.update(params))
 
 
 def make_train_step(update_fn):
@@ -276,10 +299,19 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
     running_loss = dp.replicate(pax.metrics.Mean(), mesh)
     placement = pax.sharding.shardings((model, optimizer), mesh, sharding_rules(args, model, mesh))
     model, optimizer = jax.device_put((model, optimizer), placement)
-    update = pax.utils.build_update_fn(loss_fn, jit=False)
     rep, data_split = dp.replicated(mesh), dp.batch_sharded(mesh)
+    if args.sharding == "data":  # each device runs the step on its rows; one gradient sum
+        update = pax.utils.build_update_fn(per_device_loss_fn, jit=False)
+        step = jax.shard_map(
+            make_train_step(update),
+            mesh=mesh,
+            in_specs=(P(), P(), P(), P(dp.DATA_AXIS)),
+            out_specs=P(),
+        )
+    else:  # the compiler partitions the global step as the parameters' placement says
+        step = make_train_step(pax.utils.build_update_fn(loss_fn, jit=False))
     train_step = jax.jit(
-        make_train_step(update),
+        step,
         in_shardings=(*placement, rep, data_split),
         out_shardings=(rep, *placement, rep),
     )
