@@ -357,7 +357,7 @@ WRAPPED = [
             jax.nn.relu,
             pax.from_haiku(hk.GroupNorm)(2),
             pax.from_haiku(hk.Conv2DTranspose)(3, 2, name="up"),
-            pax.nn.Flatten(),
+            pax.from_haiku(hk.Flatten)(),
             pax.from_haiku(hk.nets.MLP)([5, 4]),
             pax.from_haiku(hk.LayerNorm)(-1, True, True),
             pax.from_haiku(hk.RMSNorm)(-1),

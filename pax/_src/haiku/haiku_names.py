@@ -110,6 +110,8 @@ def entries(model: Any, prefix: str, names: Mapping[str, str] | None, fn: str) -
             found.append(Entry(path, module, "", full))
             return
         if isinstance(module, HaikuModule):
+            if module.is_initialized and not module.params and not module.state:
+                return  # no arrays (hk.Flatten, hk.MaxPool): nothing to name
             base = module_name(module.hk_config)
         elif isinstance(module, Stack):
             base = STACK_NAME

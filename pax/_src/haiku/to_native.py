@@ -14,6 +14,7 @@ from pax._src.core.module import Module
 from pax._src.haiku.config import haiku_class_name, module_name
 from pax._src.haiku.haiku_names import where
 from pax._src.haiku.module import HaikuModule
+from pax._src.haiku.native_names import twin_name
 from pax._src.haiku.porting import load_haiku_params
 from pax._src.haiku.programs import HaikuProgram
 from pax._src.nn.attention import MultiHeadAttention
@@ -24,6 +25,7 @@ from pax._src.nn.embed import Embed
 from pax._src.nn.linear import Linear
 from pax._src.nn.norm import GroupNorm, LayerNorm, RMSNorm
 from pax._src.nn.recurrent import GRU, LSTM, VanillaRNN
+from pax._src.nn.reshape import Flatten, Reshape
 from pax._src.nn.sequential import MLP
 
 T = TypeVar("T")
@@ -197,6 +199,8 @@ BUILDERS: dict[type, Callable[[Args, HaikuModule], Module]] = {
         _shape(m.params or {}, "w")[0], a["hidden_size"], a["double_bias"]
     ),
     hk.MultiHeadAttention: _mha,
+    hk.Flatten: lambda a, m: Flatten(a["preserve_dims"]),
+    hk.Reshape: lambda a, m: Reshape(a["output_shape"], a["preserve_dims"]),
     hk.nets.MLP: lambda a, m: MLP(
         output_sizes=list(a["output_sizes"]),
         in_dim=_shape(m.params or {}, "w")[0],
@@ -228,7 +232,8 @@ def _convert(module: HaikuModule) -> Module:
         base = module_name(module.hk_config)
         if arguments.get("name") is not None:
             native.name = arguments["name"]
-        native = load_haiku_params(native, module.params or {}, module.state, names={"": base})
+        if twin_name(native) is not None:  # Flatten and Reshape hold no arrays
+            native = load_haiku_params(native, module.params or {}, module.state, names={"": base})
     except (TypeError, ValueError) as err:  # an argument the native layer does not take
         raise _NoTwin(f"the native layer refused its configuration: {err}") from None
     return native if module.training else native.eval()
@@ -240,7 +245,8 @@ def to_native(model: T, *, strict: bool = False) -> tuple[T, NativeReport]:
     Each `pax.from_haiku` / `pax.haiku.*` module whose Haiku class has a native twin
     (``hk.Linear``, the convolutions and transposes, ``hk.BatchNorm``, ``hk.LayerNorm``,
     ``hk.GroupNorm``, ``hk.RMSNorm``, ``hk.Embed``, ``hk.LSTM``, ``hk.GRU``,
-    ``hk.VanillaRNN``, ``hk.MultiHeadAttention``, ``hk.nets.MLP``) becomes the native layer
+    ``hk.VanillaRNN``, ``hk.MultiHeadAttention``, ``hk.nets.MLP``, and the array-free
+    ``hk.Flatten`` and ``hk.Reshape``) becomes the native layer
     with the same configuration, weights and state (same outputs and gradients) and the same
     training mode; its Haiku ``name=`` becomes the layer's ``name``, so `haiku_module_names`
     and `to_haiku_params` give the same names before and after. The others (no twin, a
