@@ -486,3 +486,13 @@ def test_native_layers_named_by_name():
     )
     assert sorted(pax.haiku.to_haiku_params(model)[0]) == ["encoder", "encoder_1"]
     pax.haiku.load_haiku_params(model, params)
+
+
+def test_a_mixed_precision_layer_keeps_its_haiku_name():
+    jmp = pytest.importorskip("jmp")
+    policy = jmp.get_policy("params=float32,compute=bfloat16,output=float32")
+    layer = pax.nn.Linear(2, 3).mixed_precision(policy)  # a subclass of Linear
+    params, _ = pax.haiku.to_haiku_params(layer)
+    assert sorted(params) == ["linear"] and params["linear"]["w"].shape == (2, 3)
+    again = pax.haiku.load_haiku_params(layer, params)
+    assert type(again) is type(layer)

@@ -106,7 +106,10 @@ def twin_name(module: Any) -> str | None:
     """The Haiku module name of `module`'s twin (``"linear"``), or None if it has none."""
     if isinstance(module, EMA) and not hasattr(module.hidden, "shape"):
         return None  # an EMA of a pytree: Haiku's averages one array
-    return HAIKU_NAMES.get(type(module))
+    for cls in type(module).__mro__:  # subclasses too (e.g. a mixed-precision Linear)
+        if cls in HAIKU_NAMES:
+            return HAIKU_NAMES[cls]
+    return None
 
 
 def is_pending(module: Module) -> bool:
