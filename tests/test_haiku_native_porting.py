@@ -380,7 +380,13 @@ WRAPPED = [
 ]
 
 
-@pytest.mark.parametrize("name, make, x, call", WRAPPED, ids=[w[0] for w in WRAPPED])
+@pytest.mark.parametrize(
+    "name, make, x, call",
+    [  # the convnet takes ~20 s on a loaded machine
+        pytest.param(*w, id=w[0], marks=pytest.mark.slow if w[0] == "convnet" else ())
+        for w in WRAPPED
+    ],
+)
 def test_to_native_keeps_outputs_gradients_and_names(name, make, x, call):
     if call is _pax_core:
         wrapped = make()
