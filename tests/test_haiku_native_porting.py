@@ -502,3 +502,22 @@ def test_a_mixed_precision_layer_keeps_its_haiku_name():
     assert sorted(params) == ["linear"] and params["linear"]["w"].shape == (2, 3)
     again = pax.haiku.load_haiku_params(layer, params)
     assert type(again) is type(layer)
+
+
+class _ScaledLinear(pax.nn.Linear):
+    """A twin subclass that adds an array of its own (no Haiku entry for it)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_parameter("gain", jnp.ones(()))
+
+
+def test_a_twin_subclass_with_arrays_of_its_own_is_refused_not_silently_partial():
+    model = pax.nn.Sequential(_ScaledLinear(2, 3))
+    with pytest.raises(
+        ValueError, match=r"\.modules\[0\] \(_ScaledLinear\) holds arrays its Haiku"
+    ):
+        pax.haiku.to_haiku_params(model)
+    params, state = pax.haiku.to_haiku_params(pax.nn.Sequential(pax.nn.Linear(2, 3)))
+    with pytest.raises(ValueError, match=r"\.gain; they would be left out of the Haiku dicts"):
+        pax.haiku.load_haiku_params(model, params, state)

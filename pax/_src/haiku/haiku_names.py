@@ -219,7 +219,9 @@ def items(found: list[Entry], input_ranks: Mapping[str, int] | None = None) -> l
         if isinstance(entry.module, HaikuModule):
             out.extend(_haiku_items(entry))
             continue
-        for slot in native_slots(entry.module, ranks.get(entry.path)):
+        slots = native_slots(entry.module, ranks.get(entry.path))
+        _check_covered(entry.module, entry.path, slots)
+        for slot in slots:
             module = entry.full if not slot.inner else f"{entry.full}/{slot.inner}"
             pax = entry.path + slot.pax
             out.append(
@@ -240,3 +242,22 @@ def items(found: list[Entry], input_ranks: Mapping[str, int] | None = None) -> l
 def describe_table(found: list[Entry]) -> str:
     """``path -> name, ...`` for messages."""
     return ", ".join(f"{where(e.path)} -> {e.full}" for e in found) or "(none)"
+
+
+def _check_covered(module: Any, path: str, slots: list) -> None:
+    """Refuses a native layer holding arrays its Haiku twin has no entry for (a subclass that
+    added its own): exporting or loading it would silently skip them."""
+    covered = {p for slot in slots for p in slot.pax.split(", ")}
+    extra = [
+        jax.tree_util.keystr(p)
+        for p, _ in jax.tree_util.tree_leaves_with_path(module)
+        if jax.tree_util.keystr(p) not in covered
+    ]
+    if extra:
+        where = path or "the model"
+        raise ValueError(
+            f"{where} ({type(module).__name__}) holds arrays its Haiku twin has no entry for: "
+            f"{', '.join(extra)}; they would be left out of the Haiku dicts. Fix: keep them "
+            f"in a separate submodule, or port this layer with pax.state_dict / "
+            f"pax.load_state_dict."
+        )
