@@ -293,12 +293,13 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
     model = LanguageModel(VOCAB_SIZE, args.embed_dim, args.hidden_dim, args.use_haiku)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.learning_rate))
     optimizer = pax.optim.from_optax(tx)(model.parameters())
-    if args.resume:
-        model, optimizer = pax.load(args.checkpoint, (model, optimizer))
     # the mean loss since the last progress report, accumulated on the device
     running_loss = dp.replicate(pax.metrics.Mean(), mesh)
     placement = pax.sharding.shardings((model, optimizer), mesh, sharding_rules(args, model, mesh))
     model, optimizer = jax.device_put((model, optimizer), placement)
+    if args.resume:  # read into the placed arrays: each process reads only its devices' slices
+        state = pax.load(args.checkpoint, (model, optimizer))
+        model, optimizer = jax.device_put(state, placement)
     rep, data_split = dp.replicated(mesh), dp.batch_sharded(mesh)
     if args.sharding == "data":  # each device runs the step on its rows; one gradient sum
         update = pax.utils.build_update_fn(per_device_loss_fn, jit=False)
@@ -361,11 +362,10 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
                 tqdm.write(f"--- sample at step {step} (loss {float(loss):.3f}) ---\n{text}\n---")
             last_time = time.perf_counter()  # leave sampling out of the throughput
     if args.checkpoint:
-        # Every process gathers the state; process 0 writes it (one file, replicated values).
-        state = dp.host_local((model, optimizer), mesh)
+        # every process calls pax.save: with several processes each writes the shards it owns
+        os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
+        pax.save(args.checkpoint, (model, optimizer))
         if main_process:
-            os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
-            pax.save(args.checkpoint, state)
             print(f"checkpoint written to {args.checkpoint}", file=sys.stderr)
     losses = [float(x) for x in jax.device_get(losses)]
     plot = _plot.default_path(args.plot, args.checkpoint) if main_process else ""

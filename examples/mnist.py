@@ -348,11 +348,12 @@ def run(
                 f"epoch {epoch}: test accuracy {accuracy:.2%}, train time {seconds:.1f}s",
                 file=sys.stderr,
             )
-    if args.checkpoint and main_process:
-        # the model is replicated: process 0 writes its local copy (one file)
+    if args.checkpoint:
+        # every process calls pax.save: with several processes each writes the shards it owns
         os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
-        pax.save(args.checkpoint, dp.host_local(model, mesh))
-        print(f"checkpoint written to {args.checkpoint}", file=sys.stderr)
+        pax.save(args.checkpoint, model)
+        if main_process:
+            print(f"checkpoint written to {args.checkpoint}", file=sys.stderr)
     losses = [float(x) for x in jax.device_get(losses)]
     plot = _plot.default_path(args.plot, args.checkpoint) if main_process else ""
     _plot.save_curves(

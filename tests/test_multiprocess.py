@@ -212,3 +212,52 @@ def test_char_rnn_sharding_flags_are_checked(tmp_path):
     args = char_rnn.parse_args([*_char_argv(tmp_path, "tensor"), "--batch-size", "6"])
     with pytest.raises(ValueError, match=r"--batch-size 6 cannot be split evenly over the 4 rows"):
         char_rnn.run(args)
+
+
+@pytest.mark.slow
+def test_char_rnn_checkpoint_of_2_processes_matches_1_process_and_resumes(tmp_path):
+    two = str(tmp_path / "two.npz")
+    argv = [str(EXAMPLES / "char_rnn.py"), *_char_argv(tmp_path, "fsdp"), "--checkpoint", two]
+    assert pax.launch.launch(argv, 2, timeout=TIMEOUT, devices_per_process=4) == 0
+    one = str(tmp_path / "one.npz")
+    args = char_rnn.parse_args([*_char_argv(tmp_path, "data"), "--checkpoint", one])
+    trained = char_rnn.run(args, devices=jax.devices()[:1])
+    like = (trained["model"], trained["optimizer"])
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        pax.load(two, like),
+        pax.load(one, like),
+    )
+    resume = ["--checkpoint", two, "--resume", "--steps", "1"]
+    resumed = char_rnn.run(char_rnn.parse_args([*_char_argv(tmp_path, "tensor"), *resume]))
+    assert resumed["losses"][0] < trained["losses"][0] - 0.2  # it starts from the trained model
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape
+    )
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.slow
+def test_mnist_2_processes_match_1_process(tmp_path):
+    mnist = _load("mnist")
+    rng = np.random.default_rng(0)
+    for key, name in mnist.FILES.items():
+        n = 64 if key.startswith("train") else 24
+        shape = (n, 28, 28) if key.endswith("images") else (n,)
+        _write_idx(tmp_path / name, rng.integers(0, 256 if len(shape) > 1 else 10, shape))
+    argv = ["--data-dir", str(tmp_path), "--epochs", "1", "--batch-size", "16", "--width", "4"]
+    argv += ["--no-progress", "--plot", ""]
+    two = str(tmp_path / "two.npz")
+    program = [str(EXAMPLES / "mnist.py"), *argv, "--checkpoint", two]
+    assert pax.launch.launch(program, 2, timeout=TIMEOUT, devices_per_process=2) == 0
+    # the same 4 devices in one process (against 1 device, Adam and BatchNorm amplify float
+    # noise on these random images to ~2e-3 in 4 steps, in one process as in two)
+    four = mnist.run(mnist.parse_args([*argv, "--checkpoint", ""]), devices=jax.devices()[:4])
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        pax.load(two, four["model"]),
+        four["model"],
+    )
