@@ -10,7 +10,7 @@ a single device with the same global batch. The same code runs on one CPU, on si
 devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``), on a GPU, on a TPU pod slice,
 or as several processes (``python -m pax.launch -n 2 examples/char_rnn.py``): every process
 builds the same global batch and hands over only the rows its own devices hold; only process 0
-prints, plots and saves.
+prints and plots, and every process takes part in `pax.save` (each writes the pieces it owns).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def initialize(args: argparse.Namespace) -> int:
 
 
 def is_main_process() -> bool:
-    """Whether this process prints, plots and saves (process 0)."""
+    """Whether this process prints and plots (process 0)."""
     return jax.process_index() == 0
 
 

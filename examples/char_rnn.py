@@ -11,7 +11,7 @@ Adam moments over the same devices (`pax.sharding.fsdp_rules`); ``--sharding ten
 mesh ``("data", "model")`` and splits the layers' output features over "model"
 (`TENSOR_PARALLEL_RULES`). The same command runs on one CPU, on 8 simulated CPU devices, on a
 GPU, on a TPU pod slice, or as several processes (each feeds its share of the global batch; only
-process 0 prints, samples and saves):
+process 0 prints and samples; every process writes its part of the checkpoint):
 
     python examples/char_rnn.py --steps 200 --batch-size 32            # the source of pax itself
     python examples/char_rnn.py --data input.txt --steps 5000          # any text file
@@ -270,7 +270,8 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
     """Trains as `args` says on `devices` (default: all); returns the model and the losses.
 
     In a multi-process run (`dp.initialize` first) every process calls it; only process 0
-    prints, samples, plots and saves, and every process returns the same losses.
+    prints, samples and plots, every process takes part in `pax.save`, and every process
+    returns the same losses.
     """
     main_process = dp.is_main_process()
     if args.sharding == "tensor" and args.use_haiku:

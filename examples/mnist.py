@@ -14,10 +14,10 @@ Training is data-parallel over every visible device (the batch is split along it
 the model and optimizer are replicated; see ``_data_parallel.py``); BatchNorm's statistics are
 those of the whole global batch. In a multi-process run (``--coordinator``, ``--num-processes``,
 ``--process-id``, or ``python -m pax.launch``) every process reads the data and feeds its share
-of each global batch; only process 0 prints, plots and saves. Each epoch ends with the test
-accuracy of the model in ``eval()`` mode (BatchNorm then uses its moving averages, dropout is
-off), counted by a `pax.metrics.Accuracy` updated in a jitted step; the last model is saved with
-``pax.save``.
+of each global batch; only process 0 prints and plots (all take part in ``pax.save``). Each
+epoch ends with the test accuracy of the model in ``eval()`` mode (BatchNorm then uses its
+moving averages, dropout is off), counted by a `pax.metrics.Accuracy` updated in a jitted step;
+the last model is saved with ``pax.save``.
 """
 
 from __future__ import annotations
@@ -275,7 +275,7 @@ def run(
     """Trains as `args` says; returns the model, the per-epoch test accuracies and seconds.
 
     In a multi-process run (`dp.initialize` first) every process calls it; only process 0
-    prints, plots and saves.
+    prints and plots, and every process takes part in `pax.save`.
     """
     main_process = dp.is_main_process()
     mesh = dp.make_mesh(devices)
