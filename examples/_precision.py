@@ -36,11 +36,18 @@ def policy(precision: str) -> jmp.Policy:
     )
 
 
-def apply(model: Any, optimizer: Any, precision: str) -> tuple[Any, Any]:
-    """The model under `precision`'s policy, and the optimizer (loss-scaled for float16)."""
+def apply(model: Any, optimizer: Any, precision: str, where: str | None = None) -> tuple[Any, Any]:
+    """The model under `precision`'s policy, and the optimizer (loss-scaled for float16).
+
+    `where` (a key-path regex) gives the policy to those submodules only (their ``__call__`` is
+    what a policy wraps); by default the whole model gets it.
+    """
     if precision == "float32":
         return model, optimizer
-    model = model.mixed_precision(policy(precision))
+    if where is None:
+        model = model.mixed_precision(policy(precision))
+    else:
+        model = pax.mixed_precision.apply_policy(model, {where: policy(precision)})
     if precision == "float16":
         scale = jmp.DynamicLossScale(jnp.float32(2**15))
         optimizer = pax.optim.with_loss_scale(optimizer, scale)

@@ -46,6 +46,7 @@ import pax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _data_parallel as dp
 import _plot
+import _precision
 
 VOCAB_SIZE = 256  # bytes
 SHARDINGS = ("data", "fsdp", "tensor")
@@ -107,6 +108,8 @@ def batches(
 
 
 # --- model -------------------------------------------------------------------------------------
+
+PRECISION_LAYERS = r"^\.(embed|lstm|head)$"  # the layers a --precision policy is given to
 
 
 class LanguageModel(pax.Module):
@@ -253,6 +256,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="JSON file for the per-step losses and seconds (process 0; each step is then "
         "waited for, to time it)",
     )
+    _precision.add_flag(p)
     dp.add_process_flags(p)
     return p.parse_args(argv)
 
@@ -294,6 +298,8 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
     model = LanguageModel(VOCAB_SIZE, args.embed_dim, args.hidden_dim, args.use_haiku)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.learning_rate))
     optimizer = pax.optim.from_optax(tx)(model.parameters())
+    # the layers compute under the policy (the model's own `unroll` is not a __call__)
+    model, optimizer = _precision.apply(model, optimizer, args.precision, PRECISION_LAYERS)
     # the mean loss since the last progress report, accumulated on the device
     running_loss = dp.replicate(pax.metrics.Mean(), mesh)
     placement = pax.sharding.shardings((model, optimizer), mesh, sharding_rules(args, model, mesh))

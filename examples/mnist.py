@@ -41,6 +41,7 @@ import pax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _data_parallel as dp
 import _plot
+import _precision
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -184,7 +185,7 @@ def conv_net(
     if use_haiku:
         hk = pax.haiku
         conv = lambda cin, cout: hk.conv_2d(cin, cout, 3, padding="SAME", with_bias=False)
-        norm = lambda c: hk.batch_norm_2d(c)
+        norm = lambda c: hk.batch_norm_2d(c, decay=0.9)  # pax.nn.BatchNorm's (and Haiku's)
         pool = lambda: hk.max_pool(window_shape=2, stride=2, padding="VALID")
         linear = hk.linear
     else:
@@ -262,6 +263,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--plot", default=None, help="PNG of the curves (default: next to the checkpoint; '' none)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _precision.add_flag(p)
     p.add_argument("--max-steps", type=int, default=0, help="stop each epoch early (smoke tests)")
     dp.add_process_flags(p)
     return p.parse_args(argv)
@@ -294,6 +296,7 @@ def run(
     model = conv_net(use_haiku=args.use_haiku, width=args.width, dropout=args.dropout)
     schedule = optax.cosine_decay_schedule(args.learning_rate, args.epochs * steps_per_epoch)
     optimizer = pax.optim.from_optax(optax.adam(schedule))(model.parameters())
+    model, optimizer = _precision.apply(model, optimizer, args.precision)
     model, optimizer = dp.replicate((model, optimizer), mesh)
 
     update_fn = dp.jit_step(pax.utils.build_update_fn(loss_fn, jit=False), mesh, n_replicated=2)

@@ -332,3 +332,45 @@ def test_mnist_learns_real_digits():
     argv = ["--epochs", "1", "--batch-size", "64", "--width", "8", "--no-progress"]
     result = mnist.run(mnist.parse_args([*argv, "--checkpoint", ""]), jax.devices()[:1], data)
     assert result["accuracies"][0] > 0.8  # chance is 0.1
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_char_rnn_precision_flag(tmp_path, precision):
+    args = _char_args(
+        tmp_path,
+        "--steps",
+        "3",
+        "--sample-every",
+        "0",
+        "--sample-length",
+        "4",
+        "--precision",
+        precision,
+    )
+    args.checkpoint = ""
+    result = char_rnn.run(args, devices=jax.devices()[:2])
+    model = result["model"]
+    assert [type(m).__name__ for m in (model.embed, model.lstm, model.head)] == [
+        "MixedPrecisionEmbed",
+        "MixedPrecisionLSTM",
+        "MixedPrecisionLinear",
+    ]
+    assert model.head.weight.dtype == jnp.float32  # parameters stay float32
+    assert np.all(np.isfinite(result["losses"]))
+    optimizer = result["optimizer"]
+    if precision == "float16":  # loss scaling, in the optimizer state
+        assert isinstance(optimizer, pax.optim.LossScaledOptimizer)
+        assert bool(optimizer.last_step_finite)
+    else:
+        assert not isinstance(optimizer, pax.optim.LossScaledOptimizer)
+
+
+def test_mnist_precision_flag():
+    data = _fake_mnist(32, 16)
+    argv = ["--epochs", "1", "--batch-size", "16", "--width", "4", "--max-steps", "2"]
+    argv += ["--no-progress", "--checkpoint", "", "--precision", "float16"]
+    result = mnist.run(mnist.parse_args(argv), devices=jax.devices()[:1], data=data)
+    assert type(result["model"]).__name__ == "MixedPrecisionSequential"
+    assert 0.0 <= result["accuracies"][-1] <= 1.0
+    with pytest.raises(SystemExit):
+        mnist.parse_args(["--precision", "float64"])
