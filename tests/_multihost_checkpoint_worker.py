@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-os.environ["JAX_PLATFORMS"] = "cpu"
-
+# The test starts this script with XLA_FLAGS=--xla_force_host_platform_device_count=4 and
+# JAX_PLATFORMS=cpu (set nothing here: pytest imports this file when collecting doctests, and
+# the whole test session would get 4 devices).
 import jax
 import numpy as np
 from jax.sharding import Mesh

@@ -328,7 +328,11 @@ def free_port() -> int:
 def run_workers(tmp_path, mode: str, path, seed: int, *others, timeout: float = 240.0) -> list[int]:
     """Runs the 2 worker processes; returns their exit codes (a process left running is killed
     once the other ended with an error, as a killed process leaves its peer waiting)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    }
     port = free_port()
     logs = [open(tmp_path / f"{mode}-{i}.log", "wb") for i in range(2)]
     args = [str(port), mode, os.fspath(path), str(seed), *map(os.fspath, others)]
