@@ -39,6 +39,14 @@ class HaikuLoadReport(NamedTuple):
       loaded: the entries copied into the model.
       skipped: entries of the dicts used by no layer of the model (ignored).
       left: entries of the model absent from the dicts (they keep the model's value).
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> net = pax.nn.Linear(2, 3)
+      >>> params = {"linear": {"w": jnp.zeros((2, 3))}, "extra": {"b": jnp.ones(1)}}
+      >>> net, report = pax.haiku.load_haiku_params(net, params, strict=False)
+      >>> report.loaded, report.skipped, report.left
+      (("params['linear']['w']",), ("params['extra']",), ("params['linear']['b']",))
     """
 
     loaded: tuple[str, ...]

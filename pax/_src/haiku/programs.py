@@ -65,6 +65,12 @@ class HaikuProgram(HaikuModule):
 
     Calling it runs ``hk.transform_with_state(fn).apply`` with the module's ``params`` and
     ``state``; in training mode the new state is kept. See `from_transformed`.
+
+    Example:
+      >>> import haiku as hk, jax.numpy as jnp, pax
+      >>> program = pax.haiku.from_transformed(lambda x: hk.Linear(2)(x)).hk_init(jnp.ones((1, 3)))
+      >>> isinstance(program, pax.haiku.HaikuProgram), program(jnp.ones((1, 3))).shape
+      (True, (1, 2))
     """
 
     def __init__(

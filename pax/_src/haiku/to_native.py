@@ -38,6 +38,13 @@ class NativeReport(NamedTuple):
     Attributes:
       converted: ``"path: hk.Linear -> pax.nn.Linear"`` for every replaced module.
       kept: ``"path: hk.nets.ResNet18 (why)"`` for every wrapped module left wrapped.
+
+    Example:
+      >>> import haiku as hk, jax.numpy as jnp, pax
+      >>> net = pax.nn.Sequential(pax.from_haiku(hk.Linear)(3)).hk_init(jnp.ones((1, 2)))
+      >>> native, report = pax.haiku.to_native(net)
+      >>> type(native.modules[0]).__name__, len(report.converted), report.kept
+      ('Linear', 1, ())
     """
 
     converted: tuple[str, ...]
