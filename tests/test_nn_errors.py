@@ -217,8 +217,8 @@ CALLS = [
         r"MultiHeadAttention: expected query of shape \(\.\.\., length, 4\), got shape \(2, 3, 5\)",
     ),
     (
-        lambda: nn.MultiHeadAttention(4, 2)(jnp.ones((2, 3, 4)), mask=jnp.ones((3, 3), bool)),
-        r"MultiHeadAttention: the mask must have the rank of the logits .*\(2, 2, 3, 3\), got shape \(3, 3\)",
+        lambda: nn.MultiHeadAttention(4, 2)(jnp.ones((2, 3, 4)), mask=jnp.ones((2, 3, 3), bool)),
+        r"MultiHeadAttention: the mask must have the rank of the logits .*\(2, 2, 3, 3\), got shape \(2, 3, 3\)",
     ),
     (
         lambda: nn.max_pool(jnp.ones((4, 3)), 2),

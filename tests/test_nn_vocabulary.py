@@ -268,5 +268,23 @@ def test_attention_accepts_pax_v02_keywords_with_deprecation_warnings():
 
 def test_attention_mask_rank_error_names_the_axes_to_add():
     mha = pax.nn.MultiHeadAttention(8, 2)
-    with pytest.raises(ValueError, match=r"Fix: add the missing leading axes: mask\[None, None\]"):
-        mha(jnp.ones((2, 3, 8)), mask=jnp.ones((3, 3), bool))
+    with pytest.raises(ValueError, match=r"Fix: add the missing leading axes: mask\[None\]"):
+        mha(jnp.ones((2, 3, 8)), mask=jnp.ones((2, 3, 3), bool))
+
+
+def test_attention_two_dimensional_mask_is_shared_by_examples_and_heads():
+    mha = pax.nn.MultiHeadAttention(8, 2)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 8))
+    causal = jnp.tril(jnp.ones((3, 3), bool))
+    np.testing.assert_array_equal(mha(x, mask=causal), mha(x, mask=causal[None, None]))
+
+
+def test_attention_pax_v02_keyword_form_is_the_square_layer():
+    with pytest.warns(DeprecationWarning, match="w_init_scale"):
+        mha = pax.nn.MultiHeadAttention(num_heads=4, key_size=4, w_init_scale=0.5)
+    assert mha.query_proj.weight.shape == (16, 16) and mha.out_dim == 16
+    assert mha(jnp.ones((1, 3, 16))).shape == (1, 3, 16)
+    with pytest.raises(TypeError, match=r"MultiHeadAttention: num_heads is required"):
+        pax.nn.MultiHeadAttention(16)
+    with pytest.raises(TypeError, match=r"MultiHeadAttention: give the input size"):
+        pax.nn.MultiHeadAttention(num_heads=4)

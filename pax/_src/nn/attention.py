@@ -15,6 +15,25 @@ from pax._src.nn import initializers
 from pax._src.nn.initializers import Initializer
 from pax._src.nn.linear import Linear
 
+_V02_SQUARE: Any = object()  # in_dim not given: Pax v0.2's form (see the class docstring)
+
+
+def _in_dim(cls: str, in_dim: Any, num_heads: Any, key_size: Any) -> Any:
+    """`in_dim`, or in Pax v0.2's keyword form (no input size) ``num_heads * key_size``."""
+    if num_heads is None:
+        raise TypeError(
+            f"{cls}: num_heads is required. Fix: {cls}(in_dim, num_heads), e.g. {cls}(64, 4)."
+        )
+    if in_dim is not _V02_SQUARE:
+        return in_dim
+    if key_size is None:
+        raise TypeError(
+            f"{cls}: give the input size: {cls}(in_dim, num_heads), or None to take it from a "
+            f"first input with an explicit key_size (Pax v0.2's {cls}(num_heads=..., "
+            f"key_size=...) form means in_dim = num_heads * key_size)."
+        )
+    return num_heads * key_size
+
 
 class MultiHeadAttention(Module):
     """Multi-head scaled dot-product attention (Vaswani et al., 2017).
@@ -45,14 +64,16 @@ class MultiHeadAttention(Module):
         ``w_init=pax.initializers.variance_scaling(w_init_scale)``.
 
     Pax v0.2 and Haiku name the output size ``model_size``: it is accepted as a deprecated
-    keyword for `out_dim`. Their ``MultiHeadAttention(num_heads, key_size, w_init_scale)``
-    has no input size: in pax it is the first argument, or None (taken from a first input),
-    so write ``MultiHeadAttention(None, num_heads, key_size, w_init=...)``.
+    keyword for `out_dim`. Pax v0.2's keyword form ``MultiHeadAttention(num_heads=4,
+    key_size=16, w_init_scale=0.5)`` has no input size: it means Pax v0.2's square layer,
+    ``in_dim = num_heads * key_size``, as there (write ``MultiHeadAttention(64, 4)`` today).
+    A mask of rank 2, ``(T, S)``, is shared by every example and head; any other rank must be
+    the logits'.
 
     Call: ``mha(query, key=None, value=None, mask=None)`` with ``query`` ``(..., T, in_dim)``,
     ``key`` and ``value`` ``(..., S, ·)`` (default: self-attention, ``key = value = query``)
-    and ``mask`` broadcastable to ``(..., num_heads, T, S)`` with the same rank, True where
-    attention is allowed. Returns ``(..., T, out_dim)``.
+    and ``mask`` broadcastable to ``(..., num_heads, T, S)`` with the same rank (or a ``(T, S)``
+    mask for all), True where attention is allowed. Returns ``(..., T, out_dim)``.
 
     Raises:
       ValueError: for bad sizes at construction; at call for inputs of the wrong feature size
@@ -75,8 +96,8 @@ class MultiHeadAttention(Module):
     @v.renamed_kwargs(model_size="out_dim")
     def __init__(
         self,
-        in_dim: int | None,
-        num_heads: int,
+        in_dim: Any = _V02_SQUARE,
+        num_heads: Any = None,
         key_size: int | None = None,
         value_size: int | None = None,
         out_dim: int | None = None,
@@ -105,6 +126,7 @@ class MultiHeadAttention(Module):
             w_init = initializers.variance_scaling(
                 v.positive_float(cls, "w_init_scale", w_init_scale)
             )
+        in_dim = _in_dim(cls, in_dim, num_heads, key_size)
         in_dim = None if in_dim is None else v.positive_int(cls, "in_dim", in_dim)
         with_bias = v.boolean(cls, "with_bias", with_bias)
         self.num_heads = v.positive_int(cls, "num_heads", num_heads)
@@ -163,6 +185,8 @@ class MultiHeadAttention(Module):
         logits = logits / np.sqrt(self.key_size).astype(k.dtype)
         if mask is not None:
             mask = jnp.asarray(mask)
+            if mask.ndim == 2 < logits.ndim:  # one (T, S) mask for every example and head
+                mask = mask.reshape((1,) * (logits.ndim - 2) + mask.shape)
             if mask.ndim != logits.ndim:
                 missing = logits.ndim - mask.ndim
                 fix = (
