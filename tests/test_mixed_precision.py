@@ -471,3 +471,15 @@ def test_policy_on_a_model_with_batch_norm_updates_its_statistics_in_a_jitted_st
         _, net, opt = update_fn(net, opt, (x, y))
     assert int(net.modules[1].mean_ema.counter) == 2
     assert net.modules[1].moving_mean.dtype == jnp.float32
+
+
+def test_uninitialized_lazy_layers_are_refused_with_the_order_to_follow():
+    lazy = pax.nn.Sequential(pax.nn.Linear(None, 3))
+    with pytest.raises(
+        ValueError, match=r"\.modules\[0\] is not initialized yet .*model\.lazy_init"
+    ):
+        lazy.mixed_precision(POLICY)
+    with pytest.raises(ValueError, match=r"is not initialized yet"):
+        pax.mixed_precision.apply_policy(lazy, {pax.nn.Linear: POLICY})
+    ready = lazy.lazy_init(jnp.ones((2, 4))).mixed_precision(POLICY)
+    assert ready(jnp.ones((2, 4))).dtype == BF16

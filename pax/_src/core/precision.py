@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import jmp
 
-from pax._src.core import registry, tracing
+from pax._src.core import lazy, registry, tracing
 from pax._src.core.registry import Kind, is_module
 from pax._src.core.validate import casting_states
 from pax._src.core.views import rebuild
@@ -195,6 +195,8 @@ def mixed_precision(module: T, policy: Any) -> T:
     Raises:
       TypeError: if `policy` is not a `jmp.Policy` or a string, or the module has no
         ``__call__``.
+      ValueError: if a lazy layer or `pax.from_haiku` module inside is not initialized yet
+        (call `lazy_init` / `hk_init` first).
 
     Example:
       >>> import jax.numpy as jnp, jmp, pax
@@ -212,6 +214,15 @@ def mixed_precision(module: T, policy: Any) -> T:
             f"{cls.__name__}.mixed_precision: the module has no __call__ to run under the "
             f"policy. Fix: give the policy to the submodules that compute, e.g. "
             f"pax.mixed_precision.apply_policy(model, {{pax.nn.Linear: policy}})."
+        )
+    pending = lazy.pending_paths(module)
+    if pending:
+        raise ValueError(
+            f"{cls.__name__}.mixed_precision: {', '.join(pending)} is not initialized yet (its "
+            f"input size comes from a first input), and a policy call computes on a copy that "
+            f"could not keep the new parameters. Fix: initialize first, "
+            f"model.lazy_init(example_input).mixed_precision(policy) (or hk_init for "
+            f"pax.from_haiku modules)."
         )
     new = rebuild(module, _cast_parameters(policy.param_dtype), stop=is_mixed_precision)
     object.__setattr__(new, "__class__", _mixed_class(cls))
