@@ -43,7 +43,8 @@ _PARAMETER_KINDS = frozenset(
         Kind.FROZEN_PARAMETER_SUBTREE,
     }
 )
-_CLASSES: dict[type, type] = {}
+_CLASSES: dict[type, type] = {}  # {class: its MixedPrecision subclass}, made once each
+_MISSING = object()
 
 
 def as_policy(policy: Any, who: str) -> jmp.Policy:
@@ -75,10 +76,11 @@ def is_mixed_precision(module: Any) -> bool:
       >>> pax.mixed_precision.is_mixed_precision(fc.mixed_precision(jmp.get_policy("c=bf16")))
       True
     """
-    return type(module) in _MIXED
+    return _is_mixed_class(type(module))
 
 
-_MIXED: set[type] = set()
+def _is_mixed_class(cls: type) -> bool:
+    return len(cls.__mro__) > 1 and _CLASSES.get(cls.__mro__[1]) is cls
 
 
 def _cast_leaf(dtype: Any) -> Any:
@@ -102,7 +104,7 @@ def _cast_parameters(dtype: Any) -> Any:
 
 
 def _base_class(cls: type) -> type:
-    return cls.__mro__[1] if cls in _MIXED else cls
+    return cls.__mro__[1] if _is_mixed_class(cls) else cls
 
 
 def _mixed_call(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -162,9 +164,6 @@ def _like_dtypes(new: Any, old: Any) -> Any:
     )
 
 
-_MISSING = object()
-
-
 def _mixed_class(cls: type) -> type:
     mixed = _CLASSES.get(cls)
     if mixed is None:
@@ -172,7 +171,6 @@ def _mixed_class(cls: type) -> type:
         attrs = {"__call__": _mixed_call, "__module__": cls.__module__, "__qualname__": name}
         mixed = type(name, (cls,), attrs)
         _CLASSES[cls] = mixed
-        _MIXED.add(mixed)
     return mixed
 
 

@@ -147,12 +147,13 @@ class MultiHeadAttention(Module):
         self.out_dim = v.positive_int(cls, "out_dim", out_dim or self.key_size * self.num_heads)
         key_in_dim = _optional_size(cls, "key_in_dim", key_in_dim or in_dim)
         value_in_dim = _optional_size(cls, "value_in_dim", value_in_dim or key_in_dim)
-        w_init = initializers.resolve(cls, "w_init", w_init) or initializers.variance_scaling(1.0)
-        b_init = initializers.resolve(cls, "b_init", b_init)
+        inits = initializers.layer_init_args(cls, param_dtype, w_init=w_init, b_init=b_init)
+        w_init = inits["w_init"] or initializers.variance_scaling(1.0)
+        b_init = inits["b_init"]
         keys = jax.random.split(resolve_rng_key(rng_key), 4)
         h = self.num_heads
         args = (with_bias, w_init, b_init)
-        dt = {"param_dtype": v.float_dtype(cls, "param_dtype", param_dtype)}
+        dt = {"param_dtype": inits["dtype"]}
         self.query_proj = Linear(in_dim, h * self.key_size, *args, rng_key=keys[0], **dt)
         self.key_proj = Linear(key_in_dim, h * self.key_size, *args, rng_key=keys[1], **dt)
         self.value_proj = Linear(value_in_dim, h * self.value_size, *args, rng_key=keys[2], **dt)

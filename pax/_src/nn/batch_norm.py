@@ -9,10 +9,11 @@ import jax
 import jax.numpy as jnp
 
 from pax._src.nn import _validate as v
+from pax._src.nn import initializers
 from pax._src.nn._lazy import LazyLayer
 from pax._src.nn.ema import EMA
 from pax._src.nn.initializers import Initializer
-from pax._src.nn.norm import _scale_offset, checked_inits, output_dtype, statistics_dtype
+from pax._src.nn.norm import _scale_offset, output_dtype, statistics_dtype
 
 
 class BatchNorm(LazyLayer):
@@ -110,7 +111,9 @@ class BatchNorm(LazyLayer):
             rng_key,
             create_scale=create_scale,
             create_offset=create_offset,
-            **checked_inits(cls, scale_init, offset_init, param_dtype),
+            **initializers.layer_init_args(
+                cls, param_dtype, scale_init=scale_init, offset_init=offset_init
+            ),
         )
 
     def _build(self, in_dim: int, key: jax.Array, **init_args: Any) -> None:

@@ -81,10 +81,8 @@ class ConvND(LazyLayer):
         self._check_groups("out_dim", self.out_dim)
         self.data_format = v.data_format(cls, data_format, n)
         self.with_bias = v.boolean(cls, "with_bias", with_bias)
-        w_init = initializers.resolve(cls, "w_init", w_init)
-        b_init = initializers.resolve(cls, "b_init", b_init)
-        dtype = v.float_dtype(cls, "param_dtype", param_dtype)
-        self._setup(in_dim, rng_key, w_init=w_init, b_init=b_init, dtype=dtype)
+        inits = initializers.layer_init_args(cls, param_dtype, w_init=w_init, b_init=b_init)
+        self._setup(in_dim, rng_key, **inits)
 
     def _check_groups(self, name: str, size: int) -> None:
         groups = self.feature_group_count

@@ -57,11 +57,10 @@ class Embed(Module):
         cls = type(self).__name__
         self.vocab_size = v.positive_int(cls, "vocab_size", vocab_size)
         self.embed_dim = v.positive_int(cls, "embed_dim", embed_dim)
-        w_init = initializers.resolve(cls, "w_init", w_init)
-        w_init = w_init or initializers.truncated_normal(stddev=1.0)
+        inits = initializers.layer_init_args(cls, param_dtype, w_init=w_init)
+        w_init = inits["w_init"] or initializers.truncated_normal(stddev=1.0)
         shape = (self.vocab_size, self.embed_dim)
-        dtype = v.float_dtype(cls, "param_dtype", param_dtype)
-        self.register_parameter("weight", w_init(resolve_rng_key(rng_key), shape, dtype))
+        self.register_parameter("weight", w_init(resolve_rng_key(rng_key), shape, inits["dtype"]))
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         ids = jnp.asarray(ids)

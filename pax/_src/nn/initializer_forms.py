@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 
+from pax._src.arguments import float_dtype
 from pax._src.describe import describe, is_array_like
 
 Initializer = Callable[[jax.Array, Sequence[int], Any], jax.Array]
@@ -205,3 +206,18 @@ def from_haiku_initializer(init: Any) -> Initializer:
     if resolved is None:
         raise _error("pax.initializers.from_haiku_initializer", "init", init, "is None")
     return resolved
+
+
+def layer_init_args(owner: str, param_dtype: Any, **inits: Any) -> dict[str, Any]:
+    """A layer's initialization arguments: every initializer in pax's form (`resolve`, None
+    kept for the layer's default) and ``dtype``, the checked ``param_dtype``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pax._src.nn.initializers import layer_init_args
+      >>> sorted(layer_init_args("Linear", jnp.bfloat16, w_init=None).items())
+      [('dtype', dtype(bfloat16)), ('w_init', None)]
+    """
+    args = {name: resolve(owner, name, init) for name, init in inits.items()}
+    args["dtype"] = float_dtype(owner, "param_dtype", param_dtype)
+    return args

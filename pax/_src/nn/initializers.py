@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pax._src.nn.initializer_forms import Initializer as Initializer
+from pax._src.nn.initializer_forms import layer_init_args as layer_init_args
 from pax._src.nn.initializer_forms import resolve as resolve
 
 # std of a standard normal truncated to [-2, 2] (scipy.stats.truncnorm.std(-2, 2))

@@ -67,10 +67,8 @@ class Linear(LazyLayer):
         self.in_dim = None  # set by _build
         self.out_dim = v.positive_int(cls, "out_dim", out_dim)
         self.with_bias = v.boolean(cls, "with_bias", with_bias)
-        w_init = initializers.resolve(cls, "w_init", w_init)
-        b_init = initializers.resolve(cls, "b_init", b_init)
-        dtype = v.float_dtype(cls, "param_dtype", param_dtype)
-        self._setup(in_dim, rng_key, w_init=w_init, b_init=b_init, dtype=dtype)
+        inits = initializers.layer_init_args(cls, param_dtype, w_init=w_init, b_init=b_init)
+        self._setup(in_dim, rng_key, **inits)
 
     def _build(
         self,

@@ -37,15 +37,6 @@ def output_dtype(x: jax.Array, *params: jax.Array | None) -> Any:
     return jnp.result_type(x, *(p for p in params if p is not None))
 
 
-def checked_inits(cls: str, scale_init: Any, offset_init: Any, param_dtype: Any) -> dict:
-    """The initializer arguments of a normalization layer, resolved and checked."""
-    return {
-        "scale_init": initializers.resolve(cls, "scale_init", scale_init),
-        "offset_init": initializers.resolve(cls, "offset_init", offset_init),
-        "dtype": v.float_dtype(cls, "param_dtype", param_dtype),
-    }
-
-
 def _scale_offset(
     module: Module,
     key: jax.Array | None,
@@ -145,7 +136,9 @@ class LayerNorm(LazyLayer):
             rng_key,
             create_scale=create_scale,
             create_offset=create_offset,
-            **checked_inits(cls, scale_init, offset_init, param_dtype),
+            **initializers.layer_init_args(
+                cls, param_dtype, scale_init=scale_init, offset_init=offset_init
+            ),
         )
 
     def _build(self, in_dim: int, key: jax.Array, **init_args: Any) -> None:
@@ -221,14 +214,8 @@ class RMSNorm(LazyLayer):
         self.in_dim = None  # set by _build
         self.axis = v.int_tuple(cls, "axis", axis, scalar=True, example="-1")
         self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
-        inits = checked_inits(cls, scale_init, None, param_dtype)
-        self._setup(
-            in_dim,
-            rng_key,
-            create_scale=create_scale,
-            scale_init=inits["scale_init"],
-            dtype=inits["dtype"],
-        )
+        inits = initializers.layer_init_args(cls, param_dtype, scale_init=scale_init)
+        self._setup(in_dim, rng_key, create_scale=create_scale, **inits)
 
     def _build(
         self,
@@ -323,7 +310,9 @@ class GroupNorm(LazyLayer):
             rng_key,
             create_scale=create_scale,
             create_offset=create_offset,
-            **checked_inits(cls, scale_init, offset_init, param_dtype),
+            **initializers.layer_init_args(
+                cls, param_dtype, scale_init=scale_init, offset_init=offset_init
+            ),
         )
 
     def _build(self, in_dim: int, key: jax.Array, **init_args: Any) -> None:

@@ -103,10 +103,8 @@ class LSTM(_Cell):
         cls = type(self).__name__
         self.in_dim = None  # set by _build
         self.hidden_dim = v.positive_int(cls, "hidden_dim", hidden_dim)
-        w_init = initializers.resolve(cls, "w_init", w_init)
-        b_init = initializers.resolve(cls, "b_init", b_init)
-        dtype = v.float_dtype(cls, "param_dtype", param_dtype)
-        self._setup(in_dim, rng_key, w_init=w_init, b_init=b_init, dtype=dtype)
+        inits = initializers.layer_init_args(cls, param_dtype, w_init=w_init, b_init=b_init)
+        self._setup(in_dim, rng_key, **inits)
 
     def _build(
         self,
@@ -198,14 +196,8 @@ class GRU(_Cell):
         cls = type(self).__name__
         self.in_dim = None  # set by _build
         self.hidden_dim = v.positive_int(cls, "hidden_dim", hidden_dim)
-        self._setup(
-            in_dim,
-            rng_key,
-            w_i_init=initializers.resolve(cls, "w_i_init", w_i_init),
-            w_h_init=initializers.resolve(cls, "w_h_init", w_h_init),
-            b_init=initializers.resolve(cls, "b_init", b_init),
-            dtype=v.float_dtype(cls, "param_dtype", param_dtype),
-        )
+        inits = {"w_i_init": w_i_init, "w_h_init": w_h_init, "b_init": b_init}
+        self._setup(in_dim, rng_key, **initializers.layer_init_args(cls, param_dtype, **inits))
 
     def _build(self, in_dim: int, key: jax.Array, dtype: Any, **inits: Initializer | None) -> None:
         self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
@@ -286,7 +278,7 @@ class VanillaRNN(_Cell):
             raise TypeError(f"{cls}: activation must be callable, got {activation!r}.")
         self.activation = activation
         self.double_bias = v.boolean(cls, "double_bias", double_bias)
-        self._setup(in_dim, rng_key, dtype=v.float_dtype(cls, "param_dtype", param_dtype))
+        self._setup(in_dim, rng_key, **initializers.layer_init_args(cls, param_dtype))
 
     def _build(self, in_dim: int, key: jax.Array, dtype: Any) -> None:
         self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
