@@ -338,7 +338,11 @@ def test_save_then_load_is_the_identity(tmp_path_factory, spec, seed, other_seed
     restored = pax.load(path, like)
     assert_bit_identical(restored, model)
     assert repr(jax.tree_util.tree_structure(restored)) == repr(jax.tree_util.tree_structure(model))
-    pax.save(path, model.parameters())
+    try:
+        pax.save(path, model.parameters())
+    except pax.CheckpointError as e:  # a view whose states are None: refused, naming the fix
+        assert _paths(model.states()) and "pax.save(path, model)" in str(e)
+        return
     if not _paths(model.parameters()) and _paths(like):  # no common key: refused (strict=False too)
         with pytest.raises(pax.CheckpointMismatchError, match="no key path of the checkpoint"):
             pax.load(path, like, strict=False)

@@ -34,14 +34,17 @@ from pax._src.checkpoint_check import (
     read_metadata,
 )
 from pax._src.checkpoint_codec import decode_leaf, encode_leaf, place, stored_spec
-from pax._src.checkpoint_io import Reader, atomic_write
+from pax._src.checkpoint_io import Reader, atomic_write, resolve_link
 from pax._src.core import tracing
-from pax._src.core.registry import is_module
+from pax._src.core.pytree import read_layout
+from pax._src.core.registry import LEAF_KINDS, MODULE_KINDS, is_module
 from pax._src.core.sharing import _find
+from pax._src.describe import listing
 from pax._src.errors import CheckpointError
 
 T = TypeVar("T")
 PathLike = str | os.PathLike
+_MAX_LISTED = 20
 
 
 class LoadReport(NamedTuple):
@@ -65,9 +68,12 @@ def save(path: PathLike, tree: Any) -> None:
     The file is written atomically: to a temporary file in the same directory, flushed and
     fsynced, then renamed over ``path``. If anything fails midway, the previous file at ``path``
     is left untouched; an existing file keeps its permission bits, a read-only one is not
-    replaced. Temporaries left by a killed save to the same path are removed (see README).
-    Leaves that are None (e.g. in ``model.parameters()``) are not stored. Only arrays (and
-    their weak types) are stored; the structure and static attributes come from ``like``.
+    replaced. A symbolic link at ``path`` is written through: its target gets the new file and
+    the link stays. Temporaries left by killed saves in that directory are removed (only
+    pax's own, and only those of processes that are gone; see `checkpoint_io`). Only arrays
+    (and their weak types) are stored; the structure and static attributes come from ``like``.
+    A view such as ``model.parameters()``, whose other arrays are None, is refused: save the
+    model itself.
 
     Across processes (``jax.process_count() > 1``, e.g. parameters sharded over the devices of
     several hosts), every process must call ``pax.save`` with the same tree and a path in a
@@ -84,10 +90,15 @@ def save(path: PathLike, tree: Any) -> None:
       tree: a pytree whose leaves are arrays, e.g. ``model`` or ``(model, optimizer)``.
 
     Raises:
+      TypeError: if ``path`` is not a str or os.PathLike (e.g. the arguments are swapped), or
+        ``tree`` is None.
       CheckpointError: if a leaf is not an array of a storable dtype (or is a tracer, inside
-        ``jax.jit``), or a module is reachable twice in ``tree`` (both key paths are named);
-        across processes, if process 0 does not see another process's part file (the
-        directory is not shared) or another process failed to write its part.
+        ``jax.jit``), a module is reachable twice in ``tree`` (both key paths are named), or
+        ``tree`` holds None where a module registered an array (a ``model.parameters()`` or
+        ``model.states()`` view; the key paths are named); across processes, if process 0
+        does not see another process's part file (the directory is not shared) or another
+        process failed to write its part.
+      IsADirectoryError: if ``path`` is a directory (a `CheckpointError` too).
       PermissionError: if ``path`` is an existing read-only file.
       OSError: any other error of the file system, naming ``path``.
 
@@ -100,10 +111,17 @@ def save(path: PathLike, tree: Any) -> None:
       >>> bool((restored.weight == net.weight).all())
       True
     """
-    path = os.fspath(path)
+    path = _path_argument("pax.save", path, "pax.save(path, model)")
+    if tree is None:
+        raise TypeError(
+            "pax.save: tree is None, so there is nothing to save. Fix: pass the module, "
+            "optimizer or pytree of arrays to save: pax.save(path, model) or "
+            "pax.save(path, (model, optimizer))."
+        )
     tracing.check_pending()  # a module changed in a transformation and not returned: refuse
     _refuse_shared_modules(tree)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    _refuse_views(tree, len(leaves))
     named: dict[str, Any] = {}
     for key_path, leaf in leaves:
         where = jax.tree_util.keystr(key_path)
@@ -116,7 +134,7 @@ def save(path: PathLike, tree: Any) -> None:
     head = {"format": FORMAT, "version": VERSION, "root": type(tree).__name__}
     head["treedef"] = str(treedef)
     if jax.process_count() > 1:  # each process writes the pieces it owns; see checkpoint_sharded
-        checkpoint_sharded.save_parts(path, head, named)
+        checkpoint_sharded.save_parts(resolve_link(path), head, named)  # parts by the target
         return
     entries: dict[str, np.ndarray] = {}
     records: list[dict] = []
@@ -126,7 +144,19 @@ def save(path: PathLike, tree: Any) -> None:
     metadata = {**head, "leaves": records}
     blob = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
     atomic_write(path, {METADATA_KEY: blob, **entries})
-    checkpoint_sharded.remove_old_parts(path, keep=None)  # of an earlier multi-process save
+    checkpoint_sharded.remove_old_parts(resolve_link(path), keep=None)  # of a multi-process save
+
+
+def _path_argument(fn: str, path: Any, example: str) -> str:
+    """`path` as a str; a TypeError naming the call for anything else (e.g. swapped arguments)."""
+    if isinstance(path, bytes):
+        return os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"{fn}: path must be a str or os.PathLike (the checkpoint file), got "
+            f"{type(path).__name__}. Fix: the path comes first: {example}."
+        )
+    return os.fsdecode(os.fspath(path))
 
 
 def _refuse_shared_modules(tree: Any) -> None:
@@ -142,6 +172,66 @@ def _refuse_shared_modules(tree: Any) -> None:
             f"The checkpoint would store two copies and load them as two independent modules. "
             f"Fix: keep one reference to each module (pax.check(tree) finds them), or save "
             f"explicitly tied weights once."
+        )
+
+
+def _emptied(tree: Any, arrays: int) -> list[str]:
+    """Key paths where a module of `tree` registered arrays but holds None (a view).
+
+    A parameter, state or frozen parameter holding None is one: registering it required an
+    array. A subtree's leaves may be None by design, so a subtree is one only if all its leaves
+    are None (or exactly those frozen one by one, or exactly the others) and something else
+    shows that `tree` is a view: a parameter, state or frozen parameter holding None, or no
+    array left at all (`arrays`).
+    """
+    leaves: list[str] = []
+    subtrees: list[str] = []
+
+    def visit(module: Any, prefix: str) -> None:
+        layout = read_layout(module)
+        for name, kind in zip(layout.children, layout.kinds):
+            value, where = module.__dict__.get(name), f"{prefix}.{name}"
+            if kind in MODULE_KINDS:
+                walk(value, where)
+            elif kind in LEAF_KINDS:
+                if value is None:
+                    leaves.append(where)
+            else:
+                pairs = jax.tree_util.tree_flatten_with_path(value, is_leaf=_is_none)[0]
+                nones = {jax.tree_util.keystr(p) for p, leaf in pairs if leaf is None}
+                every = {jax.tree_util.keystr(p) for p, _ in pairs}
+                frozen = layout.frozen_in.get(name, frozenset())
+                if nones and frozen and nones in (frozen, every - frozen):
+                    leaves.extend(where + n for n in sorted(nones))  # a view's partial freeze
+                elif nones and nones == every:
+                    subtrees.extend(where + n for n in sorted(nones))
+
+    def walk(node: Any, prefix: str) -> None:
+        for key_path, leaf in jax.tree_util.tree_flatten_with_path(node, is_leaf=is_module)[0]:
+            if is_module(leaf):
+                visit(leaf, prefix + jax.tree_util.keystr(key_path))
+
+    walk(tree, "")
+    if leaves or (subtrees and not arrays):
+        return leaves + subtrees
+    return []
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def _refuse_views(tree: Any, arrays: int) -> None:
+    found = _emptied(tree, arrays)
+    if found:
+        root = type(tree).__name__ if is_module(tree) else "tree"
+        lines = "\n".join(f"  {root}{where}" for where in listing(found, _MAX_LISTED))
+        raise CheckpointError(
+            f"pax.save: the saved {root} holds None where its modules registered arrays, at "
+            f"{len(found)} key path(s):\n{lines}\nIt is a view such as model.parameters() or "
+            f"model.states(): those arrays (e.g. BatchNorm statistics, frozen weights) would "
+            f"be missing from the checkpoint. Fix: save the module itself: pax.save(path, "
+            f"model), and load it with pax.load(path, model)."
         )
 
 
@@ -187,6 +277,11 @@ def load(path: PathLike, like: T, *, strict: bool = True) -> T | tuple[T, LoadRe
     ``like``'s sharding (``like``'s arrays may span processes). Every process must see the
     checkpoint's directory with its part files.
 
+    The file is opened once and read from that one descriptor, so a load concurrent with a
+    save to the same path (which replaces the file atomically) reads the complete old file or
+    the complete new one. A symbolic link is followed (a multi-process checkpoint's part files
+    are looked up next to its target).
+
     Args:
       path: a file written by `pax.save`.
       like: a tree with the structure to load into, e.g. a freshly built model.
@@ -199,7 +294,10 @@ def load(path: PathLike, like: T, *, strict: bool = True) -> T | tuple[T, LoadRe
       ``strict`` is False.
 
     Raises:
+      TypeError: if ``path`` is not a str or os.PathLike (e.g. the arguments are swapped),
+        ``like`` is None, or ``strict`` is not a bool.
       FileNotFoundError: if ``path`` does not exist.
+      IsADirectoryError: if ``path`` is a directory (a `CheckpointError` too).
       CheckpointError: if the file is truncated, corrupted, declares sizes it does not hold,
         is not a regular file or not a pax checkpoint; or if a part file of a multi-process
         checkpoint is missing (the file and the fix are named), corrupted or from another save.
@@ -216,15 +314,27 @@ def load(path: PathLike, like: T, *, strict: bool = True) -> T | tuple[T, LoadRe
       >>> report.missing
       ('.modules[1].weight', '.modules[1].bias')
     """
-    path = os.fspath(path)
+    path = _path_argument("pax.load", path, "pax.load(path, like)")
+    if like is None:
+        raise TypeError(
+            "pax.load: like is None; it must be the tree to load into, built like the saved "
+            "one. Fix: pax.load(path, pax.nn.Linear(2, 3)) for a saved Linear(2, 3), or "
+            "pax.load(path, (model, optimizer)) for pax.save(path, (model, optimizer))."
+        )
+    if not isinstance(strict, (bool, np.bool_)):
+        raise TypeError(
+            f"pax.load: strict must be True or False, got {strict!r}. Fix: "
+            f"pax.load(path, like) or pax.load(path, like, strict=False)."
+        )
     like_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
     expected = expected_leaves(like_leaves)
-    with Reader(path) as reader:
+    target = resolve_link(path)  # once: a link retargeted meanwhile changes nothing
+    with Reader(target, shown=path) as reader:
         metadata = read_metadata(reader, len(expected))
         missing, unexpected = compare(path, metadata, like, expected, strict)
         records = {r["path"]: r for r in metadata["leaves"]}
         if "parts" in metadata:  # written by several processes: the arrays are in part files
-            leaves = load_parts(path, metadata, expected)
+            leaves = load_parts(target, metadata, expected)
         else:
             # Only the leaves `like` asks for are read, each after its header was checked.
             values = {

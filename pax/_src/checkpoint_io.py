@@ -1,22 +1,43 @@
 """The file side of checkpoints: atomic, locked writes and size-checked reads of ``.npz`` files.
 
-Writing: the arrays go to a temporary file ``.{name}.{12 hex digits}.tmp`` next to the target,
-held under an exclusive ``fcntl.flock`` while it is written, fsynced, then renamed over the
-target. Each save first removes the temporaries of its own target that no live writer holds.
+Writing: the arrays go to a temporary file next to the target, named
+``.{name}.pax-{host}-{pid}-{12 hex digits}.tmp`` (``host``: 8 hex digits of a hash of the host
+name; ``pid``: the writing process), held under an exclusive ``fcntl.flock`` while it is
+written, fsynced, then renamed over the target. A target that is a symbolic link is written
+through: its (final) target is replaced, the link stays.
 
-Reading: every size a file declares (zip member sizes, ``.npy`` header shapes) is checked
-against the file's real size and against what the caller expects before anything is read, so
-a corrupt or hostile file fails fast instead of allocating what it claims.
+Stale temporaries. Before writing, a save removes the temporaries of killed saves in the
+target's directory, whatever checkpoint they were for. A file is removed only if ALL of these
+hold, so a concurrent writer's temporary is never taken:
+
+1. its name follows the pattern above (pax's own; no other file is ever touched);
+2. it was made on this host (same host hash), and its process is gone (``os.kill(pid, 0)``
+   finds no such process) or is this process;
+3. no process holds its lock (a non-blocking ``flock`` succeeds), and it is still the same
+   file once locked.
+
+Rule 3 alone protects live writers on a local disk or NFS; rule 2 protects them where locks
+are not shared between hosts (some network file systems). Temporaries named by older pax
+versions, ``.{name}.{12 hex digits}.tmp``, are removed by saves to their own target under rule
+3. Without ``fcntl`` (Windows) nothing is removed.
+
+Reading: the file is opened once, and everything is read from that one descriptor: a file
+atomically replaced while it is read (a trainer saving while another process loads) gives the
+complete old file. Every size a file declares (zip member sizes, ``.npy`` header shapes) is
+checked against the file's real size and against what the caller expects before anything is
+read, so a corrupt or hostile file fails fast instead of allocating what it claims.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import os
 import re
 import secrets
+import socket
 import stat
 import zipfile
 from collections.abc import Callable
@@ -24,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from pax._src.errors import CheckpointError
+from pax._src.errors import CheckpointError, CheckpointIsADirectoryError
 
 try:
     import fcntl
@@ -34,6 +55,40 @@ except ImportError:  # pragma: no cover - Windows: no locking, no cleanup of sta
 # Deflate cannot compress better than about 1032:1; a member claiming more is not honest.
 MAX_DEFLATE_RATIO = 1100
 _HEX = 12
+_NAME_KEPT = 100  # characters of the target's name kept in a temporary's name (NAME_MAX: 255)
+_TEMPORARY = re.compile(
+    rf"\.(?P<name>.*)\.pax-(?P<host>[0-9a-f]{{8}})-(?P<pid>[1-9][0-9]{{0,9}})-[0-9a-f]{{{_HEX}}}\.tmp",
+    re.DOTALL,
+)
+
+
+def host_tag() -> str:
+    """8 hex digits naming this host in temporary file names."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def temporary_name(path: str) -> str:
+    """A fresh temporary file name for a save to `path` (see the module doc)."""
+    name = os.path.basename(path)[:_NAME_KEPT]
+    return f".{name}.pax-{host_tag()}-{os.getpid()}-{secrets.token_hex(_HEX // 2)}.tmp"
+
+
+def resolve_link(path: str) -> str:
+    """The file a save to (or a load from) `path` writes (reads): a symbolic link's target."""
+    return os.path.realpath(path) if os.path.islink(path) else path
+
+
+def directory_error(fn: str, path: str) -> CheckpointIsADirectoryError:
+    example = (
+        f"pax.save(os.path.join({path!r}, 'model.npz'), tree)"
+        if fn == "pax.save"
+        else f"pax.load(os.path.join({path!r}, 'model.npz'), like)"
+    )
+    return CheckpointIsADirectoryError(
+        f"{fn}: {path} is a directory; a checkpoint is one file. Fix: name a file in it, "
+        f"e.g. {example}.",
+        path,
+    )
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -44,7 +99,8 @@ def write_array(archive: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
         np.lib.format.write_array(member, array, allow_pickle=False)
 
 
-def _temp_pattern(path: str) -> re.Pattern:
+def _legacy_pattern(path: str) -> re.Pattern:
+    """Temporaries of `path` named by pax versions before the pid and host were in the name."""
     return re.compile(rf"\.{re.escape(os.path.basename(path))}\.[0-9a-f]{{{_HEX}}}\.tmp")
 
 
@@ -66,20 +122,44 @@ def _same_file(path: str, fd: int) -> bool:
     return (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
 
 
+def _process_gone(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # our own leftover; the lock still protects a save of another thread
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):  # PermissionError: it exists, under another user
+        return False
+    return False
+
+
+def _is_stale(name: str, legacy: re.Pattern, host: str) -> bool:
+    """Rules 1 and 2 of the module doc, read from the name alone."""
+    if legacy.fullmatch(name):
+        return True
+    match = _TEMPORARY.fullmatch(name)
+    return match is not None and match["host"] == host and _process_gone(int(match["pid"]))
+
+
 def remove_stale_temporaries(path: str) -> None:
-    """Removes the temporary files of `path` left by writers that died (unlocked ones)."""
+    """Removes the temporaries of killed saves next to `path` (the rules are in the module doc)."""
     if fcntl is None:
         return
     directory = os.path.dirname(os.path.abspath(path))
-    pattern = _temp_pattern(path)
+    legacy, host = _legacy_pattern(path), host_tag()
     with contextlib.suppress(OSError):
-        names = [n for n in os.listdir(directory) if pattern.fullmatch(n)]
+        names = [n for n in os.listdir(directory) if _is_stale(n, legacy, host)]
         for name in names:
             candidate = os.path.join(directory, name)
             with contextlib.suppress(OSError):
-                fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW)
+                fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
                 try:
-                    if _lock(fd, blocking=False) and _same_file(candidate, fd):
+                    if (
+                        stat.S_ISREG(os.fstat(fd).st_mode)
+                        and _lock(fd, blocking=False)
+                        and _same_file(candidate, fd)
+                    ):
                         os.unlink(candidate)  # still holding the lock: no writer can own it
                 finally:
                     os.close(fd)
@@ -89,7 +169,7 @@ def _create_locked_temp(path: str) -> tuple[str, int]:
     directory = os.path.dirname(os.path.abspath(path))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+        tmp = os.path.join(directory, temporary_name(path))
         fd = os.open(tmp, flags, 0o666)
         _lock(fd, blocking=True)
         if fcntl is None or _same_file(tmp, fd):
@@ -114,13 +194,19 @@ def _target_mode(path: str) -> int | None:
 
 
 def atomic_write(path: str, entries: dict[str, np.ndarray]) -> None:
-    """Writes `entries` as an uncompressed ``.npz`` at `path`, atomically (see module doc)."""
+    """Writes `entries` as an uncompressed ``.npz`` at `path`, atomically (see module doc).
+
+    A symbolic link at `path` is written through: its target is replaced, the link stays.
+    """
+    if not os.path.basename(path) or os.path.isdir(path):
+        raise directory_error("pax.save", path)
+    shown, path = path, resolve_link(path)
     try:
         mode = _target_mode(path)
         remove_stale_temporaries(path)
         tmp, fd = _create_locked_temp(path)
     except OSError as err:
-        raise _about(err, path) from err
+        raise _about(err, shown) from err
     try:
         with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
@@ -135,7 +221,7 @@ def atomic_write(path: str, entries: dict[str, np.ndarray]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(err, OSError):
-            raise _about(err, path) from err
+            raise _about(err, shown) from err
         raise
     with contextlib.suppress(OSError):  # makes the rename durable; not possible everywhere
         dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
@@ -167,19 +253,32 @@ def _corrupted(path: str, what: str) -> CheckpointError:
 class Reader:
     """An open checkpoint whose members are read only after their declared sizes are checked."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        st = os.stat(path)  # missing file, permissions: the usual OSError
-        if not stat.S_ISREG(st.st_mode):
-            raise CheckpointError(
-                f"pax.load: {path} is not a regular file (a device, pipe or directory); a "
-                f"checkpoint is a file written by pax.save. Nothing was loaded."
-            )
-        self._file = open(path, "rb")  # closed by close()
+    def __init__(self, path: str, shown: str | None = None) -> None:
+        self.path = path if shown is None else shown  # the name errors give
+        # One open, then everything from this descriptor: a replace of `path` meanwhile (a
+        # concurrent save) does not change what is read. O_NONBLOCK: opening a FIFO must not
+        # hang; it does not change reads of a regular file.
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
         try:
-            opened = os.fstat(self._file.fileno())
-            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
-                raise CheckpointError(f"pax.load: {path} was replaced while being opened.")
+            fd = os.open(path, flags)  # missing file, permissions: the usual OSError
+        except OSError:
+            if os.path.isdir(path):  # Windows cannot open a directory
+                raise directory_error("pax.load", self.path) from None
+            raise
+        try:
+            opened = os.fstat(fd)
+            if stat.S_ISDIR(opened.st_mode):
+                raise directory_error("pax.load", self.path)
+            if not stat.S_ISREG(opened.st_mode):
+                raise CheckpointError(
+                    f"pax.load: {self.path} is not a regular file (a device, pipe or socket); a "
+                    f"checkpoint is a file written by pax.save. Nothing was loaded."
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        self._file = os.fdopen(fd, "rb")  # closed by close()
+        try:
             self.size = opened.st_size
             self.archive = zipfile.ZipFile(self._file)
             self.members = self._check_members()
@@ -188,7 +287,7 @@ class Reader:
             raise
         except Exception as err:  # anything a damaged zip can raise
             self.close()
-            raise _corrupted(path, f"{type(err).__name__}: {err}") from None
+            raise _corrupted(self.path, f"{type(err).__name__}: {err}") from None
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

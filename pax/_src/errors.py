@@ -6,6 +6,8 @@ the built-ins keeps working.
 
 from __future__ import annotations
 
+import errno
+
 
 class StructureChangedError(ValueError):
     """A module's pytree structure changed inside a transformed function."""
@@ -17,6 +19,32 @@ class SharedObjectError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be written or read: corrupted, truncated, or not a pax checkpoint."""
+
+
+class CheckpointIsADirectoryError(CheckpointError, IsADirectoryError):
+    """The path given to `pax.save` or `pax.load` is a directory, not a checkpoint file.
+
+    It is both a `CheckpointError` and an `IsADirectoryError` (so an ``except OSError`` around
+    file handling catches it), with ``errno``, ``strerror`` and ``filename`` set.
+
+    Example:
+      >>> import errno, tempfile, jax.numpy as jnp, pax
+      >>> try:
+      ...     pax.save(tempfile.mkdtemp(), {"w": jnp.ones(2)})
+      ... except IsADirectoryError as error:
+      ...     print(error.errno == errno.EISDIR)
+      True
+    """
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.errno, self.strerror, self.filename = errno.EISDIR, message, path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.strerror, self.filename))
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -56,6 +84,7 @@ class CheckpointMismatchError(CheckpointError):
 
 __all__ = [
     "CheckpointError",
+    "CheckpointIsADirectoryError",
     "CheckpointMismatchError",
     "SharedObjectError",
     "StructureChangedError",

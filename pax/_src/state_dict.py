@@ -41,7 +41,8 @@ def state_dict(model: Any) -> dict[str, np.ndarray]:
       model: a module (or any pytree of arrays).
 
     Raises:
-      TypeError: if a leaf is not an array (e.g. a JAX tracer inside ``jax.jit``).
+      TypeError: if `model` is None, or a leaf is not an array (e.g. a JAX tracer inside
+        ``jax.jit``).
 
     Example:
       >>> import pax
@@ -49,6 +50,11 @@ def state_dict(model: Any) -> dict[str, np.ndarray]:
       >>> {k: v.shape for k, v in sd.items()}
       {'.modules[0].weight': (2, 3), '.modules[0].bias': (3,)}
     """
+    if model is None:
+        raise TypeError(
+            "pax.state_dict: model is None, so it has no arrays. Fix: pass the module, e.g. "
+            "pax.state_dict(model)."
+        )
     out: dict[str, np.ndarray] = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(model)[0]:
         where = jax.tree_util.keystr(path)
@@ -65,7 +71,24 @@ def _renamer(rename: Rename | None) -> Callable[[str], str | None]:
     if rename is None:
         return lambda name: name
     if callable(rename):
-        return rename
+
+        def checked(name: str) -> str | None:
+            key = rename(name)
+            if key is not None and not isinstance(key, str):
+                raise TypeError(
+                    f"pax.load_state_dict: rename({name!r}) returned {key!r} of type "
+                    f"{type(key).__name__}; it must return a key path (str) or None to drop the "
+                    f"entry. Fix: e.g. rename=lambda name: '.modules[0].' + name."
+                )
+            return key
+
+        return checked
+    if isinstance(rename, (str, bytes)) or not isinstance(rename, Sequence):
+        raise TypeError(
+            f"pax.load_state_dict: rename must be a function name -> key path, or a list of "
+            f"(regex, replacement) pairs of str, got the {type(rename).__name__} {rename!r}. "
+            f"Fix: e.g. rename=[(r'^(\\d+)\\.weight$', r'.modules[\\1].weight')]."
+        )
     rules = []
     for rule in rename:
         if not (
@@ -89,6 +112,31 @@ def _renamer(rename: Rename | None) -> Callable[[str], str | None]:
 
 def _spec(x: Any) -> str:
     return f"{np.dtype(x.dtype)}{list(np.shape(x))}"
+
+
+def _as_array(value: Any, what: str, fix: str) -> np.ndarray:
+    """`value` (an array or array-like: list, scalar, jax array) as numpy; refuses the rest.
+
+    `what` ends with a verb (``"the entry 'w' is"``), followed by the value in errors.
+    """
+    try:
+        array = np.asarray(value)
+    except Exception as err:  # e.g. a ragged list
+        raise TypeError(
+            f"pax.load_state_dict: {what} a {type(value).__name__} that numpy cannot convert "
+            f"to an array ({type(err).__name__}: {err}). Fix: {fix}."
+        ) from None
+    if array.dtype.kind in "OUSVMm":
+        raise TypeError(
+            f"pax.load_state_dict: {what} {_short(value)} (a {type(value).__name__}), not a "
+            f"numeric array. Fix: {fix}."
+        )
+    return array
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @overload
@@ -137,7 +185,10 @@ def load_state_dict(
         kept. Default: names are key paths already.
       transform: ``transform(key_path, array) -> array``, applied to every entry after
         renaming, e.g. ``lambda k, a: a.T if k.endswith(".weight") else a`` for a PyTorch
-        Linear's ``(out, in)`` weight.
+        Linear's ``(out, in)`` weight. It may return any array-like (a numpy or jax array, a
+        nested list): it is converted with ``np.asarray`` and must then have the model leaf's
+        shape and dtype (a list of Python floats becomes float64: cast it with
+        ``.astype``).
       strict: if True (default), every key path of the model must be given and every entry
         must find a key path. If False, entries that find none are ignored and key paths not
         given keep the model's value; shapes and dtypes must still match, and at least one
@@ -151,7 +202,10 @@ def load_state_dict(
     Raises:
       ValueError: listing every unmatched name, missing key path and shape or dtype mismatch,
         or two names renamed to one key path.
-      TypeError: for a `mapping` that is not a mapping, or a bad `rename`.
+      TypeError: for a `model` that is None, a `mapping` that is not a mapping, a bad
+        `rename`, a `transform` that is not callable, a `strict` that is not a bool, or an
+        entry (as given or as `transform` returned it) that is not a numeric array-like; the
+        key is named.
 
     Example:
       >>> import numpy as np, pax
@@ -166,10 +220,28 @@ def load_state_dict(
       (2, 3)
     """
     fn = "pax.load_state_dict"
+    if model is None:
+        raise TypeError(
+            f"{fn}: model is None; it must be the model to load into. Fix: "
+            f"pax.load_state_dict(model, mapping)."
+        )
     if not hasattr(mapping, "keys") or not hasattr(mapping, "__getitem__"):
         raise TypeError(
             f"{fn}: mapping must be a mapping {{name: array}} (a dict, or np.load of an .npz), "
-            f"got {type(mapping).__name__}."
+            f"got {type(mapping).__name__}. Fix: pax.load_state_dict(model, dict(pairs)), or "
+            f"pax.load_state_dict(model, np.load(path))."
+        )
+    if transform is not None and not callable(transform):
+        raise TypeError(
+            f"{fn}: transform must be a function (key_path, array) -> array, got "
+            f"{type(transform).__name__} {_short(transform)}. Fix: e.g. "
+            f"transform=lambda key, a: a.T if key.endswith('.weight') else a."
+        )
+    if not isinstance(strict, (bool, np.bool_)):
+        raise TypeError(
+            f"{fn}: strict must be True or False, got {strict!r}. Fix: "
+            f"pax.load_state_dict(model, mapping) or pax.load_state_dict(model, mapping, "
+            f"strict=False)."
         )
     leaves, treedef = jax.tree_util.tree_flatten_with_path(model)
     expected = {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
@@ -189,15 +261,30 @@ def load_state_dict(
                 f"Fix: make rename map them to distinct key paths (or None to drop one)."
             )
         source[key] = name
-        value = np.asarray(mapping[name])
+        value = _as_array(
+            mapping[name],
+            f"the entry {name!r} is",
+            "give numeric arrays (np.ndarray, jax.Array, or nested lists of numbers)",
+        )
+        converted = ""
         if transform is not None:
-            value = transform(key, value)
+            result = transform(key, value)
+            value = _as_array(
+                result,
+                f"transform({key!r}, array) (for the entry {name!r}) returned",
+                "make transform return an array for every key, e.g. "
+                "transform=lambda key, a: a.T if key.endswith('.weight') else a",
+            )
+            if not hasattr(result, "dtype"):  # a list or scalar: numpy chose the dtype
+                converted = f" (transform returned a {type(result).__name__}, made {value.dtype})"
         mine = expected[key]
         theirs = jax.random.key_data(mine) if _is_key(mine) else mine
         if tuple(np.shape(value)) != tuple(np.shape(theirs)) or np.dtype(value.dtype) != np.dtype(
             theirs.dtype
         ):
-            mismatched.append(f"{key} (from {name!r}): given {_spec(value)}, model {_spec(theirs)}")
+            mismatched.append(
+                f"{key} (from {name!r}): given {_spec(value)}{converted}, model {_spec(theirs)}"
+            )
             continue
         values[key] = value
     missing = [k for k in expected if k not in source]
