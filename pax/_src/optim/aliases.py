@@ -7,13 +7,24 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax.numpy as jnp
 import optax
 
 from pax._src.core import select
 from pax._src.core.module import Module
+from pax._src.optim import hyperparams as check
 from pax._src.optim.optax_wrapper import OptaxOptimizer
 
 ScalarOrSchedule = float | Callable[[Any], Any]
+
+_CALLED_AS_SCHEDULE = (
+    "{self!r} was called with the step count instead of the parameters: "
+    "optax.inject_hyperparams takes every function argument (mask=..., param_labels=...) for "
+    "a schedule of the step count. Fix: name it static, e.g. "
+    "optax.inject_hyperparams(optax.adamw, static_args=('mask',))(learning_rate=1e-3, "
+    "weight_decay=1e-4, mask=pax.optim.by_key_path(...)); or use "
+    "pax.optim.adamw(params, 1e-3, mask=...), whose learning rate is readable too."
+)
 
 
 class by_key_path:
@@ -63,6 +74,10 @@ class by_key_path:
 
     def __call__(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
         if not isinstance(params, Mapping):
+            if getattr(params, "shape", None) == () and jnp.issubdtype(
+                getattr(params, "dtype", float), jnp.integer
+            ):  # optax.inject_hyperparams calls every function argument as a schedule
+                raise TypeError(_CALLED_AS_SCHEDULE.format(self=self))
             raise TypeError(
                 f"by_key_path: expected the flat {{key path: parameter}} mapping of a pax "
                 f"optimizer, got {type(params).__name__}. Use it inside pax.optim.from_optax "
@@ -123,6 +138,16 @@ def _key_path_mask(mask: select.Where | None, where: str) -> Any:
     return by_key_path(mask)
 
 
+def _adam_constants(owner: str, b1: Any, b2: Any, eps: Any, nesterov: Any) -> dict[str, Any]:
+    """The checked static arguments of `adam` and `adamw` (Python floats: hashable)."""
+    return dict(
+        b1=check.number(owner, "b1", b1, low=0, high=1, example="0.9", static=True),
+        b2=check.number(owner, "b2", b2, low=0, high=1, example="0.999", static=True),
+        eps=check.number(owner, "eps", eps, low=0, example="1e-8", static=True),
+        nesterov=check.boolean(owner, "nesterov", nesterov),
+    )
+
+
 _ADAM_STATIC = ("b1", "b2", "eps", "eps_root", "nesterov")
 _inject_sgd = optax.inject_hyperparams(optax.sgd, static_args=("momentum", "nesterov"))
 _inject_adam = optax.inject_hyperparams(optax.adam, static_args=_ADAM_STATIC)
@@ -132,7 +157,7 @@ _inject_adamw = optax.inject_hyperparams(optax.adamw, static_args=(*_ADAM_STATIC
 def sgd(
     params: Module,
     learning_rate: ScalarOrSchedule,
-    momentum: float = 0.0,
+    momentum: float | None = 0.0,
     nesterov: bool = False,
 ) -> OptaxOptimizer:
     """Stochastic gradient descent, optionally with (Nesterov) momentum: ``optax.sgd``.
@@ -142,12 +167,18 @@ def sgd(
 
     Args:
       params: ``model.parameters()``.
-      learning_rate: a float or an optax schedule (a function of the step count).
-      momentum: momentum decay; 0 means none (no velocity is stored).
-      nesterov: use Nesterov momentum.
+      learning_rate: a number > 0 or an optax schedule (a function of the step count).
+      momentum: momentum decay in [0, 1]; 0 or None means none (no velocity is stored).
+      nesterov: use Nesterov momentum (needs a momentum).
 
     Returns:
       An `OptaxOptimizer`.
+
+    Raises:
+      TypeError: if an argument has the wrong type (``None`` or the string ``"1e-3"`` as
+        learning rate, an integer array, a non-bool `nesterov`); each error names the fix.
+      ValueError: if a value is out of range (a learning rate <= 0, a momentum above 1), not a
+        scalar, or `nesterov` is set without momentum.
 
     Example:
       >>> import pax
@@ -156,12 +187,17 @@ def sgd(
       >>> round(float(opt.learning_rate), 6)
       0.1
     """
-    tx = _transform(
-        _inject_sgd,
-        learning_rate=learning_rate,
-        momentum=momentum or None,
-        nesterov=nesterov,
-    )
+    owner = "pax.optim.sgd"
+    check.parameters(owner, params, learning_rate)
+    learning_rate = check.learning_rate(owner, learning_rate)
+    momentum = check.momentum(owner, momentum)
+    nesterov = check.boolean(owner, "nesterov", nesterov)
+    if nesterov and momentum is None:
+        raise ValueError(
+            f"{owner}: nesterov=True has no effect without momentum (momentum=0). Fix: "
+            f"pax.optim.sgd(params, learning_rate, momentum=0.9, nesterov=True)."
+        )
+    tx = _transform(_inject_sgd, learning_rate=learning_rate, momentum=momentum, nesterov=nesterov)
     return OptaxOptimizer(params, tx)
 
 
@@ -177,22 +213,32 @@ def adam(
 
     Args:
       params: ``model.parameters()``.
-      learning_rate: a float or an optax schedule.
-      b1: decay of the first moment.
-      b2: decay of the second moment.
-      eps: added to the denominator.
+      learning_rate: a number > 0 or an optax schedule.
+      b1: decay of the first moment, in [0, 1).
+      b2: decay of the second moment, in [0, 1).
+      eps: added to the denominator, >= 0.
       nesterov: use Nesterov momentum (NAdam).
 
     Returns:
       An `OptaxOptimizer`.
+
+    Raises:
+      TypeError: if an argument has the wrong type (``None`` or the string ``"1e-3"`` as
+        learning rate, an integer array, a non-bool `nesterov`); each error names the fix.
+      ValueError: if a value is out of range (a learning rate <= 0, ``b1`` outside [0, 1))
+        or not a scalar.
 
     Example:
       >>> import pax
       >>> opt = pax.optim.adam(pax.nn.Linear(2, 1).parameters(), 1e-3)
       >>> opt.learning_rate = 1e-4
     """
+    owner = "pax.optim.adam"
+    check.parameters(owner, params, learning_rate)
     tx = _transform(
-        _inject_adam, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, nesterov=nesterov
+        _inject_adam,
+        learning_rate=check.learning_rate(owner, learning_rate),
+        **_adam_constants(owner, b1, b2, eps, nesterov),
     )
     return OptaxOptimizer(params, tx)
 
@@ -211,11 +257,12 @@ def adamw(
 
     Args:
       params: ``model.parameters()``.
-      learning_rate: a float or an optax schedule.
-      b1: decay of the first moment.
-      b2: decay of the second moment.
-      eps: added to the denominator.
-      weight_decay: decay rate (read or set with ``opt.set_hyperparams(weight_decay=...)``).
+      learning_rate: a number > 0 or an optax schedule.
+      b1: decay of the first moment, in [0, 1).
+      b2: decay of the second moment, in [0, 1).
+      eps: added to the denominator, >= 0.
+      weight_decay: decay rate, >= 0 (read or set with
+        ``opt.set_hyperparams(weight_decay=...)``).
       mask: selects where weight decay applies (default everywhere), as
         ``model.freeze(where=...)`` does: a regular expression searched in each parameter's
         key-path string (``r"\\.weight$"``), or a function of ``(key_path, leaf)`` or of the
@@ -224,6 +271,12 @@ def adamw(
 
     Returns:
       An `OptaxOptimizer`.
+
+    Raises:
+      TypeError: if an argument has the wrong type (``None`` or the string ``"1e-3"`` as
+        learning rate, an integer array, a non-bool `nesterov`); each error names the fix.
+      ValueError: if a value is out of range (a learning rate <= 0, ``b1`` outside [0, 1))
+        or not a scalar; `mask` as for `by_key_path`.
 
     Example:
       >>> import pax
@@ -235,14 +288,15 @@ def adamw(
       >>> round(float(opt.hyperparams["weight_decay"]), 6)
       0.01
     """
+    owner = "pax.optim.adamw"
+    check.parameters(owner, params, learning_rate)
     tx = _transform(
         _inject_adamw,
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        weight_decay=weight_decay,
-        mask=_key_path_mask(mask, "pax.optim.adamw"),
-        nesterov=nesterov,
+        learning_rate=check.learning_rate(owner, learning_rate),
+        weight_decay=check.number(
+            owner, "weight_decay", weight_decay, low=0, example="1e-4", static=False
+        ),
+        mask=_key_path_mask(mask, owner),
+        **_adam_constants(owner, b1, b2, eps, nesterov),
     )
     return OptaxOptimizer(params, tx)

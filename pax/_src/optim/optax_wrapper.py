@@ -11,6 +11,7 @@ import optax
 
 from pax._src.core.module import Module
 from pax._src.describe import describe
+from pax._src.optim import hyperparams as checks
 from pax._src.optim import key_path_dict
 from pax._src.optim.base import Optimizer
 
@@ -123,9 +124,14 @@ class OptaxOptimizer(Optimizer):
         self.transform = transform
         self.key_paths = keys
         self.param_specs = tuple(key_path_dict.spec_of(leaf) for leaf in leaves)
-        self.register_state_subtree(
-            "opt_state", transform.init(key_path_dict.as_mapping(keys, leaves))
-        )
+        try:
+            opt_state = transform.init(key_path_dict.as_mapping(keys, leaves))
+        except Exception as error:
+            hint = checks.called_as_schedule(error)
+            if hint is not None:
+                raise TypeError(hint) from error
+            raise
+        self.register_state_subtree("opt_state", opt_state)
 
     def step(self, grads: M, model: M, **extra_args: Any) -> M:
         """Applies one optax update: updates ``opt_state`` in place and returns the new model.
@@ -211,6 +217,8 @@ class OptaxOptimizer(Optimizer):
 
         Raises:
           ValueError: if a name is not an injected hyperparameter, or a value has another shape.
+          TypeError: if a value is not a number (None, a string, a bool), or has a fractional
+            part while the hyperparameter is an integer (it would be truncated).
 
         Example:
           >>> import jax.numpy as jnp, pax
@@ -229,6 +237,7 @@ class OptaxOptimizer(Optimizer):
             hyperparams = dict(state.hyperparams)
             for name in mine:
                 old = hyperparams[name]
+                checks.check_assigned(owner, name, values[name], old)
                 new = jnp.asarray(values[name], dtype=old.dtype)
                 if new.shape != old.shape:
                     raise ValueError(
