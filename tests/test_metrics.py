@@ -144,13 +144,16 @@ def test_mean_before_any_update_is_nan_and_counts_scalars_once():
 # --- reset, states, modules ---------------------------------------------------------------------
 
 
-def test_reset_returns_a_zeroed_copy_and_keeps_the_original():
+def test_reset_zeroes_in_place_and_returns_the_metric():
     mean = Mean(axis_name="data")
     mean.total, mean.count = jnp.float32(6.0), jnp.float32(4.0)
-    fresh = mean.reset()
+    fresh = mean.copy().reset()  # a zeroed copy leaves the original alone
     assert type(fresh) is Mean and fresh.axis_name == "data"
     _close(fresh.count, 0.0)
     _close(mean.compute(), 1.5)
+    assert mean.reset() is mean  # reset() is in place (and `mean = mean.reset()` still works)
+    _close(mean.count, 0.0)
+    mean.total, mean.count = jnp.float32(6.0), jnp.float32(4.0)
     assert set(mean.registry) == {"total", "count"}
     assert all(k is pax.Kind.STATE for k in mean.registry.values())
     assert jax.tree_util.tree_leaves(mean.parameters()) == []

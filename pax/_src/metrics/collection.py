@@ -9,7 +9,7 @@ import jax
 
 from pax._src.core.module import Module
 from pax._src.describe import describe
-from pax._src.metrics.base import Metric
+from pax._src.metrics.base import NOTHING, Metric, refuse_values_update
 
 
 class Collection(Module):
@@ -107,18 +107,44 @@ class Collection(Module):
         return {name: self.metrics[name].compute() for name in self.names}
 
     def reset(self) -> Collection:
-        """Returns a copy in which every metric is reset.
+        """Resets every metric in place and returns the collection.
+
+        Both ``metrics.reset()`` and ``metrics = metrics.reset()`` work; for a reset copy that
+        leaves the original alone: ``metrics.copy().reset()``.
 
         Example:
           >>> import jax.numpy as jnp, pax
           >>> metrics = pax.metrics.Collection(n=pax.metrics.Sum())
           >>> _ = metrics(n=jnp.ones(3))
-          >>> metrics.reset().compute()["n"].item(), metrics.compute()["n"].item()
+          >>> metrics.copy().reset().compute()["n"].item(), metrics.compute()["n"].item()
           (0.0, 3.0)
+          >>> _ = metrics.reset()
+          >>> metrics.compute()["n"].item()
+          0.0
         """
-        new = self.copy()
-        new.metrics = {name: self.metrics[name].reset() for name in self.names}
-        return new
+        for name in self.names:
+            self.metrics[name].reset()
+        return self
+
+    def update(self, other: Any = NOTHING, *rest: Any, **values: Any) -> Collection:
+        """Returns a copy merged with trees of this collection's structure (`pax.Module.update`).
+
+        It does not add values: call the collection for that, ``metrics(loss=..., acc=...)``.
+
+        Raises:
+          TypeError: if given values (keyword arguments, an array) instead of trees of this
+            collection's structure.
+
+        Example:
+          >>> import jax, jax.numpy as jnp, pax
+          >>> metrics = pax.metrics.Collection(n=pax.metrics.Sum())
+          >>> _ = metrics(n=jnp.ones(3))
+          >>> zeros = jax.tree_util.tree_map(jnp.zeros_like, metrics.states())
+          >>> metrics.update(zeros)["n"].compute().item()
+          0.0
+        """
+        refuse_values_update(self, other, rest, values, call="loss=..., acc=...")
+        return super().update(other, *rest)
 
     def __getitem__(self, name: str) -> Metric | Collection:
         """The metric named `name`.
