@@ -217,8 +217,10 @@ CALLS = [
         r"MultiHeadAttention: expected query of shape \(\.\.\., length, 4\), got shape \(2, 3, 5\)",
     ),
     (
-        lambda: nn.MultiHeadAttention(4, 2)(jnp.ones((2, 3, 4)), mask=jnp.ones((2, 3, 3), bool)),
-        r"MultiHeadAttention: the mask must have the rank of the logits .*\(2, 2, 3, 3\), got shape \(2, 3, 3\)",
+        lambda: nn.MultiHeadAttention(4, 2)(
+            jnp.ones((2, 3, 4)), mask=jnp.ones((1, 2, 3, 3, 3), bool)
+        ),
+        r"MultiHeadAttention: mask of shape \(1, 2, 3, 3, 3\) does not fit the logits \(B, num_heads, T, S\) = \(2, 2, 3, 3\)",
     ),
     (
         lambda: nn.max_pool(jnp.ones((4, 3)), 2),

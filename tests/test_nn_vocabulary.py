@@ -266,10 +266,12 @@ def test_attention_accepts_pax_v02_keywords_with_deprecation_warnings():
         pax.nn.MultiHeadAttention(8, 2, w_init=pax.initializers.zeros, w_init_scale=1.0)
 
 
-def test_attention_mask_rank_error_names_the_axes_to_add():
+def test_attention_per_example_mask_is_shared_by_the_heads():
+    # a (B, T, S) mask (B == num_heads here) is per example: the heads axis is inserted
     mha = pax.nn.MultiHeadAttention(8, 2)
-    with pytest.raises(ValueError, match=r"Fix: add the missing leading axes: mask\[None\]"):
-        mha(jnp.ones((2, 3, 8)), mask=jnp.ones((2, 3, 3), bool))
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 8))
+    mask = jnp.stack([jnp.eye(3, dtype=bool), jnp.tril(jnp.ones((3, 3), bool))])
+    np.testing.assert_array_equal(mha(x, mask=mask), mha(x, mask=mask[:, None]))
 
 
 def test_attention_two_dimensional_mask_is_shared_by_examples_and_heads():

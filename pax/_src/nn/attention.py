@@ -67,24 +67,38 @@ class MultiHeadAttention(Module):
     keyword for `out_dim`. Pax v0.2's keyword form ``MultiHeadAttention(num_heads=4,
     key_size=16, w_init_scale=0.5)`` has no input size: it means Pax v0.2's square layer,
     ``in_dim = num_heads * key_size``, as there (write ``MultiHeadAttention(64, 4)`` today).
-    A mask of rank 2, ``(T, S)``, is shared by every example and head; any other rank must be
-    the logits'.
 
-    Call: ``mha(query, key=None, value=None, mask=None)`` with ``query`` ``(..., T, in_dim)``,
-    ``key`` and ``value`` ``(..., S, ·)`` (default: self-attention, ``key = value = query``)
-    and ``mask`` broadcastable to ``(..., num_heads, T, S)`` with the same rank (or a ``(T, S)``
-    mask for all), True where attention is allowed. Returns ``(..., T, out_dim)``.
+    Call: ``mha(query, key=None, value=None, mask=None)`` with ``query`` ``(B, T, in_dim)``,
+    ``key`` and ``value`` ``(B, S, ·)`` (default: self-attention, ``key = value = query``);
+    ``B`` stands for any number of batch axes, none included. Returns ``(B, T, out_dim)``.
+
+    The mask is **boolean, True where attention is allowed** (Haiku's convention). A float or
+    int mask is refused: an additive mask (0 = keep, ``-1e9`` / ``-inf`` = drop, as in PyTorch
+    and Hugging Face) would be read inverted; convert it with ``mask=additive_mask == 0``, a
+    0/1 mask with ``mask.astype(bool)``. Its shape is one of, by rank:
+
+    - ``(T, S)``: one mask shared by every example and head (e.g. a causal mask);
+    - ``(B, T, S)``: one mask per example, shared by the heads (the heads axis is inserted,
+      also when the batch size equals `num_heads`);
+    - ``(B, num_heads, T, S)``: the logits' shape (Haiku's form);
+
+    where any axis may be 1 to broadcast. A ``(B, S)`` key-padding mask is written
+    ``mask[:, None, None, :]``.
 
     Raises:
-      ValueError: for bad sizes at construction; at call for inputs of the wrong feature size
-        or a mask of the wrong rank.
+      ValueError: for bad sizes at construction; at call for inputs of the wrong feature size,
+        or a mask whose shape is none of the forms above.
+      TypeError: at call for a mask that is not boolean, or inputs that are not arrays.
 
     Example:
       >>> import jax.numpy as jnp, pax
       >>> mha = pax.nn.MultiHeadAttention(16, num_heads=4)
       >>> x = jnp.ones((2, 5, 16))
-      >>> causal = jnp.tril(jnp.ones((5, 5), bool))[None, None]
+      >>> causal = jnp.tril(jnp.ones((5, 5), bool))  # (T, S): every example and head
       >>> mha(x, mask=causal).shape
+      (2, 5, 16)
+      >>> padding = jnp.array([[True] * 5, [True] * 3 + [False] * 2])  # (B, S)
+      >>> mha(x, mask=padding[:, None, None, :] & causal).shape  # (B, 1, T, S)
       (2, 5, 16)
     """
 
@@ -143,10 +157,15 @@ class MultiHeadAttention(Module):
                 )
             key_size = in_dim // num_heads
         self.key_size = v.positive_int(cls, "key_size", key_size)
-        self.value_size = v.positive_int(cls, "value_size", value_size or self.key_size)
-        self.out_dim = v.positive_int(cls, "out_dim", out_dim or self.key_size * self.num_heads)
-        key_in_dim = _optional_size(cls, "key_in_dim", key_in_dim or in_dim)
-        value_in_dim = _optional_size(cls, "value_in_dim", value_in_dim or key_in_dim)
+        # `is None`, not `or`: a 0 (or an array) must reach the check, not fall back silently
+        value_size = self.key_size if value_size is None else value_size
+        self.value_size = v.positive_int(cls, "value_size", value_size)
+        out_dim = self.key_size * self.num_heads if out_dim is None else out_dim
+        self.out_dim = v.positive_int(cls, "out_dim", out_dim)
+        key_in_dim = _optional_size(cls, "key_in_dim", in_dim if key_in_dim is None else key_in_dim)
+        value_in_dim = _optional_size(
+            cls, "value_in_dim", key_in_dim if value_in_dim is None else value_in_dim
+        )
         inits = initializers.layer_init_args(cls, param_dtype, w_init=w_init, b_init=b_init)
         w_init = inits["w_init"] or initializers.variance_scaling(1.0)
         b_init = inits["b_init"]
@@ -161,6 +180,12 @@ class MultiHeadAttention(Module):
 
     def _heads(self, proj: Linear, x: jax.Array, size: int, what: str) -> jax.Array:
         cls = type(self).__name__
+        if x is None or isinstance(x, (str, bytes)) or _dtype_of(x) is None:
+            raise TypeError(
+                f"{cls}: {what} must be an array of shape (..., length, {proj.in_dim}), got "
+                f"{type(x).__name__}. Fix: mha(query) for self-attention, or mha(query, key, "
+                f"value) with arrays."
+            )
         wrong_size = proj.in_dim is not None and jnp.shape(x)[-1:] != (proj.in_dim,)
         if jnp.ndim(x) < 2 or wrong_size:
             raise ValueError(
@@ -185,23 +210,7 @@ class MultiHeadAttention(Module):
         logits = jnp.einsum("...thd,...Thd->...htT", q, k)
         logits = logits / np.sqrt(self.key_size).astype(k.dtype)
         if mask is not None:
-            mask = jnp.asarray(mask)
-            if mask.ndim == 2 < logits.ndim:  # one (T, S) mask for every example and head
-                mask = mask.reshape((1,) * (logits.ndim - 2) + mask.shape)
-            if mask.ndim != logits.ndim:
-                missing = logits.ndim - mask.ndim
-                fix = (
-                    f"add the missing leading axes: mask[{', '.join(['None'] * missing)}] "
-                    f"(one mask shared by the heads and the batch)"
-                    if missing > 0
-                    else f"a mask of rank {logits.ndim}"
-                )
-                raise ValueError(
-                    f"{type(self).__name__}: the mask must have the rank of the logits "
-                    f"(..., num_heads, T, S) = {logits.shape}, got shape {mask.shape}. Fix: "
-                    f"{fix}."
-                )
-            logits = jnp.where(mask, logits, -1e30)
+            logits = jnp.where(_mask_for(type(self).__name__, mask, logits.shape), logits, -1e30)
         weights = jax.nn.softmax(logits)
         attn = jnp.einsum("...htT,...Thd->...thd", weights, val)
         attn = attn.reshape((*query.shape[:-1], -1))
@@ -210,3 +219,87 @@ class MultiHeadAttention(Module):
 
 def _optional_size(cls: str, name: str, value: int | None) -> int | None:
     return None if value is None else v.positive_int(cls, name, value)
+
+
+def _dtype_of(value: Any) -> Any:
+    """The dtype of an array-like, or None when it is not one (a string, None, an object)."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None:
+        return dtype
+    try:
+        dtype = np.asarray(value).dtype
+    except Exception:  # an object numpy cannot read: reported as "not an array" by the caller
+        return None
+    return None if dtype.kind in "OSUV" else dtype  # strings and objects are not arrays
+
+
+def _mask_for(cls: str, mask: Any, logits_shape: tuple[int, ...]) -> jax.Array:
+    """`mask` as a boolean array of the logits' rank ``(*batch, num_heads, T, S)``.
+
+    Accepted forms (see the class docstring): ``(T, S)`` shared, ``(*batch, T, S)`` per
+    example (a heads axis is inserted), ``(*batch, num_heads, T, S)`` full; every axis of size
+    1 or the logits'. Anything else raises, naming the axes to add.
+    """
+    dtype = _dtype_of(mask)
+    if dtype is None or dtype != np.bool_:
+        found = f"a {type(mask).__name__}, not an array"
+        if dtype is not None:
+            found = f"an array of dtype {np.dtype(dtype).name}"
+        raise TypeError(
+            f"{cls}: mask must be a boolean array, True where attention is allowed; got "
+            f"{found}. A float or int mask is ambiguous: an additive "
+            f"mask (0 = keep, -1e9 or -inf = drop, the PyTorch / Hugging Face habit) would be "
+            f"read inverted. Fix: mask=additive_mask == 0 for an additive mask, "
+            f"mask=mask.astype(bool) for a 0/1 mask (1 = keep)."
+        )
+    mask = jnp.asarray(mask)
+    *batch, heads, t, s = logits_shape
+    n = len(batch)
+    b = ", ".join(f"B{i}" for i in range(n)) if n > 1 else "B"
+    forms = f"(T, S) = {(t, s)} shared by every example and head"
+    if n:
+        forms += (
+            f", ({b}, T, S) = {(*batch, t, s)} per example, or ({b}, num_heads, T, S) = "
+            f"{(*batch, heads, t, s)} (axes of size 1 broadcast)"
+        )
+    else:
+        forms += f", or (num_heads, T, S) = {(heads, t, s)} (axes of size 1 broadcast)"
+    if mask.ndim == 2:  # (T, S): one mask for every example and head
+        full = mask.reshape((1,) * (n + 1) + mask.shape)
+    elif n and mask.ndim == n + 2:  # (*batch, T, S): per example, the same for every head
+        full = mask[..., None, :, :]
+    elif mask.ndim == n + 3:  # (*batch, num_heads, T, S)
+        full = mask
+    else:
+        if mask.ndim < 2:
+            fix = (
+                "mask[None, :] for one (S,) key mask shared by every query, example and head"
+                if mask.ndim == 1
+                else "a (T, S) mask, e.g. jnp.ones((T, S), bool)"
+            )
+        elif mask.ndim > n + 3:
+            fix = f"a mask of at most {n + 3} axes; drop the extra leading axes"
+        else:  # several batch axes, some missing: per example or per head is ambiguous
+            missing = ", ".join(["None"] * (n + 2 - mask.ndim))
+            fix = (
+                f"mask[{missing}] to share a (..., T, S) mask over the leading batch axes, "
+                f"or give every batch axis"
+            )
+        raise ValueError(
+            f"{cls}: mask of shape {mask.shape} does not fit the logits ({b + ', ' if n else ''}"
+            f"num_heads, T, S) = {logits_shape}; accepted: {forms}. Fix: {fix}."
+        )
+    names = [f"batch axis {i}" for i in range(n)] if n > 1 else ["batch"] * n
+    names += ["num_heads", "T (query length)", "S (key length)"]
+    for axis, (got, want) in enumerate(zip(full.shape, logits_shape)):
+        if got not in (1, want):
+            hint = ""
+            if mask.ndim == 2 and n == 1 and mask.shape[0] == batch[0]:
+                hint = " For a (B, S) key-padding mask: mask[:, None, None, :]."
+            read = f", read as {full.shape}," if full.shape != mask.shape else ""
+            raise ValueError(
+                f"{cls}: mask of shape {mask.shape}{read} has size {got} on "
+                f"the {names[axis]} axis where the logits have {want}; accepted: {forms}.{hint} "
+                f"Fix: a mask of size {want} or 1 on that axis."
+            )
+    return full

@@ -16,7 +16,7 @@ from pax._src.nn import _validate as v
 _AXIS_NAME_FIX = "axis_name='batch' (or a tuple of names, axis_name=('data', 'model'))"
 
 
-def _axis_names(cls: str, axis_name: Any) -> tuple[str, ...] | None:
+def axis_names(cls: str, axis_name: Any) -> tuple[str, ...] | None:
     """`axis_name` as a tuple of non-empty strings, or None."""
     if axis_name is None:
         return None
@@ -30,7 +30,8 @@ def _axis_names(cls: str, axis_name: Any) -> tuple[str, ...] | None:
     )
 
 
-def _is_batch_tracer(x: Any) -> bool:
+def is_batch_tracer(x: Any) -> bool:
+    """True when `x` is batched by an enclosing `jax.vmap` (looking through grad's tracers)."""
     # JAX has no public API telling whether a value is batched by an enclosing vmap; the tracer
     # type's name is the least fragile signal (a renamed type only loses the warning).
     for _ in range(4):  # look through grad's tracers (vmap of grad)
@@ -118,7 +119,7 @@ class Dropout(Module):
         self.broadcast_dims = v.int_tuple(
             cls, "broadcast_dims", broadcast_dims, scalar=False, example="(1,)"
         )
-        self.axis_name = _axis_names(cls, axis_name)
+        self.axis_name = axis_names(cls, axis_name)
         self.register_state("rng_key", resolve_rng_key(rng_key))
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -163,7 +164,7 @@ class Dropout(Module):
         where, axes = "", frozenset(_varying_axes(x) - _varying_axes(self.rng_key))
         if axes:
             where = f"inside jax.shard_map over {tuple(sorted(axes))}"
-        elif _is_batch_tracer(x) and not _is_batch_tracer(self.rng_key):
+        elif is_batch_tracer(x) and not is_batch_tracer(self.rng_key):
             where = "under jax.vmap with an unbatched rng_key (in_axes=None)"
         if where:
             name = sorted(axes)[0] if axes else "batch"

@@ -20,11 +20,39 @@ from pax._src.describe import describe
 from pax._src.nn.attention import MultiHeadAttention
 from pax._src.nn.linear import Linear
 from pax._src.nn.sequential import MLP
-from pax._src.sharding.rules import Rule, Rules, check_mesh, rule_keys, shardings
+from pax._src.sharding.rules import (
+    Rule,
+    Rules,
+    check_allow_unused,
+    check_mesh,
+    rule_keys,
+    shardings,
+)
 
 T = TypeVar("T")
 
 _ONE_INDEX = r"^(?:\[[^\]]*\])?"  # an optional first index: [0] in (model, opt)
+
+
+class OptionalRule(tuple[str | re.Pattern, PartitionSpec]):
+    """A ``(pattern, spec)`` rule (equal to that tuple) that may place no leaf without an error:
+    for rules written for several models (``allow_unused=True`` exempts all rules of a call).
+
+    Example:
+      >>> from jax.sharding import PartitionSpec as P
+      >>> from pax._src.sharding.presets import OptionalRule
+      >>> OptionalRule(r"\\.scale$", P("data")) == (r"\\.scale$", P("data"))
+      True
+    """
+
+    __slots__ = ()
+    allow_unused = True  # read by rules.compile_rules
+
+    def __new__(cls, pattern: str | re.Pattern, spec: PartitionSpec) -> OptionalRule:
+        return super().__new__(cls, (pattern, spec))
+
+    def __repr__(self) -> str:
+        return f"OptionalRule({self[0]!r}, {self[1]!r})"
 
 
 def _exact(keys: list[str]) -> str:
@@ -33,11 +61,15 @@ def _exact(keys: list[str]) -> str:
 
 
 def _grouped(pairs: list[tuple[str, PartitionSpec]]) -> list[Rule]:
-    """One exact-match rule per distinct spec (fewer, faster rules), then the catch-all."""
+    """One exact-match rule per distinct spec (fewer, faster rules), then the catch-all.
+
+    The rules are `OptionalRule`s: made for one tree, they are applied to others too (the
+    optimizer alone, a model without biases), where some legitimately place no leaf.
+    """
     groups: dict[PartitionSpec, list[str]] = {}
     for key, spec in pairs:
         groups.setdefault(spec, []).append(key)
-    rules: list[Rule] = [(_exact(keys), spec) for spec, keys in groups.items()]
+    rules: list[Rule] = [OptionalRule(_exact(keys), spec) for spec, keys in groups.items()]
     rules.append((r".*", PartitionSpec()))
     return rules
 
@@ -82,8 +114,19 @@ def data_parallel_rules() -> list[Rule]:
     return [(r".*", PartitionSpec())]
 
 
+def _check_axis_name(axis: Any, owner: str) -> str:
+    """Returns `axis`, or raises `TypeError` if it is not a non-empty string."""
+    if not isinstance(axis, str) or not axis:
+        raise TypeError(
+            f"pax.sharding.{owner}: axis must be the name of a mesh axis (a str), got "
+            f"{axis!r}. Fix: {owner}(..., axis='model'), a name of the mesh's axis_names."
+        )
+    return axis
+
+
 def _axis_size(mesh: Mesh, axis: str, owner: str) -> int:
     check_mesh(mesh, owner)
+    _check_axis_name(axis, owner)
     if axis not in mesh.shape:
         raise ValueError(
             f"pax.sharding.{owner}: the mesh has no axis {axis!r}; its axes are "
@@ -126,6 +169,7 @@ def fsdp_rules(tree: Any, mesh: Mesh, axis: str = "data") -> list[Rule]:
 
     Raises:
       ValueError: if the mesh has no axis `axis`, or it is an Explicit axis (see `make_mesh`).
+      TypeError: if `mesh` is not a Mesh or `axis` not a str.
 
     Example:
       >>> import jax, numpy as np, pax
@@ -195,6 +239,7 @@ def tensor_parallel_rules(model: Any, axis: str = "model") -> list[Rule]:
 
     Raises:
       ValueError: if `model` holds none of these layers, or a Linear's weight is not 2-D.
+      TypeError: if `axis` is not a str.
 
     Example:
       >>> import jax, numpy as np, pax
@@ -205,6 +250,7 @@ def tensor_parallel_rules(model: Any, axis: str = "model") -> list[Rule]:
       >>> s.layers[0].weight, s.layers[1].weight
       (P(None, 'model'), P('model',))
     """
+    _check_axis_name(axis, "tensor_parallel_rules")
     pairs = []
     layers = (MLP, MultiHeadAttention, Linear)
     found = jax.tree_util.tree_flatten_with_path(model, is_leaf=lambda x: isinstance(x, layers))
@@ -228,7 +274,9 @@ def tensor_parallel_rules(model: Any, axis: str = "model") -> list[Rule]:
     return _grouped(pairs)
 
 
-def init_sharded(make_model: Callable[..., T], mesh: Mesh, rules: Rules, *args: Any) -> T:
+def init_sharded(
+    make_model: Callable[..., T], mesh: Mesh, rules: Rules, *args: Any, allow_unused: bool = False
+) -> T:
     """Builds a model directly sharded: ``make_model(*args)`` runs under `jax.jit`, its
     outputs placed by the rules, so no device ever holds the whole model.
 
@@ -244,12 +292,14 @@ def init_sharded(make_model: Callable[..., T], mesh: Mesh, rules: Rules, *args: 
         model (`fsdp_rules`, `tensor_parallel_rules`) can be made from
         ``jax.eval_shape(make_model, *args)``.
       *args: arguments of `make_model` (arrays are traced, e.g. an RNG key).
+      allow_unused: accept rules that place no leaf (see `shardings`).
 
     Returns:
       What `make_model` returns, its arrays sharded as the rules say.
 
     Raises:
-      TypeError, ValueError: as `shardings`.
+      TypeError: if `make_model` is not callable; as `shardings`.
+      ValueError: as `shardings`.
 
     Example:
       >>> import jax, numpy as np, pax
@@ -260,10 +310,19 @@ def init_sharded(make_model: Callable[..., T], mesh: Mesh, rules: Rules, *args: 
       >>> mlp.layers[0].weight.sharding.spec
       P()
     """
+    if not callable(make_model):
+        raise TypeError(
+            f"pax.sharding.init_sharded: make_model must be a function returning the model, got "
+            f"{describe(make_model)}. Fix: pax.sharding.init_sharded(lambda key: "
+            f"pax.nn.Linear(2, 4, rng_key=key), mesh, rules, key)."
+        )
+    check_allow_unused("init_sharded", allow_unused)
+    check_mesh(mesh, "init_sharded")
 
     def build(*inner: Any) -> T:
         tree = make_model(*inner)
-        return jax.lax.with_sharding_constraint(tree, shardings(tree, mesh, rules))
+        placement = shardings(tree, mesh, rules, allow_unused=allow_unused)
+        return jax.lax.with_sharding_constraint(tree, placement)
 
     return jax.jit(build)(*args)
 
@@ -285,6 +344,7 @@ def shard_batch(batch: T, mesh: Mesh, axis: str = "data") -> T:
     Raises:
       ValueError: if the mesh has no axis `axis`, or an array is a scalar or its batch size is
         not divisible by the axis size.
+      TypeError: if `mesh` is not a Mesh or `axis` not a str.
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, pax

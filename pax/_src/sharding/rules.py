@@ -5,18 +5,18 @@ the tree (``".layers[0].weight"``; ``"[0].layers[0].weight"`` when the tree is a
 first rule whose pattern `re.search` finds in that string gives the leaf its
 `jax.sharding.PartitionSpec`.
 
-Optimizer state follows its parameters: a leaf inside a `pax.optim.KeyPathDict` (the per-parameter
-moments of a ``from_optax`` optimizer, e.g. ``.opt_state[0].mu['.layers[0].weight']``) is
-matched by its *key* in that dict, which is the parameter's key path in the model
-(``".layers[0].weight"``). So the rules written for a model shard the moments exactly as the
-parameters. A pattern anchored at the start (``^\\.layers``) matches the moments and the model
-when the model is the tree, not inside ``(model, opt)`` (``[0].layers...``); one anchored at the
-end (``\\.weight$``) matches everywhere. Every other leaf (a step count, an injected learning
-rate) is matched by its own key path, so a catch-all ``(r".*", P())`` replicates it.
+A leaf inside a `pax.optim.KeyPathDict` (the moments of a ``from_optax`` optimizer) is matched by
+its key there, the parameter's key path (``".layers[0].weight"``): moments are placed as their
+parameters. ``^\\.layers`` matches them and the model alone, not ``(model, opt)``
+(``[0].layers...``); ``\\.weight$`` matches everywhere. A catch-all replicates the rest.
+
+Every rule must place a leaf (a typo, ``\\.wieght$``, would leave its leaves to the catch-all),
+except a catch-all, a `presets.OptionalRule` (the presets' rules), any with ``allow_unused=True``.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -42,13 +42,17 @@ _SHOWN = 6  # patterns listed when no rule matches
 class CompiledRule:
     """One checked rule: its compiled pattern, its spec and how it is written in messages."""
 
-    __slots__ = ("pattern", "search", "spec", "text")
+    __slots__ = ("index", "optional", "pattern", "search", "spec", "text")
 
-    def __init__(self, pattern: re.Pattern, spec: PartitionSpec) -> None:
-        self.pattern = pattern
+    def __init__(self, pattern: re.Pattern, spec: PartitionSpec, index: int, optional: bool):
+        self.index, self.optional, self.pattern = index, optional, pattern
         self.search = pattern.search
         self.spec = spec
         self.text = f"({pattern.pattern!r}, {spec})"
+
+    def catch_all(self) -> bool:
+        """True for a pattern that matches every key path (``.*``, ``""``, ``^``)."""
+        return self.search("") is not None and self.search(".x[0]['y']") is not None
 
 
 def _bad_form(owner: str, what: str) -> TypeError:
@@ -143,7 +147,8 @@ def compile_rules(rules: Rules, mesh: Mesh, owner: str) -> list[CompiledRule]:
                 f"axis more than once; a leaf can be split over each axis in one dimension "
                 f"only. Fix: name each axis once, e.g. P('data', 'model')."
             )
-        compiled.append(CompiledRule(pattern, spec))
+        optional = getattr(rule, "allow_unused", False) is True  # presets.OptionalRule
+        compiled.append(CompiledRule(pattern, spec, index, optional))
     return compiled
 
 
@@ -181,10 +186,10 @@ def _where(key: str, full: str) -> str:
     return f"the leaf {full} (matched by its parameter's key path {key!r})"
 
 
-def spec_for(
+def rule_for(
     key: str, full: str, leaf: Any, rules: list[CompiledRule], mesh: Mesh, owner: str
-) -> PartitionSpec:
-    """The spec of the first rule matching `key`, checked against the leaf's shape.
+) -> CompiledRule:
+    """The first rule matching `key`, its spec checked against the leaf's shape.
 
     Raises:
       ValueError: if no rule matches, the spec has more entries than the leaf has dimensions,
@@ -223,10 +228,10 @@ def spec_for(
                 f"axis {axis!r} of size {size}, which does not divide it. Fix: a dimension "
                 f"divisible by {size}, another dimension to split, or P() to replicate it."
             )
-    return rule.spec
+    return rule
 
 
-def shardings(tree: T, mesh: Mesh, rules: Rules) -> T:
+def shardings(tree: T, mesh: Mesh, rules: Rules, *, allow_unused: bool = False) -> T:
     """Returns the `NamedSharding` the rules give each leaf of `tree`, in the tree's structure.
 
     `tree` is any pytree: a model, a `pax.optim.from_optax` optimizer, a tuple of both, or their
@@ -236,29 +241,27 @@ def shardings(tree: T, mesh: Mesh, rules: Rules) -> T:
     the moments of a parameter are placed like the parameter. The first pattern that
     `re.search` finds wins. Rank-0 leaves (a step count) need a rule too: end with the
     catch-all ``(r".*", P())``. Integer leaves and RNG keys are placed like any other leaf (a
-    ``uint32[2]`` key cannot be split over 8 devices: give it P()).
-
-    Specs are written as a compiled step writes its outputs' (`canonical`: ``P("model", None)``
-    reads ``P("model",)``), so a jitted step given these shardings returns the very same ones
-    and does not compile again on its next call. The result can be given to ``jax.device_put``
-    or to ``jax.jit(..., in_shardings=..., out_shardings=...)``;
-    ``pax.sharding.shard(tree, mesh, rules)`` is
-    ``jax.device_put(tree, shardings(tree, mesh, rules))``.
+    ``uint32[2]`` key cannot be split over 8 devices: give it P()). Specs are `canonical`, as a
+    compiled step writes its outputs', so a jitted step given these shardings (``jax.jit(...,
+    in_shardings=..., out_shardings=...)``) does not compile again on its next call.
 
     Args:
       tree: the pytree to place.
       mesh: a `jax.sharding.Mesh` whose axis names the specs use.
       rules: a sequence of ``(pattern, PartitionSpec)``; a pattern is a regular expression
         (str or compiled).
+      allow_unused: accept rules that place no leaf of `tree` (by default they raise: a typo
+        such as ``\\.wieght$``; a catch-all and a `presets.OptionalRule` are always accepted).
 
     Returns:
       A tree of the structure of `tree` with a `jax.sharding.NamedSharding` at each leaf.
 
     Raises:
       TypeError: if `mesh` is not a Mesh or `rules` is not a sequence of (pattern, spec) pairs.
-      ValueError: if a leaf matches no rule, a spec has more entries than its leaf has
-        dimensions, a dimension is not divisible by the devices it is split over, or a spec
-        names an axis the mesh does not have; the message names the key path.
+      ValueError: if a leaf matches no rule, a rule places no leaf (unless `allow_unused`), a
+        spec has more entries than its leaf has dimensions, a dimension is not divisible by
+        the devices it is split over, or a spec names an axis the mesh does not have; the
+        message names the key path or the rule.
 
     Example:
       >>> import jax, numpy as np, pax
@@ -269,10 +272,12 @@ def shardings(tree: T, mesh: Mesh, rules: Rules) -> T:
       >>> s.weight.spec, s.bias.spec
       (P(None, 'model'), P())
     """
-    return _map_specs(tree, mesh, rules, "shardings", lambda spec: NamedSharding(mesh, spec))
+    return _map_specs(
+        tree, mesh, rules, "shardings", lambda spec: NamedSharding(mesh, spec), allow_unused
+    )
 
 
-def specs(tree: T, mesh: Mesh, rules: Rules) -> T:
+def specs(tree: T, mesh: Mesh, rules: Rules, *, allow_unused: bool = False) -> T:
     """Like `shardings`, with the `PartitionSpec` (not the `NamedSharding`) at each leaf.
 
     Example:
@@ -282,7 +287,7 @@ def specs(tree: T, mesh: Mesh, rules: Rules) -> T:
       >>> pax.sharding.specs(pax.nn.Linear(2, 4), mesh, [(r".*", P())]).weight
       P()
     """
-    return _map_specs(tree, mesh, rules, "specs", lambda spec: spec)
+    return _map_specs(tree, mesh, rules, "specs", lambda spec: spec, allow_unused)
 
 
 def canonical(spec: PartitionSpec) -> PartitionSpec:
@@ -302,27 +307,79 @@ def canonical(spec: PartitionSpec) -> PartitionSpec:
     return PartitionSpec(*entries)
 
 
-def _map_specs(tree: T, mesh: Mesh, rules: Rules, owner: str, make: Callable[[Any], Any]) -> T:
+def check_allow_unused(owner: str, allow_unused: Any) -> bool:
+    """Returns `allow_unused`, or raises `TypeError` if it is not a bool."""
+    if isinstance(allow_unused, bool):
+        return allow_unused
+    raise TypeError(
+        f"pax.sharding.{owner}: allow_unused must be True or False, got {allow_unused!r}. Fix: "
+        f"allow_unused=True to accept rules that place no leaf of this tree."
+    )
+
+
+def _closest(pattern: str, keys: list[str]) -> list[tuple[str, str]]:
+    """``(key path, its tail most like `pattern` as text)``, best first (difflib ratios)."""
+    text = re.sub(r"\\(.)", r"\1", pattern).strip("^$")
+    scored = []
+    for key in keys:
+        tails = [key] + [key[i:] for i, ch in enumerate(key) if ch in ".[" and i]
+        ratios = [difflib.SequenceMatcher(None, text, tail).ratio() for tail in tails]
+        best = max(range(len(tails)), key=lambda i: (ratios[i], -len(tails[i])))
+        scored.append((ratios[best], key, tails[best]))
+    scored.sort(key=lambda item: -item[0])
+    return [(key, tail) for ratio, key, tail in scored[:3] if ratio >= 0.5]
+
+
+def check_unused(keys: list[str], rules: list[CompiledRule], used: set[int], owner: str) -> None:
+    """Raises `ValueError` for the first rule that placed no leaf (see the module docstring)."""
+    unused = [r for r in rules if r.index not in used and not r.optional and not r.catch_all()]
+    if not keys or not unused:
+        return
+    rule, more = unused[0], ", ".join(r.text for r in unused[1:_SHOWN])
+    head = f"pax.sharding.{owner}: rule {rule.index} {rule.text}"
+    others = f" (so do {more})" if more else ""
+    matched = [k for k in keys if rule.search(k) is not None]
+    if matched:  # shadowed: every leaf it matches goes to an earlier rule
+        win = next(r for r in rules if r.search(matched[0]) is not None)  # at worst `rule`
+        raise ValueError(
+            f"{head} places no leaf{others}: it matches {matched[0]!r}, but rule {win.index} "
+            f"{win.text} comes first, and the first matching rule wins. Fix: put rule "
+            f"{rule.index} before rule {win.index}, or delete it."
+        )
+    close = _closest(rule.pattern.pattern, sorted(set(keys)))
+    near = f"; the closest key paths are {', '.join(repr(k) for k, _ in close)}" if close else ""
+    fix = f"the pattern, e.g. r'{re.escape(close[0][1])}$', " if close else "the pattern, "
+    raise ValueError(
+        f"{head} matches no leaf of the tree ({len(keys)} leaves){others}, so the leaves it was "
+        f"meant for fall to the later rules{near}. Fix: correct {fix}or, for rules meant for "
+        f"other models too, pax.sharding.{owner}(tree, mesh, rules, allow_unused=True)."
+    )
+
+
+def _map_specs(
+    tree: T, mesh: Mesh, rules: Rules, owner: str, make: Callable[[Any], Any], allow_unused: bool
+) -> T:
+    allow_unused = check_allow_unused(owner, allow_unused)
     compiled = compile_rules(rules, mesh, owner)
-    out = [make(canonical(spec_for(k, f, x, compiled, mesh, owner))) for k, f, x in rule_keys(tree)]
+    placed = [(k, rule_for(k, f, x, compiled, mesh, owner)) for k, f, x in rule_keys(tree)]
+    if not allow_unused:
+        check_unused([k for k, _ in placed], compiled, {r.index for _, r in placed}, owner)
+    out = [make(canonical(rule.spec)) for _, rule in placed]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), out)
 
 
-def shard(tree: T, mesh: Mesh, rules: Rules) -> T:
-    """Returns `tree` with each array placed on `mesh` as the rules say (``jax.device_put``).
-
-    The same rules shard a model and its ``from_optax`` optimizer: moments are matched by
-    their parameter's key path (see `shardings`). A jitted step (``pax.utils.build_update_fn``)
-    keeps the placement: its outputs have the shardings of its inputs.
+def shard(tree: T, mesh: Mesh, rules: Rules, *, allow_unused: bool = False) -> T:
+    """Returns `tree` with each array placed on `mesh` as the rules say (``jax.device_put`` of
+    `shardings`; an optimizer's moments follow their parameters, a jitted step keeps them).
 
     Args:
       tree: a model, an optimizer, a tuple of both, or any pytree of arrays.
       mesh: a `jax.sharding.Mesh`.
       rules: a sequence of ``(pattern, PartitionSpec)``, the first match wins.
+      allow_unused: accept rules that place no leaf (see `shardings`).
 
     Returns:
-      A tree of the same structure, its arrays `jax.device_put` to
-      ``NamedSharding(mesh, spec)``.
+      `tree`, its arrays `jax.device_put` to ``NamedSharding(mesh, spec)``.
 
     Raises:
       TypeError, ValueError: as `shardings`.
@@ -338,4 +395,4 @@ def shard(tree: T, mesh: Mesh, rules: Rules) -> T:
       >>> net.layers[0].weight.sharding.spec
       P('data',)
     """
-    return jax.device_put(tree, shardings(tree, mesh, rules))
+    return jax.device_put(tree, shardings(tree, mesh, rules, allow_unused=allow_unused))
