@@ -82,8 +82,8 @@ def test_shared_array_is_reported():
 
 def test_arrays_shared_between_top_level_items_are_values_unless_donated():
     online = pax.nn.Linear(2, 2)
-    target = online.copy()
-    pax.check((online, target))  # a copy shares immutable arrays: accepted
+    target = jax.tree_util.tree_map(lambda x: x, online)  # shares the immutable arrays
+    pax.check((online, target))  # accepted: values, not a tie
     pax.check({"online": online, "target": target})
     with pytest.raises(
         pax.SharedObjectError,
@@ -107,7 +107,7 @@ def test_sharing_across_the_items_of_a_tuple():
         "pax.utils.build_update_fn: 1 object is reachable twice in one tree:\n"
         "  tree[1]['ema'] is the same Linear module as tree[0]"
     )
-    copy = model.copy()  # a new module that shares the (immutable) arrays
+    copy = jax.tree_util.tree_map(lambda x: x, model)  # a new module sharing the arrays
     assert pax.find_shared((model, copy)) == [
         ("[0].weight", "[1].weight"),
         ("[0].bias", "[1].bias"),
@@ -131,5 +131,61 @@ def test_a_module_reachable_from_itself_does_not_recurse_forever():
 
     a, b = Node(), Node()
     a.child = b
-    b.parent = a  # a back-reference: a cycle JAX cannot flatten; the guard must still answer
-    assert pax.find_shared(a) == [("", ".child.parent")]
+    with pytest.raises(ValueError, match=r"Node\.parent: this value contains the Node module"):
+        b.parent = a  # a back-reference: a cycle JAX cannot flatten, refused at assignment
+    b.others = [Node()]
+    b.others.append(a)  # in place, past the assignment check: the guard must still answer
+    assert pax.find_shared(a) == [("", ".child.others[1]")]
+
+
+class TargetNetwork(pax.Module):
+    """DQN / BYOL / EMA-teacher layout: an online network and a copy of it."""
+
+    def __init__(self):
+        super().__init__()
+        self.online = pax.nn.Linear(3, 2)
+        self.target = self.online.copy()
+
+    def __call__(self, x):
+        return self.online(x) + jax.lax.stop_gradient(self.target(x))
+
+
+def test_a_target_network_made_with_copy_is_not_tying():
+    model = TargetNetwork()
+    assert pax.find_shared(model) == []
+    pax.check(model)
+    np.testing.assert_array_equal(model.target.weight, model.online.weight)
+    opt = pax.optim.sgd(model.parameters(), 0.1)
+
+    def loss_fn(params, model, x):
+        model = model.update(params)
+        loss = jnp.mean(model(x) ** 2)
+        return loss, (loss, model)
+
+    x = jnp.ones((2, 3))
+    for donate in (False, True):
+        _, model, opt = pax.utils.build_update_fn(loss_fn, donate=donate)(model, opt, x)
+    assert not np.allclose(model.target.weight, model.online.weight)  # only online trained
+
+
+def test_copy_survives_donating_the_original():
+    net = pax.nn.Linear(3, 2)
+    target = net.copy()
+    opt = pax.optim.sgd(net.parameters(), 0.1)
+
+    def loss_fn(params, model, x):
+        model = model.update(params)
+        loss = jnp.mean(model(x) ** 2)
+        return loss, (loss, model)
+
+    pax.utils.build_update_fn(loss_fn, donate=True)(net, opt, jnp.ones((2, 3)))
+    assert target(jnp.ones((1, 3))).shape == (1, 2)  # its buffers were not donated
+
+
+def test_tied_arrays_and_modules_are_still_reported_next_to_a_copy():
+    model = TargetNetwork()
+    model.tied = model.online  # a module reachable twice
+    with pytest.raises(pax.SharedObjectError, match=r"TargetNetwork\.tied is the same Linear"):
+        pax.check(model)
+    with pytest.raises(pax.SharedObjectError, match=r"\.cache\['w'\] is the same f32\[2\] array"):
+        pax.check(TwoWeights(jnp.ones(2)).copy())  # a copy keeps a tie inside the model

@@ -57,4 +57,22 @@ def _load_trace_state_clean() -> Callable[[], bool]:
 trace_state_clean: Callable[[], bool] = _load_trace_state_clean()
 """True when no JAX transformation (jit, grad, vmap, scan, ...) is being traced."""
 
-__all__ = ["SUPPORTED", "Tracer", "trace_state_clean"]
+
+def _load_current_trace() -> Callable[[], object]:
+    try:
+        from jax.extend.core import get_opaque_trace_state
+    except ImportError:  # pragma: no cover - older JAX
+        try:
+            from jax._src.core import get_opaque_trace_state
+        except ImportError:
+            return lambda: None
+    return get_opaque_trace_state
+
+
+current_trace: Callable[[], object] = _load_current_trace()
+"""An opaque token of the innermost transformation being traced; tokens of the same trace
+compare equal (`jax.extend.core.get_opaque_trace_state`, as Flax NNX uses it). Outside any
+transformation it stands for the evaluation context. A JAX without it gives None (then every
+module counts as made outside the transformation: detection as strict as before)."""
+
+__all__ = ["SUPPORTED", "Tracer", "current_trace", "trace_state_clean"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pax._src.core import pytree, registry, tracing
-from pax._src.core._jax_compat import Tracer, trace_state_clean
+from pax._src.core._jax_compat import Tracer, current_trace, trace_state_clean
 from pax._src.core.registry import Kind, Layout, Registered
 from pax._src.core.validate import (
     check_leaf,
@@ -33,6 +33,8 @@ def init_registry(module: Any) -> Layout:
         layout = registry.EMPTY.with_static("training")
         registry.set_layout(d, layout)
         d.setdefault("training", True)
+        if not trace_state_clean():  # invariant: made inside a transformation, never "lost"
+            registry.mark_born(d, current_trace())
     return layout
 
 
@@ -56,17 +58,19 @@ class AssignmentRules(Registered):
             check_leaf(self, name, kind, value, allow_none=True)
             if kind is Kind.STATE:
                 value = check_state_dtype(self, name, d.get(name), value)
+            old = d.get(name)
             d[name] = value
             d.pop(_FLAT_KEY, None)
-            if isinstance(value, Tracer):
-                tracing.mark(self, name)
+            if isinstance(value, Tracer) and value is not old:
+                tracing.mark(self, name, old, value)  # invariant: a traced change is tracked
         else:
             if value is not None:
                 check_subtree(self, name, kind, value)
+            old = d.get(name)
             d[name] = value
             d.pop(_FLAT_KEY, None)
             if not trace_state_clean():
-                tracing.mark(self, name)
+                tracing.mark(self, name, old, value)  # invariant: a traced change is tracked
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: for the flatten cache, build it (pytree.py).
@@ -104,9 +108,10 @@ def _assign_unregistered(
         check_not_shadowing(self, name, descriptor)
     new_layout = layout_after_assignment(self, name, value, layout, kind)
     d = self.__dict__
+    old = d.get(name)
     d[name] = value
     d.pop(_FLAT_KEY, None)
     if kind is not None and not trace_state_clean():
-        tracing.mark(self, name)
+        tracing.mark(self, name, old, value)  # invariant: a traced change is tracked
     if new_layout is not layout or name in new_layout.static:
         registry.set_layout(d, new_layout)

@@ -63,10 +63,9 @@ def iter_modules(module: Any, path: str = "", depth: int = 0) -> Iterator[tuple[
       >>> [p for p, _, _ in iter_modules(pax.nn.Sequential(pax.nn.Linear(1, 1)))]
       ['', '.modules[0]']
     """
-    pytree.ensure_promoted(module)
     yield path, depth, module
     d = module.__dict__
-    layout = registry.layout_in(d)
+    layout = pytree.read_layout(module)
     for name, kind in zip(layout.children, layout.kinds):
         if kind is Kind.MODULE and d[name] is not None:
             yield from iter_modules(d[name], f"{path}.{name}", depth + 1)
@@ -87,7 +86,7 @@ def own_leaves(module: Any) -> list[tuple[str, Kind, Any]]:
       [('.weight', 'parameter', 'f32[2,3]'), ('.bias', 'parameter', 'f32[3]')]
     """
     d = module.__dict__
-    layout = registry.layout_in(d)
+    layout = pytree.read_layout(module)
     out = []
     for name, kind in zip(layout.children, layout.kinds):
         if kind in registry.MODULE_KINDS:

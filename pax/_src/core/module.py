@@ -8,13 +8,17 @@ and the functional views. The registry itself lives in `registry.py`, flatten/un
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from pax._src.core import lazy, precision, pytree, registry, select, transform
+from pax._src.core._jax_compat import Tracer
 from pax._src.core.assignment import AssignmentRules, init_registry
-from pax._src.core.registry import Kind, Registered
+from pax._src.core.registry import Kind
 from pax._src.core.summary import module_repr, summary, treescope_repr
 from pax._src.core.tracing import is_wrapped, wrap_call
 from pax._src.core.validate import as_jax, kind_after_registration, module_name
@@ -32,6 +36,17 @@ T = TypeVar("T", bound="Module")
 _LAYOUT_KEY = registry.LAYOUT_KEY
 
 __all__ = ["Module"]
+
+
+def _fresh_buffer(leaf: Any) -> Any:
+    """A copy of a concrete array (own buffer, same sharding); anything else as it is."""
+    if isinstance(leaf, Tracer):
+        return leaf
+    if isinstance(leaf, jax.Array):
+        return jnp.copy(leaf)
+    if isinstance(leaf, np.ndarray):
+        return leaf.copy()
+    return leaf
 
 
 # --- the Module class --------------------------------------------------------------------------
@@ -93,8 +108,7 @@ class Module(AssignmentRules):
           >>> pax.nn.Linear(2, 3).registry["weight"]
           <Kind.PARAMETER: 'parameter'>
         """
-        pytree.ensure_promoted(self)  # a static list filled with modules after assignment
-        return Registered.registry.fget(self)  # type: ignore[attr-defined]
+        return MappingProxyType(pytree.read_layout(self).kind_of)  # a pure read
 
     # --- registration ------------------------------------------------------------------------
 
@@ -317,15 +331,30 @@ class Module(AssignmentRules):
         return rebuild(self, set_training(False))
 
     def copy(self: T) -> T:
-        """Returns a copy of the module tree (submodules and containers copied, arrays shared).
+        """Returns an independent copy: submodules, containers and arrays copied.
+
+        The arrays get buffers of their own (sharding kept), so a copy is a separate network
+        (a target network, an EMA teacher): `pax.check` does not report it as tied weights,
+        and donating the original's buffers to a step leaves the copy intact. Inside a
+        transformation, traced values are values and are kept as they are.
 
         Example:
           >>> import pax
           >>> net = pax.nn.Linear(2, 3)
-          >>> net.copy() is net, net.copy().weight is net.weight
-          (False, True)
+          >>> target = net.copy()
+          >>> target is net, target.weight is net.weight, bool((target.weight == net.weight).all())
+          (False, False, True)
         """
-        return jax.tree_util.tree_map(lambda x: x, self)
+        copies: dict[int, Any] = {}  # one array reachable twice stays one array (a tie the
+        # original has is kept, so `pax.check` still reports it on the copy)
+
+        def fresh(leaf: Any) -> Any:
+            new = copies.get(id(leaf))
+            if new is None:
+                new = copies[id(leaf)] = _fresh_buffer(leaf)
+            return new
+
+        return jax.tree_util.tree_map(fresh, self)
 
     apply = transform.apply  # post-order map over the submodules (docs in transform.py)
     astype = transform.astype  # casts the floating-point leaves only (docs in transform.py)
@@ -340,10 +369,9 @@ class Module(AssignmentRules):
           >>> len(pax.nn.MLP([2, 4, 1]).submodules())
           2
         """
-        pytree.ensure_promoted(self)
         d = self.__dict__
         out: list[Module] = []
-        for name, _ in registry.layout_in(d).module_children:
+        for name, _ in pytree.read_layout(self).module_children:
             out.extend(jax.tree_util.tree_leaves(d[name], is_leaf=registry.is_module))
         return out
 

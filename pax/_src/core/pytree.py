@@ -106,22 +106,11 @@ def build_aux(module: Any) -> Aux:
 
     The aux is ``(layout, static values)``; unhashable static values (lists, dicts) enter it
     as content snapshots and make it uncacheable, so each flatten compares their content.
+    The layout is `read_layout`'s: nothing but the caches is written.
     """
     d = module.__dict__
-    layout = registry.layout_in(d)
-    statics = []
-    cacheable = True
-    for name in layout.static:
-        value = d[name]
-        try:
-            hash(value)
-        except TypeError:
-            cacheable = False
-            value = _snapshot(module, name, value)
-            if value is None:  # promoted: the layout changed
-                return build_aux(module)
-        statics.append(value)
-    aux = Aux((layout, tuple(statics)))
+    layout, statics, cacheable = _read(module)
+    aux = Aux((layout, statics))
     cache = cacheable and not registry.is_traced(d)
     template = {name: d[name] for name in layout.static}
     # A reference cycle made once per aux (not per call): unflattened modules reuse the aux.
@@ -134,30 +123,50 @@ def build_aux(module: Any) -> Aux:
     return aux
 
 
-def ensure_promoted(module: Any) -> None:
-    """Promotes the static containers of `module` that came to hold modules (see `_snapshot`).
+def read_layout(module: Any) -> registry.Layout:
+    """The layout flatten uses for `module`: every reader of the registry (the views,
+    `submodules`, `summary`, `registry`, the guards) calls this, so all see one classification.
 
-    Every reader of the registry (the views, `submodules`, `summary`, `registry`) calls it
-    first, so it sees the classification flatten would use. A module with a cached aux has only
-    hashable static values and pays one dict lookup.
+    A pure read: it is the stored layout, except that a static list or dict that came to hold
+    modules after it was assigned (``self.layers = []`` then ``.append(...)``) reads as a
+    module subtree. Nothing is written to the module. A module whose aux is cached pays one
+    dict lookup.
     """
+    aux = module.__dict__.get(registry.AUX_KEY)
+    if aux is not None:
+        return aux[0]
+    return _read(module)[0]
+
+
+def _read(module: Any) -> tuple[registry.Layout, tuple, bool]:
+    """``(layout, static values, all hashable)``: the stored layout with the static
+    containers that hold modules read as module subtrees, and the static values (snapshots of
+    the unhashable ones)."""
     d = module.__dict__
-    if registry.cached_aux(d) is not None:
-        return
-    for name in registry.layout_in(d).static:
+    layout = registry.layout_in(d)
+    statics: list = []
+    cacheable = True
+    i = 0
+    while i < len(layout.static):
+        name = layout.static[i]
         value = d[name]
+        i += 1
         try:
             hash(value)
         except TypeError:
-            _snapshot(module, name, value)
+            cacheable = False
+            value = _snapshot(module, name, value)
+            if value is None:  # it holds modules: a child (read so, not written)
+                layout = layout.with_child(name, Kind.MODULE_SUBTREE)
+                i -= 1  # `name` left the static names: the next one moved into its place
+                continue
+        statics.append(value)
+    return layout, tuple(statics), cacheable
 
 
 def _snapshot(module: Any, name: str, value: Any) -> FrozenStatic | None:
-    """The snapshot of the unhashable static `value`, or None once it has been promoted.
-
-    The one place that decides: a static container (e.g. `self.layers = []` then
-    `.append(...)`) that now holds modules becomes a module subtree; one holding arrays raises.
-    """
+    """The snapshot of the unhashable static `value`, or None if it holds modules (then it is
+    read as a module subtree; checked as one, cycles included). One holding arrays raises."""
     frozen = freeze_static(value)
     if not (frozen.modules or frozen.arrays):
         return frozen
@@ -171,6 +180,4 @@ def _snapshot(module: Any, name: str, value: Any) -> FrozenStatic | None:
             f"self.register_state_subtree({name!r}, value)."
         )
     check_module_subtree(module, name, value)
-    d = module.__dict__
-    registry.set_layout(d, registry.layout_in(d).with_child(name, Kind.MODULE_SUBTREE))
     return None

@@ -6,7 +6,8 @@ This file owns every private key a module keeps in its ``__dict__``:
 - the cached aux data (``_pax_aux``), valid as long as the layout and static values are;
 - the flatten cache (``_pax_flat``): the ``(children, aux)`` pair flatten returns, valid as
   long as the aux is and no child was reassigned;
-- the tracer mark (``_pax_tracers``), set when a traced value is assigned.
+- the tracer mark (``_pax_tracers``), set when a traced value is assigned;
+- the birth trace (``_pax_born``), kept only by modules constructed inside a transformation.
 
 No other file spells these keys: they call the helpers below. Replacing a layout with
 `set_layout` always drops the cached aux and the flatten cache, so they can never disagree.
@@ -17,8 +18,7 @@ from __future__ import annotations
 import enum
 import operator
 import threading
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
+from collections.abc import Callable
 from typing import Any
 
 from jax.tree_util import GetAttrKey
@@ -30,6 +30,7 @@ LAYOUT_KEY = "_pax_layout"
 AUX_KEY = "_pax_aux"
 TRACERS_KEY = "_pax_tracers"
 FLAT_KEY = "_pax_flat"
+BORN_KEY = "_pax_born"
 _LAYOUT, _AUX, _TRACERS, _FLAT = LAYOUT_KEY, AUX_KEY, TRACERS_KEY, FLAT_KEY
 
 
@@ -260,24 +261,10 @@ class Registered:
     """What every `pax.Module` is: an object whose pytree children its `Layout` decides.
 
     It holds no state of its own; it lets the core recognize modules (`is_module`) without
-    importing the `Module` class, and exposes the registry read-only.
+    importing the `Module` class.
     """
 
     __slots__ = ()
-
-    @property
-    def registry(self) -> Mapping[str, Kind]:
-        """The registered children of this module, ``{name: Kind}`` in flatten order (read-only).
-
-        Example:
-          >>> import pax
-          >>> net = pax.nn.Linear(2, 3)
-          >>> net.registry["weight"]
-          <Kind.PARAMETER: 'parameter'>
-          >>> net.freeze().registry["weight"]
-          <Kind.FROZEN_PARAMETER: 'frozen parameter'>
-        """
-        return MappingProxyType(layout_in(self.__dict__).kind_of)
 
 
 def is_module(x: Any) -> bool:
@@ -353,8 +340,21 @@ def template_entries(layout: Layout, aux: Any | None) -> dict[str, Any]:
 
 
 def without_cache(d: dict) -> dict:
-    """A copy of `d` without the cached aux (for pickling: the aux holds compiled code)."""
-    return {k: v for k, v in d.items() if k != _AUX and k != _FLAT}
+    """A copy of `d` without the cached aux (for pickling: the aux holds compiled code) and
+    without the birth trace (a weak reference to a trace long gone)."""
+    return {k: v for k, v in d.items() if k != _AUX and k != _FLAT and k != BORN_KEY}
+
+
+def mark_born(d: dict, trace: object) -> None:
+    """Records that the module was constructed while `trace` (`_jax_compat.current_trace`) was
+    being traced. Views copy it (a view of a module made inside a transformation was made
+    there too); unflatten does not (a module passed into a transformation existed outside)."""
+    d[BORN_KEY] = trace
+
+
+def born_in(d: dict) -> object:
+    """The trace the module was constructed in (see `mark_born`), or None."""
+    return d.get(BORN_KEY)
 
 
 def mark_traced(d: dict) -> None:

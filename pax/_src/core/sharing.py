@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from pax._src.core import registry
+from pax._src.core import pytree
 from pax._src.core.registry import Kind, is_module
 from pax._src.describe import describe
 from pax._src.errors import SharedObjectError
@@ -25,7 +25,8 @@ _SHARING_FIX = (
     "Fix: keep one reference and use it twice, e.g. self.block = Block(...) then "
     "y = self.block(self.block(x)); to tie one weight (e.g. input and output embeddings), "
     "register it once and read it from both places, e.g. logits = x @ self.embed.weight.T; "
-    "to keep two independent modules, build two of them (or module.copy() plus fresh arrays)."
+    "to keep two independent modules (a target network), use module.copy(): it copies the "
+    "arrays too."
 )
 
 
@@ -134,7 +135,7 @@ def modules_are_distinct(*roots: Any) -> bool:
             return False
         seen.add(id(module))
         d = module.__dict__
-        for name, kind in registry.layout_in(d).module_children:
+        for name, kind in pytree.read_layout(module).module_children:
             value = d[name]
             if kind is Kind.MODULE:
                 if value is not None:
@@ -215,10 +216,11 @@ def check(tree: Any, *, donate: bool = False) -> None:
     Modules reachable twice are always reported: their updates silently stop being shared. An
     array reachable twice is reported when both places are inside one model (the root module,
     or one top-level item when ``tree`` is a tuple, list or dict): that is an attempt to tie
-    weights, which silently unties after the first step. The same array in two top-level items,
-    e.g. ``pax.check((online, online.copy()))`` or an optimizer that keeps the initial
-    parameters (``optax.contrib.prodigy``), is a shared immutable value and is accepted, unless
-    `donate` is set: a buffer donated twice fails. `find_shared` lists every shared object.
+    weights, which silently unties after the first step. ``module.copy()`` copies the arrays, so
+    a target network made with it is never reported. The same array in two top-level items,
+    e.g. an optimizer that keeps the initial parameters (``optax.contrib.prodigy``), is a
+    shared immutable value and is accepted, unless `donate` is set: a buffer donated twice
+    fails. `find_shared` lists every shared object.
 
     Args:
       tree: a module, optimizer, or any pytree of them.

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from pax._src.core import registry
+from pax._src.core import pytree, registry
 from pax._src.core.registry import is_module
 from pax._src.describe import describe
 from pax._src.errors import StructureChangedError
@@ -127,7 +127,7 @@ def _module_difference(
     na, nb = names
     cls = type(a).__name__
     da, db = a.__dict__, b.__dict__
-    la, lb = registry.layout_in(da), registry.layout_in(db)
+    la, lb = pytree.read_layout(a), pytree.read_layout(b)
     if la is not lb:
         for name in dict.fromkeys(la.children + lb.children + la.static + lb.static):
             ka, kb = _kind_name(la, name), _kind_name(lb, name)

@@ -89,9 +89,8 @@ def module_repr(module: Any, indent: int = 0) -> str:
       >>> text.splitlines()[-3:], len(text) < 1000
       (['    ... and 192 more,', '  ],', ')'], True)
     """
-    pytree.ensure_promoted(module)
     d = module.__dict__
-    layout = registry.layout_in(d)
+    layout = pytree.read_layout(module)
     parts = []
     names = [n for n in layout.static if not (n == "training" and d[n] is True)]
     children = list(zip(layout.children, layout.kinds))
@@ -206,9 +205,8 @@ def treescope_repr(module: Any, path: str | None, subtree_renderer: Any) -> Any:
     """
     from treescope import repr_lib  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
-    pytree.ensure_promoted(module)
     d = module.__dict__
-    layout = registry.layout_in(d)
+    layout = pytree.read_layout(module)
     attributes = {n: d[n] for n in layout.static if not (n == "training" and d[n] is True)}
     attributes.update((name, d[name]) for name in layout.children)
     return repr_lib.render_object_constructor(

@@ -27,7 +27,7 @@ from typing import Any
 import jax
 
 from pax._src.core import recording, registry
-from pax._src.core._jax_compat import Tracer, trace_state_clean
+from pax._src.core._jax_compat import Tracer, current_trace, trace_state_clean
 
 LEAK_FIX = (
     "A module changed inside a transformed function must be returned by it; the object you "
@@ -49,23 +49,48 @@ _NOT_RETURNED = (
 )
 
 # Modules changed inside a transformation and not flattened there yet: a weak reference to
-# each, and ``Class.attribute`` of the first change. A module that dies while pending was
-# never returned (its change is lost for sure); one still alive is the user's own object (it
-# was closed over), and is a loss only if it still holds tracers.
-PENDING: list[tuple[weakref.ref, str]] = []
+# each, ``Class.attribute`` of the first change, and the thread that traced it (only that
+# thread's next pax call checks it: another thread's trace may be in progress). A module that
+# dies while pending was never returned (its change is lost for sure); one still alive is the
+# user's own object (it was closed over), and is a loss only if it still holds tracers.
+PENDING: list[tuple[weakref.ref, str, int]] = []
 _LOCK = threading.Lock()
 _LOCAL = threading.local()
 
 
-def mark(module: Any, name: str) -> None:
-    """Records that `module.name` was given a traced value (see the module docstring)."""
+def mark(module: Any, name: str, old: Any, new: Any) -> None:
+    """Records that `module.name` was changed from `old` to `new` inside a transformation.
+
+    Exact: nothing is recorded when `new` holds the same leaves (by identity) in the same
+    structure as `old` (a stateless module writing back its empty state, eval-mode layers).
+    A module constructed inside the transformation being traced is marked (a tracer leaking
+    out of it is still caught) but never pending: nothing outside it can have lost the change.
+    """
+    if _same_value(old, new):
+        return
     d = module.__dict__
     registry.mark_traced(d)
     if getattr(_LOCAL, "discarding", False):
         return
+    born = registry.born_in(d)
+    if born is not None and born == current_trace():
+        return
     with _LOCK:
-        if not any(ref() is module for ref, _ in PENDING):
-            PENDING.append((weakref.ref(module), f"{type(module).__name__}.{name}"))
+        if not any(entry[0]() is module for entry in PENDING):
+            where = f"{type(module).__name__}.{name}"
+            PENDING.append((weakref.ref(module), where, threading.get_ident()))
+
+
+def _same_value(old: Any, new: Any) -> bool:
+    """True if `new` is `old`, or has its structure and the very same leaves (modules are
+    compared as leaves, by identity: nothing is flattened, so no flatten side effect)."""
+    if old is new:
+        return True
+    if old is None or new is None:
+        return False
+    old_leaves, old_def = jax.tree_util.tree_flatten(old, is_leaf=registry.is_module)
+    new_leaves, new_def = jax.tree_util.tree_flatten(new, is_leaf=registry.is_module)
+    return old_def == new_def and all(a is b for a, b in zip(old_leaves, new_leaves))
 
 
 def flattened_in_trace(module: Any) -> None:
@@ -73,7 +98,7 @@ def flattened_in_trace(module: Any) -> None:
     checked outside of it: it is no longer pending."""
     if PENDING:
         with _LOCK:
-            PENDING[:] = [(ref, where) for ref, where in PENDING if ref() is not module]
+            PENDING[:] = [entry for entry in PENDING if entry[0]() is not module]
 
 
 @contextlib.contextmanager
@@ -100,13 +125,17 @@ def discarding() -> Iterator[None]:
 
 
 def check_pending() -> None:
-    """Outside any transformation: raises if a module changed inside one was not returned."""
+    """Outside any transformation: raises if a module this thread changed inside one was not
+    returned. Entries of other threads are theirs to check (their trace may be running)."""
     if not PENDING or not trace_state_clean():
         return
+    me = threading.get_ident()
     with _LOCK:
-        pending = list(PENDING)
-        PENDING.clear()
-    for ref, where in pending:
+        pending = [entry for entry in PENDING if entry[2] == me]
+        if not pending:
+            return
+        PENDING[:] = [entry for entry in PENDING if entry[2] != me]
+    for ref, where, _ in pending:
         module = ref()
         if module is None or _first_tracer(module) is not None:
             raise RuntimeError(_NOT_RETURNED.format(where=where) + LEAK_FIX)

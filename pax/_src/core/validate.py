@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pax._src.core.registry import FAMILY, LEAF_KINDS, PREFIX, Kind, Layout, is_module
+from pax._src.core.tree_shape import check_tree_shape
 from pax._src.describe import describe
 
 ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
@@ -128,6 +129,7 @@ def check_subtree(module: Any, name: str, kind: Kind, value: Any) -> None:
 
 
 def check_module_subtree(module: Any, name: str, value: Any) -> None:
+    check_tree_shape(module, name, value)
     for path, leaf in jax.tree_util.tree_leaves_with_path(value, is_leaf=is_module):
         if not is_module(leaf):
             where = f"{type(module).__name__}.{name}{jax.tree_util.keystr(path)}"
@@ -262,6 +264,7 @@ def layout_after_assignment(
     """
     cls = type(module).__name__
     if is_module(value):
+        check_tree_shape(module, name, value)
         return layout.with_child(name, Kind.MODULE)
     if value is None and kind is not None:
         return layout
@@ -321,6 +324,7 @@ def kind_after_registration(module: Any, name: str, value: Any, layout: Layout, 
             raise TypeError(
                 f"{cls}.{name}: register_module expects a pax.Module, got {describe(value)}."
             )
+        check_tree_shape(module, name, value)
     elif kind is Kind.MODULE_SUBTREE:
         check_module_subtree(module, name, value)
     else:

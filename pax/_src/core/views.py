@@ -213,10 +213,11 @@ def _copy(
 ) -> Any:
     if stop is not None and stop(module):
         return module
-    pytree.ensure_promoted(module)  # the layout flatten would use (static lists filled later)
+    layout = pytree.read_layout(module)  # flatten's (static lists filled later included)
     d = dict(module.__dict__)
     registry.drop_flat(d)
-    layout = registry.layout_in(d)
+    if layout is not registry.layout_in(d):
+        registry.set_layout(d, layout)  # the copy stores what its source reads as
     for name, kind in layout.module_children:
         here = f"{prefix}.{name}" if with_paths else ""
         if kind is Kind.MODULE:

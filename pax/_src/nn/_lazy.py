@@ -17,6 +17,7 @@ from typing import Any
 import jax
 
 from pax._src.core import lazy
+from pax._src.core._jax_compat import trace_state_clean
 from pax._src.core.module import Module
 from pax._src.core.registry import MODULE_KINDS, is_module
 from pax._src.core.rng import resolve_rng_key
@@ -48,8 +49,17 @@ class LazyLayer(Module):
         """An input size that `_build` accepts, used to build the registry of a lazy layer."""
         return 1
 
+    def _draws_random(self, init_args: dict[str, Any]) -> bool:
+        """True if building with these initializers reads the key (overridden by layers whose
+        default initializers are constants, so they can be built inside a transformation)."""
+        return True
+
     def _setup(self, in_dim: int | None, rng_key: jax.Array | None, **init_args: Any) -> None:
         """Builds the layer, or (`in_dim` None) leaves it waiting for `lazy_init`."""
+        if in_dim is not None and rng_key is None and not trace_state_clean():
+            if not self._draws_random(init_args):  # built inside jax.jit: constants need no key
+                self._build(in_dim, None, **init_args)  # (eagerly a key is still drawn, so the
+                return  # global key sequence is the same as a lazy layer's)
         key = resolve_rng_key(rng_key)
         if in_dim is not None:
             self._build(in_dim, key, **init_args)

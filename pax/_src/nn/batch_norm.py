@@ -13,7 +13,7 @@ from pax._src.nn import initializers
 from pax._src.nn._lazy import LazyLayer
 from pax._src.nn.ema import EMA
 from pax._src.nn.initializers import Initializer
-from pax._src.nn.norm import _scale_offset, output_dtype, statistics_dtype
+from pax._src.nn.norm import _scale_offset, draws_random, output_dtype, statistics_dtype
 
 
 class BatchNorm(LazyLayer):
@@ -68,6 +68,8 @@ class BatchNorm(LazyLayer):
 
     in_features = v.RenamedAttribute("in_dim")
     decay_rate = v.RenamedAttribute("decay")
+
+    _draws_random = draws_random
 
     @v.renamed_kwargs(in_features="in_dim", decay_rate="decay")
     def __init__(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +60,10 @@ def _scale_offset(
         raise ValueError(f"{cls}: scale_init is set but create_scale=False; drop one of them.")
     if not create_offset and offset_init is not None:
         raise ValueError(f"{cls}: offset_init is set but create_offset=False; drop one of them.")
-    s_key, o_key = jax.random.split(resolve_rng_key(key))
+    if key is None and scale_init is None and offset_init is None:
+        s_key = o_key = cast(Any, None)  # the default initializers (ones, zeros) read no key
+    else:
+        s_key, o_key = jax.random.split(resolve_rng_key(key))
     if create_scale:
         scale = (scale_init or initializers.ones)(s_key, shape, dtype)
         module.register_parameter("scale", scale)
@@ -73,6 +76,12 @@ def _scale_offset(
         module.register_parameter("offset", offset)
     else:
         module.offset = None
+
+
+def draws_random(self: LazyLayer, init_args: dict[str, Any]) -> bool:
+    """`LazyLayer._draws_random` of the normalization layers: only a given initializer reads
+    the key (the defaults are ones and zeros), so they can be built inside `jax.jit`."""
+    return init_args.get("scale_init") is not None or init_args.get("offset_init") is not None
 
 
 class LayerNorm(LazyLayer):
@@ -109,6 +118,8 @@ class LayerNorm(LazyLayer):
 
     scale: jax.Array | None
     offset: jax.Array | None
+
+    _draws_random = draws_random
 
     def __init__(
         self,
@@ -197,6 +208,8 @@ class RMSNorm(LazyLayer):
 
     scale: jax.Array | None
 
+    _draws_random = draws_random
+
     def __init__(
         self,
         in_dim: int | None,
@@ -282,6 +295,8 @@ class GroupNorm(LazyLayer):
     offset: jax.Array | None
 
     in_features = v.RenamedAttribute("in_dim")
+
+    _draws_random = draws_random
 
     @v.renamed_kwargs(in_features="in_dim")
     def __init__(
