@@ -425,3 +425,29 @@ def test_a_property_raising_attribute_error_keeps_its_own_message():
         Broken().size
     with pytest.raises(AttributeError, match="'Broken' object has no attribute 'missing'"):
         Broken().missing
+
+
+@pytest.mark.parametrize("view", ["parameters", "states"])
+def test_calling_a_view_as_a_model_names_the_view_and_the_fix(view):
+    model = pax.nn.Sequential(pax.nn.Linear(3, 3), pax.nn.BatchNorm1D(3))
+    partial = getattr(model, view)()
+    with pytest.raises(TypeError, match=rf"Sequential: this module is the view model\.{view}\(\)"):
+        partial(jnp.ones((2, 3)))
+    with pytest.raises(TypeError, match=r"Fix: call the model itself, `model\(x\)`"):
+        partial.modules[1](jnp.ones((2, 3)))  # a BatchNorm states view would run silently
+
+
+def test_views_merged_back_or_passed_through_grad_are_models_again():
+    model = pax.nn.Sequential(pax.nn.Linear(3, 3), pax.nn.BatchNorm1D(3))
+    x = jnp.ones((2, 3))
+    model.update(model.parameters())(x)
+    model.states().update(model.parameters())  # still a view: not called
+
+    def loss(params, model):
+        model = model.update(params)
+        return jnp.sum(model(x)), model
+
+    grads, model = jax.grad(loss, has_aux=True)(model.parameters(), model)
+    model(x)
+    jax.tree_util.tree_map(lambda p, g: p - g, model.parameters(), grads)
+    pax.nn.Linear(3, 3).parameters().copy()  # views still copy, flatten, pickle

@@ -7,7 +7,9 @@ This file owns every private key a module keeps in its ``__dict__``:
 - the flatten cache (``_pax_flat``): the ``(children, aux)`` pair flatten returns, valid as
   long as the aux is and no child was reassigned;
 - the tracer mark (``_pax_tracers``), set when a traced value is assigned;
-- the birth trace (``_pax_born``), kept only by modules constructed inside a transformation.
+- the birth trace (``_pax_born``), kept only by modules constructed inside a transformation;
+- the view mark (``_pax_view``): ``"parameters"`` or ``"states"`` on the copies those views
+  make (calling one raises); unflatten does not carry it.
 
 No other file spells these keys: they call the helpers below. Replacing a layout with
 `set_layout` always drops the cached aux and the flatten cache, so they can never disagree.
@@ -31,6 +33,7 @@ AUX_KEY = "_pax_aux"
 TRACERS_KEY = "_pax_tracers"
 FLAT_KEY = "_pax_flat"
 BORN_KEY = "_pax_born"
+VIEW_KEY = "_pax_view"
 _LAYOUT, _AUX, _TRACERS, _FLAT = LAYOUT_KEY, AUX_KEY, TRACERS_KEY, FLAT_KEY
 
 

@@ -177,7 +177,7 @@ def check_no_leaked_tracers(module: Any) -> None:
 
 def wrap_call(call: Callable) -> Callable:
     """Wraps a module's ``__call__`` so that a module holding leaked tracers raises first."""
-    key = registry.TRACERS_KEY
+    key, view = registry.TRACERS_KEY, registry.VIEW_KEY
     recorders = recording.ACTIVE  # non-empty only while `summary(*inputs)` records calls
 
     @functools.wraps(call)
@@ -186,12 +186,21 @@ def wrap_call(call: Callable) -> Callable:
             check_no_leaked_tracers(self)
         if PENDING:
             check_pending()
+        if view in self.__dict__:
+            raise TypeError(_VIEW_CALLED.format(cls=type(self).__name__, view=self.__dict__[view]))
         if recorders:
             return recording.record(self, call, args, kwargs)
         return call(self, *args, **kwargs)
 
     __call__.__leak_checked__ = True  # type: ignore[attr-defined]
     return __call__
+
+
+_VIEW_CALLED = (
+    "{cls}: this module is the view model.{view}(): it holds only some of the model's arrays "
+    "(the others are None) and cannot compute. Fix: call the model itself, `model(x)`, or "
+    "merge the view back first: `model.update(params)(x)`."
+)
 
 
 def is_wrapped(call: Any) -> bool:

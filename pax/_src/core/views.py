@@ -115,7 +115,7 @@ def _to_none(_: Any) -> None:
     return None
 
 
-def keep_only(keep: frozenset) -> Visit:
+def keep_only(keep: frozenset, view: str) -> Visit:
     """A visit that sets every leaf whose kind is not in `keep` to None (per-layout cached).
 
     A parameter subtree with leaves frozen one by one (`Layout.frozen`) keeps its frozen leaves
@@ -141,12 +141,13 @@ def keep_only(keep: frozenset) -> Visit:
             todo = cache[layout] = work(layout)
         for name, kind in todo:
             d[name] = _nonify(d[name], kind)
+        d[registry.VIEW_KEY] = view  # invariant: a partial copy can't be called as a model
 
     return visit
 
 
-ONLY_PARAMETERS = keep_only(registry.TRAINABLE)
-ONLY_STATES = keep_only(registry.NON_TRAINABLE)
+ONLY_PARAMETERS = keep_only(registry.TRAINABLE, "parameters")
+ONLY_STATES = keep_only(registry.NON_TRAINABLE, "states")
 
 
 def map_kinds(mapping: dict[Kind, Kind]) -> Visit:
