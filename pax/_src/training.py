@@ -12,6 +12,7 @@ import numpy as np
 
 from pax._src.core import registry, tracing
 from pax._src.core.module import Module
+from pax._src.core.pytree import read_layout
 from pax._src.core.sharing import check, modules_are_distinct
 from pax._src.core.structure import check_same_structure, describe_difference
 from pax._src.describe import describe
@@ -95,7 +96,7 @@ def _check_optimizer_state(optimizer: Module, grads: Module) -> None:
     """Checks per-parameter states of `optimizer` that mirror the model (e.g. a velocity)."""
     d = optimizer.__dict__
     cls = type(optimizer).__name__
-    for name in registry.layout_in(d).children:
+    for name in read_layout(optimizer).children:
         state = d[name]
         if type(state) is not type(grads):
             continue
@@ -135,6 +136,13 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
       The update function; the loss it returns is the first element of ``loss_fn``'s
       auxiliary output.
 
+    Metrics: hold them in the model (``self.train_loss = pax.metrics.Mean()``) and update
+    them inside ``loss_fn`` (``model.train_loss(loss)``): they are states, so they take no
+    gradient, and they come back updated in the returned model, also with the default
+    ``jit=True`` and with `donate`; read them with ``model.train_loss.compute()`` and start a
+    new epoch with ``model.train_loss.reset()``. A metric held outside the model (a global or
+    a closure) is refused: its update would be lost in the compiled step.
+
     The first call also runs `pax.check` on the model and optimizer: a module reachable twice
     (or an array reachable twice inside the model) would silently become two copies under jit;
     with `donate`, any array reachable twice is refused. Later calls check that no module is
@@ -150,6 +158,8 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
       ValueError: (when called) if the optimizer was built for another model, naming the first
         differing key path; with `donate`, if the model or optimizer passed in was donated to
         an earlier step (use the returned ones).
+      RuntimeError: (when called) if `loss_fn` changed a module that is neither in the model
+        nor the optimizer (e.g. a `pax.metrics` metric held in a global), naming it.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, pax
@@ -227,7 +237,9 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
         elif not modules_are_distinct(model, optimizer):
             check((model, optimizer), donate=donate)
         if not donate:
-            return step(model, optimizer, inputs)
+            result = step(model, optimizer, inputs)
+            _check_nothing_lost()
+            return result
         try:
             result = step(model, optimizer, inputs)
         except Exception as error:
@@ -235,6 +247,7 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
             # donated" names neither the argument nor the fix.
             _check_not_donated(model, optimizer, error)
             raise
+        _check_nothing_lost()
         # The objects passed in now hold deleted arrays: their next use raises, naming this.
         registry.mark_donated(model.__dict__, "model")
         registry.mark_donated(optimizer.__dict__, "optimizer")
@@ -242,6 +255,21 @@ def build_update_fn(loss_fn: LossFn, *, jit: bool = True, donate: bool = False) 
 
     first_call_checked.step = step  # type: ignore[attr-defined]
     return first_call_checked
+
+
+def _check_nothing_lost() -> None:
+    """Raises if the step changed a module it does not return (free when nothing was lost)."""
+    try:
+        tracing.check_pending()
+    except RuntimeError as error:
+        where = str(error).split(" ", 1)[0]
+        raise RuntimeError(
+            f"update_fn: loss_fn changed {where}, which is in neither the model nor the "
+            f"optimizer (e.g. a pax.metrics metric held in a global or a closure), so the "
+            f"change was lost in the step. Fix: hold it in the model and update it there, "
+            f"e.g. in __init__ self.train_loss = pax.metrics.Mean(), in loss_fn "
+            f"model.train_loss(loss); after the step read model.train_loss.compute()."
+        ) from error
 
 
 def _check_not_donated(model: Any, optimizer: Any, error: Exception) -> None:

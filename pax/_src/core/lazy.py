@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from pax._src.core import tracing
+from pax._src.core._jax_compat import trace_state_clean
 from pax._src.core.rng import resolve_rng_key
 
 T = TypeVar("T")
@@ -180,6 +181,16 @@ _STRAY_MODULE = (
     "in_dim=in_dim)), which needs no example input."
 )
 
+_IN_TRANSFORMATION = (
+    "{who}: called inside a JAX transformation (jax.jit, jax.grad, jax.vmap, jax.eval_shape, "
+    "jax.lax.scan, ...) on a model with uninitialized lazy modules (at {paths}). "
+    "Initialization draws their keys from the global key sequence (pax.next_rng_key()), which "
+    "cannot be read while tracing, and parameters created inside a transformation are thrown "
+    "away unless returned from it. Fix: initialize once, eagerly, right after building the "
+    "model and before any transformation: model = model.{who}(example_input), then "
+    "jax.jit(step)(model, x) (jax.eval_shape does not help: it traces too)."
+)
+
 # What makes an abstract forward pass impossible: the model reads input values in Python.
 _NEEDS_VALUES = (
     jax.errors.ConcretizationTypeError,
@@ -291,7 +302,9 @@ def initialize(
 
     Raises:
       ValueError: if the forward pass did not reach some uninitialized lazy modules.
-      RuntimeError: if it called a lazy module that is not in the model tree.
+      RuntimeError: if it called a lazy module that is not in the model tree, or if called
+        inside a JAX transformation without `rng_key` while some module is uninitialized
+        (initialize eagerly, before ``jax.jit``).
 
     Example:
       >>> import jax.numpy as jnp, pax
@@ -301,8 +314,11 @@ def initialize(
     """
     if mode not in ("abstract", "jit", "eager"):
         raise ValueError(f"{who}: mode must be 'abstract', 'jit' or 'eager', got {mode!r}.")
-    if not pending_paths(model):
+    pending = pending_paths(model)
+    if not pending:
         return model.copy()  # type: ignore[attr-defined]
+    if rng_key is None and not trace_state_clean():
+        raise RuntimeError(_IN_TRANSFORMATION.format(who=who, paths=", ".join(pending[:5])))
     base_key = resolve_rng_key(rng_key)
     specs: dict[int, Specs] = {}
     records: dict[int, Any] = {}
@@ -368,7 +384,10 @@ def lazy_init(self: M, *args: Any, rng_key: jax.Array | None = None, **kwargs: A
     Returns a new model and leaves this one unchanged. A native layer uses the key it drew
     when built, so it gets the same weights as the layer built with its input size; the
     `pax.from_haiku` modules draw theirs from `rng_key` (default `pax.next_rng_key()`).
-    Raises `ValueError` if the forward pass did not reach some uninitialized lazy module.
+    Raises `ValueError` if the forward pass did not reach some uninitialized lazy module, and
+    `RuntimeError` if called inside a JAX transformation (``jax.jit``, ``jax.grad``,
+    ``jax.vmap``, ``jax.eval_shape``...) while some module is uninitialized: initialize once,
+    eagerly, before the transformation.
 
     Example:
       >>> import jax.numpy as jnp, pax

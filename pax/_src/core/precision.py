@@ -231,18 +231,47 @@ def mixed_precision(module: T, policy: Any) -> T:
 def unwrap_mixed_precision(module: T) -> T:
     """Returns a copy of a `mixed_precision` module as its original class, without policy.
 
-    The parameters keep their current dtype (use `astype` to change it).
+    The parameters keep their current dtype (use `astype` to change it). Only the policy of
+    the module it is called on is removed: submodules keep theirs. To remove every policy of a
+    tree (e.g. after `pax.mixed_precision.apply_policy`, which gives policies to submodules),
+    unwrap each module that has one::
+
+      model = model.apply(
+          lambda m: m.unwrap_mixed_precision() if pax.mixed_precision.is_mixed_precision(m) else m
+      )
 
     Raises:
-      TypeError: if the module is not a mixed-precision module.
+      TypeError: if the module is not a mixed-precision module (when some of its submodules
+        are, the message names them and gives the line above).
 
     Example:
       >>> import jmp, pax
-      >>> fc = pax.nn.Linear(2, 3).mixed_precision(jmp.get_policy("c=bf16"))
+      >>> policy = jmp.get_policy("c=bf16")
+      >>> fc = pax.nn.Linear(2, 3).mixed_precision(policy)
       >>> type(fc.unwrap_mixed_precision()).__name__
+      'Linear'
+      >>> net = pax.mixed_precision.apply_policy(
+      ...     pax.nn.Sequential(pax.nn.Linear(2, 2)), {pax.nn.Linear: policy}
+      ... )
+      >>> net = net.apply(
+      ...     lambda m: m.unwrap_mixed_precision()
+      ...     if pax.mixed_precision.is_mixed_precision(m) else m
+      ... )
+      >>> type(net.modules[0]).__name__
       'Linear'
     """
     if not is_mixed_precision(module):
+        held = _paths_with_policy(module)
+        if held:
+            shown = ", ".join(held[:5]) + (f" (and {len(held) - 5} more)" if len(held) > 5 else "")
+            raise TypeError(
+                f"{type(module).__name__}.unwrap_mixed_precision: this module has no "
+                f"mixed-precision policy of its own, but its submodules {shown} have one "
+                f"(given by pax.mixed_precision.apply_policy); unwrap_mixed_precision removes "
+                f"the policy of the module it is called on only. Fix: unwrap every module "
+                f"that has one: model = model.apply(lambda m: m.unwrap_mixed_precision() if "
+                f"pax.mixed_precision.is_mixed_precision(m) else m)."
+            )
         raise TypeError(
             f"{type(module).__name__}.unwrap_mixed_precision: this module has no "
             f"mixed-precision policy. Fix: call it on the module that "
@@ -252,6 +281,23 @@ def unwrap_mixed_precision(module: T) -> T:
     delattr(new, POLICY_ATTR)
     object.__setattr__(new, "__class__", _base_class(type(module)))
     return new
+
+
+def _paths_with_policy(model: Any) -> list[str]:
+    """Key paths of the submodules of `model` that have a mixed-precision policy."""
+
+    def below(x: Any) -> bool:
+        return x is not model and is_module(x)
+
+    pairs, _ = jax.tree_util.tree_flatten_with_path(model, is_leaf=below)
+    found: list[str] = []
+    for path, sub in pairs:
+        if not below(sub):
+            continue
+        if is_mixed_precision(sub):
+            found.append(jax.tree_util.keystr(path))
+        found.extend(jax.tree_util.keystr(path) + p for p in _paths_with_policy(sub))
+    return found
 
 
 Policies = Mapping[Any, Any]

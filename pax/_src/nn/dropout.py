@@ -74,6 +74,14 @@ class Dropout(Module):
     key under ``jax.vmap`` or ``jax.shard_map`` without `axis_name` warns when it can be
     detected (not under ``jax.pmap``).
 
+    Gradients: the key is an integer (``uint32``) or typed-key state, so differentiating with
+    respect to the whole model, ``jax.grad(loss, argnums=1)(x, model)``, fails inside
+    `jax.grad` ("grad requires real- or complex-valued inputs ... but got uint32") before the
+    layer runs. Differentiate
+    with respect to the parameters and rebuild the model inside the loss:
+    ``jax.grad(loss)(model.parameters(), model, x)`` with ``model = model.update(params)``
+    first in ``loss`` (as `pax.utils.build_update_fn` does).
+
     Args:
       rate: probability of dropping an entry, in ``[0, 1)``.
       broadcast_dims: axes along which the mask is shared (e.g. ``(1,)`` drops the same

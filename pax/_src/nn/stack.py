@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pax._src.core import lazy
+from pax._src.core._jax_compat import trace_state_clean
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
 from pax._src.core.structure import describe_difference
@@ -221,6 +223,31 @@ class Stack(Module):
         """
         return [self[i] for i in range(self.n)]
 
+    # The native lazy protocol (pax/_src/core/lazy.py): layers built with input size None
+    # (``lambda key: pax.nn.Linear(None, 8, rng_key=key)``) are initialized by
+    # ``stack.lazy_init(x)``; the scan copies each layer, so the Stack initializes them itself.
+
+    def _lazy_pending(self) -> bool:
+        return bool(lazy.pending_paths(self.stacked))
+
+    def _lazy_initialize(self, args: tuple, kwargs: dict) -> None:
+        """Initializes every layer from the call's argument shapes (each layer's input has the
+        Stack input's shape), each with the key it drew when built, and stacks them again."""
+        example = lazy.materialize(jax.tree_util.tree_map(_spec, (args, kwargs)))
+        # Native layers use their own key; only pax.from_haiku layers draw one (a throwaway key
+        # while the forward pass is traced: that copy only passes shapes on).
+        base = resolve_rng_key(None) if trace_state_clean() else jax.random.PRNGKey(0)
+        layers = [
+            lazy.initialize(self[i], *example, who="lazy_init", rng_key=jax.random.fold_in(base, i))
+            for i in range(self.n)
+        ]
+        self.stacked = _stack_layers(type(self).__name__, layers)
+
+    def _lazy_describe(self) -> str:
+        pending = [(m, k) for _, m, k in lazy.lazy_modules_with_path(self.stacked) if k.pending(m)]
+        layer = pending[0][1].describe(pending[0][0]) if pending else "layers"
+        return f"{type(self).__name__}(n={self.n}) of {layer}"
+
     def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         """Runs ``x = layer_i(x, *args, **kwargs)`` for i = 0..n-1 and returns `x`.
 
@@ -228,10 +255,14 @@ class Stack(Module):
 
         Raises:
           ValueError: if a layer returns a value of another shape or dtype than its input, or
-            changes its own structure.
+            changes its own structure; or if a stacked array's leading axis is not `n` (the
+            arrays were sliced or replaced by hand: slice the Stack instead, ``stack[:2]``).
         """
+        if self._lazy_pending():  # layers built with input size None: see `_lazy_initialize`
+            lazy.first_call(self, (x, *args), kwargs)
         cls = type(self).__name__
         stacked = self.stacked
+        _check_leading_axes(cls, stacked, self.n)
         leaves_in, treedef = jax.tree_util.tree_flatten(stacked)
 
         def body(carry: Any, layer: Any) -> tuple[Any, list[Any]]:
@@ -259,6 +290,12 @@ class Stack(Module):
         return x
 
 
+def _spec(x: Any) -> Any:
+    if isinstance(x, jax.ShapeDtypeStruct) or not hasattr(x, "shape"):
+        return x
+    return jax.ShapeDtypeStruct(np.shape(x), x.dtype)
+
+
 def _check_carry(cls: str, before: Any, after: Any) -> None:
     """Raises unless `after` has the structure, shapes and dtypes of `before`."""
     tb, ta = jax.tree_util.tree_structure(before), jax.tree_util.tree_structure(after)
@@ -275,4 +312,23 @@ def _check_carry(cls: str, before: Any, after: Any) -> None:
             f"Fix: keep the layers that change the shape outside the Stack, e.g. "
             f"pax.nn.Sequential(pax.nn.Linear(in_dim, width), pax.nn.Stack(...), "
             f"pax.nn.Linear(width, out_dim))."
+        )
+
+
+def _check_leading_axes(cls: str, stacked: Any, n: int) -> None:
+    """Raises unless every array of `stacked` has a leading axis of size `n` (once per trace)."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(stacked):
+        shape = np.shape(leaf)
+        if shape[:1] == (n,):
+            continue
+        where = f".stacked{jax.tree_util.keystr(path)}"
+        m = shape[0] if shape and 0 < shape[0] < n else max(n - 1, 1)
+        sizes = sorted({np.shape(x)[:1] for x in jax.tree_util.tree_leaves(stacked)})
+        raise ValueError(
+            f"{cls}: {where} is {describe(leaf)}, but a Stack of n={n} layers needs a leading "
+            f"axis of size {n} on every stacked array (leading sizes found: "
+            f"{', '.join(str(s[0]) if s else 'scalar' for s in sizes)}): the stacked arrays "
+            f"were sliced or replaced by hand, which does not update stack.n. Fix: slice the "
+            f"Stack itself instead of its arrays, stack = stack[:{m}] (it keeps n and every "
+            f"array in step), or give {where} a leading axis of {n}."
         )
