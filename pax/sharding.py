@@ -6,6 +6,7 @@ rules of data parallelism, FSDP and tensor parallelism; `init_sharded` builds a 
 sharded.
 """
 
+from pax._src.sharding.presets import OptionalRule as OptionalRule
 from pax._src.sharding.presets import data_parallel_rules as data_parallel_rules
 from pax._src.sharding.presets import fsdp_rules as fsdp_rules
 from pax._src.sharding.presets import init_sharded as init_sharded
@@ -17,6 +18,7 @@ from pax._src.sharding.rules import shardings as shardings
 from pax._src.sharding.rules import specs as specs
 
 __all__ = [
+    "OptionalRule",
     "data_parallel_rules",
     "fsdp_rules",
     "init_sharded",

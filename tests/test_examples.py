@@ -4,6 +4,7 @@ import gzip
 import importlib.util
 import os
 import struct
+import threading
 from pathlib import Path
 
 import jax
@@ -22,6 +23,17 @@ def _load(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(autouse=True)
+def _no_false_alarm():
+    """Every example runs with the guards on: no lost change may be left pending by a correct
+    program (a false alarm would raise here, or inside the example)."""
+    yield
+    from pax._src.core import tracing
+
+    tracing.check_pending()
+    assert not [entry for entry in tracing.PENDING if entry[2] == threading.get_ident()]
 
 
 mnist = _load("mnist")

@@ -2,6 +2,7 @@
 
 import pathlib
 import re
+import threading
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
@@ -13,6 +14,10 @@ def test_readme_python_blocks_run(capsys):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
+    from pax._src.core import tracing
+
+    tracing.check_pending()  # the guards stay on: no correct snippet leaves a lost change
+    assert not [entry for entry in tracing.PENDING if entry[2] == threading.get_ident()]
     out = capsys.readouterr().out.splitlines()
     assert out[:3] == ["None", "60.0", "(64, 2)"]
     assert float(namespace["loss"]) < 0.05  # the optimizer example trained
