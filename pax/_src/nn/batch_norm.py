@@ -9,14 +9,13 @@ import jax
 import jax.numpy as jnp
 
 from pax._src.nn import _validate as v
-from pax._src.nn import initializers
-from pax._src.nn._lazy import LazyLayer
+from pax._src.nn._lazy import ChannelLayer
 from pax._src.nn.ema import EMA
 from pax._src.nn.initializers import Initializer
 from pax._src.nn.norm import _scale_offset, draws_random, output_dtype, statistics_dtype
 
 
-class BatchNorm(LazyLayer):
+class BatchNorm(ChannelLayer):
     """Batch normalization (Ioffe & Szegedy, 2015), numerically as Haiku's ``hk.BatchNorm``.
 
     In training mode (``module.training``, the default) the input is normalized with the
@@ -90,14 +89,12 @@ class BatchNorm(LazyLayer):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        cls = type(self).__name__
-        self.in_dim = None  # set by _build
-        self.decay = v.rate_in_unit_interval(cls, "decay", decay)
-        self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
-        self.data_format = v.data_format(cls, data_format)
+        self.decay = v.rate_in_unit_interval(self._cls, "decay", decay)
+        self.eps = v.positive_float(self._cls, "eps", eps, allow_zero=True)
+        self.data_format = v.data_format(self._cls, data_format)
         if cross_replica_axis is None and cross_replica_axis_index_groups is not None:
             raise ValueError(
-                f"{cls}: cross_replica_axis_index_groups needs a cross_replica_axis, e.g. "
+                f"{self._cls}: cross_replica_axis_index_groups needs a cross_replica_axis, e.g. "
                 "cross_replica_axis='batch'."
             )
         if isinstance(cross_replica_axis, list):
@@ -108,31 +105,15 @@ class BatchNorm(LazyLayer):
             if cross_replica_axis_index_groups is None
             else tuple(tuple(int(i) for i in g) for g in cross_replica_axis_index_groups)
         )
-        self._setup(
-            in_dim,
-            rng_key,
-            create_scale=create_scale,
-            create_offset=create_offset,
-            **initializers.layer_init_args(
-                cls, param_dtype, scale_init=scale_init, offset_init=offset_init
-            ),
-        )
+        options = {"create_scale": create_scale, "create_offset": create_offset}
+        inits = {"scale_init": scale_init, "offset_init": offset_init}
+        self._create_params(in_dim, rng_key, param_dtype, options=options, **inits)
 
-    def _build(self, in_dim: int, key: jax.Array, **init_args: Any) -> None:
-        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
+    def _build(self, key: jax.Array, **init_args: Any) -> None:
         shape = (self.in_dim,)
         _scale_offset(self, key, shape, **init_args)
         self.mean_ema = EMA(jnp.zeros(shape, jnp.float32), self.decay)
         self.var_ema = EMA(jnp.ones(shape, jnp.float32), self.decay)
-
-    def _input_size(self, x: Any, **kwargs: Any) -> int:
-        shape = jnp.shape(x)
-        return int(shape[-1] if self.channels_last or len(shape) < 2 else shape[1])
-
-    @property
-    def channels_last(self) -> bool:
-        """Whether the channels are on the last axis (``data_format == "channels_last"``)."""
-        return self.data_format == v.CHANNELS_LAST
 
     @property
     def moving_mean(self) -> jax.Array:

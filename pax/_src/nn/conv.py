@@ -12,7 +12,7 @@ from jax import lax
 
 from pax._src.nn import _validate as v
 from pax._src.nn import initializers
-from pax._src.nn._lazy import LazyLayer
+from pax._src.nn._lazy import ChannelLayer, Init, weight_and_bias
 from pax._src.nn.initializers import Initializer
 
 Padding = str | int | Sequence[int | tuple[int, int]]
@@ -37,7 +37,7 @@ def dimension_numbers(n: int, channels_last: bool, transpose: bool) -> lax.ConvD
     return lax.ConvDimensionNumbers(lhs_spec=image, rhs_spec=kernel, out_spec=image)
 
 
-class ConvND(LazyLayer):
+class ConvND(ChannelLayer):
     """Shared constructor, checks and bias of the convolutions and transposed convolutions."""
 
     weight: jax.Array
@@ -69,20 +69,19 @@ class ConvND(LazyLayer):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        cls = type(self).__name__
         n = self._num_spatial
-        self.in_dim = None  # set by _build
-        self.out_dim = v.positive_int(cls, "out_dim", out_dim)
-        self.kernel_shape = v.replicate(cls, "kernel_shape", kernel_shape, n)
-        self.stride = v.replicate(cls, "stride", stride, n)
-        self.dilation = v.replicate(cls, "dilation", dilation, n)
-        self.padding = v.padding_arg(cls, padding, n)
-        self.feature_group_count = v.positive_int(cls, "feature_group_count", feature_group_count)
+        self.out_dim = v.positive_int(self._cls, "out_dim", out_dim)
+        self.kernel_shape = v.replicate(self._cls, "kernel_shape", kernel_shape, n)
+        self.stride = v.replicate(self._cls, "stride", stride, n)
+        self.dilation = v.replicate(self._cls, "dilation", dilation, n)
+        self.padding = v.padding_arg(self._cls, padding, n)
+        self.feature_group_count = v.positive_int(
+            self._cls, "feature_group_count", feature_group_count
+        )
         self._check_groups("out_dim", self.out_dim)
-        self.data_format = v.data_format(cls, data_format, n)
-        self.with_bias = v.boolean(cls, "with_bias", with_bias)
-        inits = initializers.layer_init_args(cls, param_dtype, w_init=w_init, b_init=b_init)
-        self._setup(in_dim, rng_key, **inits)
+        self.data_format = v.data_format(self._cls, data_format, n)
+        self.with_bias = v.boolean(self._cls, "with_bias", with_bias)
+        self._create_params(in_dim, rng_key, param_dtype, w_init=w_init, b_init=b_init)
 
     def _check_groups(self, name: str, size: int) -> None:
         groups = self.feature_group_count
@@ -95,21 +94,13 @@ class ConvND(LazyLayer):
     def _placeholder_size(self) -> int:
         return self.feature_group_count
 
-    def _input_size(self, x: Any, **kwargs: Any) -> int:
+    def _input_size(self, x: Any, *args: Any, **kwargs: Any) -> int:
         shape = jnp.shape(x)
         if self.channels_last or len(shape) != self._num_spatial + 2:
             return int(shape[-1] if self.channels_last else shape[0])
         return int(shape[1])
 
-    def _build(
-        self,
-        in_dim: int,
-        key: jax.Array,
-        w_init: Initializer | None,
-        b_init: Initializer | None,
-        dtype: Any,
-    ) -> None:
-        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
+    def _build(self, key: jax.Array, w_init: Init, b_init: Init, dtype: Any) -> None:
         self._check_groups("in_dim", self.in_dim)
         in_per_group = self.in_dim // self.feature_group_count
         if self._transpose:
@@ -119,18 +110,7 @@ class ConvND(LazyLayer):
         if w_init is None:
             fan_in = int(np.prod(self.kernel_shape)) * in_per_group
             w_init = initializers.truncated_normal(stddev=1.0 / np.sqrt(fan_in))
-        w_key, b_key = jax.random.split(key)
-        self.register_parameter("weight", w_init(w_key, w_shape, dtype))
-        if self.with_bias:
-            b_init = b_init or initializers.zeros
-            self.register_parameter("bias", b_init(b_key, (self.out_dim,), dtype))
-        else:
-            self.bias = None
-
-    @property
-    def channels_last(self) -> bool:
-        """Whether the channels are on the last axis (``data_format == "channels_last"``)."""
-        return self.data_format == v.CHANNELS_LAST
+        weight_and_bias(self, key, w_shape, w_init, b_init, dtype)
 
     def _check_input(self, x: jax.Array) -> tuple[jax.Array, jax.Array, bool]:
         """The input (batched) and weight, both in their promoted dtype, and whether the

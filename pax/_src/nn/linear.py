@@ -13,7 +13,7 @@ import numpy as np
 from pax._src.core.module import Module
 from pax._src.nn import _validate as v
 from pax._src.nn import initializers
-from pax._src.nn._lazy import LazyLayer
+from pax._src.nn._lazy import Init, LazyLayer, weight_and_bias
 from pax._src.nn.initializers import Initializer
 
 
@@ -63,33 +63,13 @@ class Linear(LazyLayer):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        cls = type(self).__name__
-        self.in_dim = None  # set by _build
-        self.out_dim = v.positive_int(cls, "out_dim", out_dim)
-        self.with_bias = v.boolean(cls, "with_bias", with_bias)
-        inits = initializers.layer_init_args(cls, param_dtype, w_init=w_init, b_init=b_init)
-        self._setup(in_dim, rng_key, **inits)
+        self.out_dim = v.positive_int(self._cls, "out_dim", out_dim)
+        self.with_bias = v.boolean(self._cls, "with_bias", with_bias)
+        self._create_params(in_dim, rng_key, param_dtype, w_init=w_init, b_init=b_init)
 
-    def _build(
-        self,
-        in_dim: int,
-        key: jax.Array,
-        w_init: Initializer | None,
-        b_init: Initializer | None,
-        dtype: Any,
-    ) -> None:
-        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
-        w_init = w_init or initializers.truncated_normal(stddev=1.0 / np.sqrt(in_dim))
-        b_init = b_init or initializers.zeros
-        w_key, b_key = jax.random.split(key)
-        self.register_parameter("weight", w_init(w_key, (in_dim, self.out_dim), dtype))
-        if self.with_bias:
-            self.register_parameter("bias", b_init(b_key, (self.out_dim,), dtype))
-        else:
-            self.bias = None
-
-    def _input_size(self, x: Any, **kwargs: Any) -> int:
-        return int(jnp.shape(x)[-1])
+    def _build(self, key: jax.Array, w_init: Init, b_init: Init, dtype: Any) -> None:
+        w_init = w_init or initializers.truncated_normal(stddev=1.0 / np.sqrt(self.in_dim))
+        weight_and_bias(self, key, (self.in_dim, self.out_dim), w_init, b_init, dtype)
 
     def __call__(self, x: jax.Array, *, precision: jax.lax.Precision | None = None) -> jax.Array:
         self._lazy_check(x)

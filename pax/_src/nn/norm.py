@@ -12,7 +12,7 @@ from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
 from pax._src.nn import _validate as v
 from pax._src.nn import initializers
-from pax._src.nn._lazy import LazyLayer
+from pax._src.nn._lazy import ChannelLayer, Init, LazyLayer
 from pax._src.nn.initializers import Initializer
 
 
@@ -137,27 +137,15 @@ class LayerNorm(LazyLayer):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        cls = type(self).__name__
-        self.in_dim = None  # set by _build
-        self.axis = v.int_tuple(cls, "axis", axis, scalar=True, example="-1")
-        self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
-        self.use_fast_variance = v.boolean(cls, "use_fast_variance", use_fast_variance)
-        self._setup(
-            in_dim,
-            rng_key,
-            create_scale=create_scale,
-            create_offset=create_offset,
-            **initializers.layer_init_args(
-                cls, param_dtype, scale_init=scale_init, offset_init=offset_init
-            ),
-        )
+        self.axis = v.int_tuple(self._cls, "axis", axis, scalar=True, example="-1")
+        self.eps = v.positive_float(self._cls, "eps", eps, allow_zero=True)
+        self.use_fast_variance = v.boolean(self._cls, "use_fast_variance", use_fast_variance)
+        options = {"create_scale": create_scale, "create_offset": create_offset}
+        inits = {"scale_init": scale_init, "offset_init": offset_init}
+        self._create_params(in_dim, rng_key, param_dtype, options=options, **inits)
 
-    def _build(self, in_dim: int, key: jax.Array, **init_args: Any) -> None:
-        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
+    def _build(self, key: jax.Array, **init_args: Any) -> None:
         _scale_offset(self, key, (self.in_dim,), **init_args)
-
-    def _input_size(self, x: Any, **kwargs: Any) -> int:
-        return int(jnp.shape(x)[-1])
 
     def __call__(self, x: jax.Array) -> jax.Array:
         self._lazy_check(x)
@@ -223,29 +211,16 @@ class RMSNorm(LazyLayer):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        cls = type(self).__name__
-        self.in_dim = None  # set by _build
-        self.axis = v.int_tuple(cls, "axis", axis, scalar=True, example="-1")
-        self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
-        inits = initializers.layer_init_args(cls, param_dtype, scale_init=scale_init)
-        self._setup(in_dim, rng_key, create_scale=create_scale, **inits)
+        self.axis = v.int_tuple(self._cls, "axis", axis, scalar=True, example="-1")
+        self.eps = v.positive_float(self._cls, "eps", eps, allow_zero=True)
+        options = {"create_scale": create_scale}
+        self._create_params(in_dim, rng_key, param_dtype, options=options, scale_init=scale_init)
 
-    def _build(
-        self,
-        in_dim: int,
-        key: jax.Array,
-        create_scale: bool,
-        scale_init: Initializer | None,
-        dtype: Any,
-    ) -> None:
-        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
+    def _build(self, key: jax.Array, create_scale: bool, scale_init: Init, dtype: Any) -> None:
         shape = (self.in_dim,)
         _scale_offset(
             self, key, shape, create_scale, False, scale_init, None, dtype=dtype, with_offset=False
         )
-
-    def _input_size(self, x: Any, **kwargs: Any) -> int:
-        return int(jnp.shape(x)[-1])
 
     def __call__(self, x: jax.Array) -> jax.Array:
         self._lazy_check(x)
@@ -260,7 +235,7 @@ class RMSNorm(LazyLayer):
         return (x * scale * jax.lax.rsqrt(mean_squared + self.eps)).astype(out_dtype)
 
 
-class GroupNorm(LazyLayer):
+class GroupNorm(ChannelLayer):
     """Group normalization (Wu & He, 2018), numerically as Haiku's ``hk.GroupNorm``.
 
     Channels are split into `groups`; each example is normalized over its spatial axes and
@@ -315,42 +290,23 @@ class GroupNorm(LazyLayer):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        cls = type(self).__name__
-        self.in_dim = None  # set by _build
-        self.groups = v.positive_int(cls, "groups", groups)
-        self.eps = v.positive_float(cls, "eps", eps, allow_zero=True)
-        self.data_format = v.data_format(cls, data_format)
-        self._setup(
-            in_dim,
-            rng_key,
-            create_scale=create_scale,
-            create_offset=create_offset,
-            **initializers.layer_init_args(
-                cls, param_dtype, scale_init=scale_init, offset_init=offset_init
-            ),
-        )
+        self.groups = v.positive_int(self._cls, "groups", groups)
+        self.eps = v.positive_float(self._cls, "eps", eps, allow_zero=True)
+        self.data_format = v.data_format(self._cls, data_format)
+        options = {"create_scale": create_scale, "create_offset": create_offset}
+        inits = {"scale_init": scale_init, "offset_init": offset_init}
+        self._create_params(in_dim, rng_key, param_dtype, options=options, **inits)
 
-    def _build(self, in_dim: int, key: jax.Array, **init_args: Any) -> None:
-        cls = type(self).__name__
-        self.in_dim = v.positive_int(cls, "in_dim", in_dim)
+    def _build(self, key: jax.Array, **init_args: Any) -> None:
         if self.in_dim % self.groups:
             raise ValueError(
-                f"{cls}: in_dim={in_dim} must be divisible by groups={self.groups}; change "
-                f"in_dim or groups."
+                f"{type(self).__name__}: in_dim={self.in_dim} must be divisible by "
+                f"groups={self.groups}; change in_dim or groups."
             )
         _scale_offset(self, key, (self.in_dim,), **init_args)
 
     def _placeholder_size(self) -> int:
         return self.groups
-
-    def _input_size(self, x: Any, **kwargs: Any) -> int:
-        shape = jnp.shape(x)
-        return int(shape[-1] if self.channels_last or len(shape) < 2 else shape[1])
-
-    @property
-    def channels_last(self) -> bool:
-        """Whether the channels are on the last axis (``data_format == "channels_last"``)."""
-        return self.data_format == v.CHANNELS_LAST
 
     def __call__(self, x: jax.Array) -> jax.Array:
         self._lazy_check(x)

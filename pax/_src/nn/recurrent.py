@@ -11,7 +11,7 @@ import numpy as np
 
 from pax._src.nn import _validate as v
 from pax._src.nn import initializers
-from pax._src.nn._lazy import LazyLayer
+from pax._src.nn._lazy import Init, LazyLayer
 from pax._src.nn.initializers import Initializer
 from pax._src.nn.linear import pickle_functions, unpickle_functions
 
@@ -47,14 +47,7 @@ def _check(cls: str, x: jax.Array, in_dim: int, state: jax.Array, hidden_dim: in
         )
 
 
-class _Cell(LazyLayer):
-    """The recurrent cells: the input size is the last axis of the first argument."""
-
-    def _input_size(self, x: Any, *args: Any, **kwargs: Any) -> int:
-        return int(jnp.shape(x)[-1])
-
-
-class LSTM(_Cell):
+class LSTM(LazyLayer):
     """A long short-term memory cell, numerically as Haiku's ``hk.LSTM``.
 
     ``gates = x @ weight_ih + h @ weight_hh + bias`` is split into the input, candidate,
@@ -100,22 +93,11 @@ class LSTM(_Cell):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        cls = type(self).__name__
-        self.in_dim = None  # set by _build
-        self.hidden_dim = v.positive_int(cls, "hidden_dim", hidden_dim)
-        inits = initializers.layer_init_args(cls, param_dtype, w_init=w_init, b_init=b_init)
-        self._setup(in_dim, rng_key, **inits)
+        self.hidden_dim = v.positive_int(self._cls, "hidden_dim", hidden_dim)
+        self._create_params(in_dim, rng_key, param_dtype, w_init=w_init, b_init=b_init)
 
-    def _build(
-        self,
-        in_dim: int,
-        key: jax.Array,
-        w_init: Initializer | None,
-        b_init: Initializer | None,
-        dtype: Any,
-    ) -> None:
-        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
-        hidden_dim = self.hidden_dim
+    def _build(self, key: jax.Array, w_init: Init, b_init: Init, dtype: Any) -> None:
+        in_dim, hidden_dim = self.in_dim, self.hidden_dim
         w_init = w_init or initializers.truncated_normal(1.0 / np.sqrt(in_dim + hidden_dim))
         b_init = b_init or initializers.zeros
         k1, k2, k3 = jax.random.split(key, 3)
@@ -148,7 +130,7 @@ class LSTM(_Cell):
         return LSTMState(zeros, zeros)
 
 
-class GRU(_Cell):
+class GRU(LazyLayer):
     """A gated recurrent unit (Cho et al., 2014), numerically as Haiku's ``hk.GRU``.
 
     The weights are ``weight_ih`` ``(in_dim, 3 * hidden_dim)``, ``weight_hh``
@@ -193,15 +175,12 @@ class GRU(_Cell):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        cls = type(self).__name__
-        self.in_dim = None  # set by _build
-        self.hidden_dim = v.positive_int(cls, "hidden_dim", hidden_dim)
-        inits = {"w_i_init": w_i_init, "w_h_init": w_h_init, "b_init": b_init}
-        self._setup(in_dim, rng_key, **initializers.layer_init_args(cls, param_dtype, **inits))
+        self.hidden_dim = v.positive_int(self._cls, "hidden_dim", hidden_dim)
+        inits: dict[str, Any] = {"w_i_init": w_i_init, "w_h_init": w_h_init, "b_init": b_init}
+        self._create_params(in_dim, rng_key, param_dtype, **inits)
 
-    def _build(self, in_dim: int, key: jax.Array, dtype: Any, **inits: Initializer | None) -> None:
-        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
-        hidden_dim = self.hidden_dim
+    def _build(self, key: jax.Array, dtype: Any, **inits: Init) -> None:
+        in_dim, hidden_dim = self.in_dim, self.hidden_dim
         w_i_init = inits["w_i_init"] or initializers.variance_scaling()
         w_h_init = inits["w_h_init"] or initializers.variance_scaling()
         b_init = inits["b_init"] or initializers.zeros
@@ -229,7 +208,7 @@ class GRU(_Cell):
         return _zeros(self.hidden_dim, batch_size)
 
 
-class VanillaRNN(_Cell):
+class VanillaRNN(LazyLayer):
     """A simple RNN ``h' = activation(x @ weight_ih + bias + h @ weight_hh [+ bias_hh])``.
 
     Numerically Haiku's ``hk.VanillaRNN`` (relu, two biases by default).
@@ -271,18 +250,15 @@ class VanillaRNN(_Cell):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        cls = type(self).__name__
-        self.in_dim = None  # set by _build
-        self.hidden_dim = v.positive_int(cls, "hidden_dim", hidden_dim)
+        self.hidden_dim = v.positive_int(self._cls, "hidden_dim", hidden_dim)
         if not callable(activation):
-            raise TypeError(f"{cls}: activation must be callable, got {activation!r}.")
+            raise TypeError(f"{self._cls}: activation must be callable, got {activation!r}.")
         self.activation = activation
-        self.double_bias = v.boolean(cls, "double_bias", double_bias)
-        self._setup(in_dim, rng_key, **initializers.layer_init_args(cls, param_dtype))
+        self.double_bias = v.boolean(self._cls, "double_bias", double_bias)
+        self._create_params(in_dim, rng_key, param_dtype)
 
-    def _build(self, in_dim: int, key: jax.Array, dtype: Any) -> None:
-        self.in_dim = v.positive_int(type(self).__name__, "in_dim", in_dim)
-        hidden_dim = self.hidden_dim
+    def _build(self, key: jax.Array, dtype: Any) -> None:
+        in_dim, hidden_dim = self.in_dim, self.hidden_dim
         k1, k2 = jax.random.split(key)
         w_ih = initializers.truncated_normal(1.0 / np.sqrt(in_dim))(k1, (in_dim, hidden_dim), dtype)
         w_hh = initializers.truncated_normal(1.0 / np.sqrt(hidden_dim))(

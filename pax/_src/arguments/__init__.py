@@ -1,144 +1,30 @@
-"""The package's one set of argument parsers and its one renaming rule (pax.nn and pax.haiku).
+"""The package's one set of argument parsers (pax.nn and pax.haiku).
 
 Every parser takes the name to show in its errors first (``"Conv2D"``,
 ``"pax.haiku.conv_2d"``), then the argument's name and value, and raises an error naming the
-layer or function, the argument, what was wrong and what to pass instead. Renamed arguments
-keep working for one release through `renamed_kwargs` (keywords) and `RenamedAttribute`
-(stored attributes), with a `DeprecationWarning` naming the new spelling.
+layer or function, the argument, what was wrong and what to pass instead. The deprecated
+spellings they still accept, and the renaming rule (`renamed_kwargs`, `RenamedAttribute`), live
+in `pax._src.arguments.compat`; they are re-exported here.
 
 This is a base module: it imports nothing of pax but the other base modules.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-import sys
-import warnings
-from collections.abc import Callable, Sequence
-from types import FrameType
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-CHANNELS_LAST = "channels_last"
-CHANNELS_FIRST = "channels_first"
-
-# The layout strings accepted before the one vocabulary: spelling -> (new value, spatial axes).
-_LEGACY_FORMATS: dict[Any, tuple[str, int | None]] = {
-    None: (CHANNELS_LAST, None),
-    "NC": (CHANNELS_FIRST, 0),
-    "NWC": (CHANNELS_LAST, 1),
-    "NCW": (CHANNELS_FIRST, 1),
-    "NHWC": (CHANNELS_LAST, 2),
-    "NCHW": (CHANNELS_FIRST, 2),
-    "NDHWC": (CHANNELS_LAST, 3),
-    "NCDHW": (CHANNELS_FIRST, 3),
-}
-
-
-# --- deprecations ------------------------------------------------------------------------------
-
-
-def _caller_stacklevel() -> int:
-    """The `stacklevel` of the first frame outside pax (the user's call)."""
-    level = 1
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "pax":
-        level, frame = level + 1, frame.f_back
-    return level
-
-
-def warn_deprecated(owner: str, old: str, new: str) -> None:
-    """Emits ``<owner>: `old` is deprecated, use `new`.`` at the user's call.
-
-    `owner` is the public name of the layer or function, e.g. ``"pax.nn.Conv2D"``.
-    """
-    warnings.warn(
-        f"{owner}: `{old}` is deprecated, use `{new}`. The old spelling will be removed "
-        "in the next release.",
-        DeprecationWarning,
-        stacklevel=_caller_stacklevel(),
-    )
-
-
-def renamed_kwargs(namespace: str, /, **renamed: str) -> Callable[[F], F]:
-    """Decorator accepting the old keyword names ``old="new"`` of a function or ``__init__``.
-
-    An old keyword is passed on under its new name with a `DeprecationWarning` naming
-    ``<namespace>.<function or class>``; the old and the new name together raise a `TypeError`.
-    The signature (``inspect.signature``, IDEs) shows the new names only.
-
-    Raises:
-      TypeError: at decoration when a new name is not a parameter or an old one still is.
-
-    Example:
-      >>> @renamed_kwargs("pax.nn", strides="stride")
-      ... def pool(x, stride=1):
-      ...     return x * stride
-      >>> pool(2, stride=3)
-      6
-    """
-
-    def decorate(fn: F) -> F:
-        params = inspect.signature(fn).parameters
-        positions = {}
-        for old, new in renamed.items():
-            if new not in params or old in params:
-                raise TypeError(
-                    f"renamed_kwargs: {fn.__qualname__} must have the parameter {new!r} and not "
-                    f"{old!r}."
-                )
-            if params[new].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
-                positions[new] = list(params).index(new)
-        is_init = fn.__name__ == "__init__"
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not renamed.keys().isdisjoint(kwargs):
-                owner = f"{namespace}.{type(args[0]).__name__ if is_init else fn.__name__}"
-                for old, new in renamed.items():
-                    if old not in kwargs:
-                        continue
-                    if new in kwargs or len(args) > positions.get(new, len(args)):
-                        raise TypeError(
-                            f"{owner}: got both `{old}` (deprecated) and `{new}`; pass only "
-                            f"`{new}`."
-                        )
-                    warn_deprecated(owner, old, new)
-                    kwargs[new] = kwargs.pop(old)
-            return fn(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
-
-
-class RenamedAttribute:
-    """A read-only class attribute ``old = RenamedAttribute(namespace, "new")`` forwarding to
-    ``new``.
-
-    Reading it on an instance warns (`DeprecationWarning`, naming
-    ``<namespace>.<class>``) and returns the new attribute.
-    """
-
-    def __init__(self, namespace: str, new: str) -> None:
-        self.namespace = namespace
-        self.new = new
-        self.old = ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.old = name
-
-    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
-        if obj is None:
-            return self
-        warn_deprecated(f"{self.namespace}.{type(obj).__name__}", self.old, self.new)
-        return getattr(obj, self.new)
-
+from pax._src.arguments.compat import CHANNELS_FIRST as CHANNELS_FIRST
+from pax._src.arguments.compat import CHANNELS_LAST as CHANNELS_LAST
+from pax._src.arguments.compat import F as F
+from pax._src.arguments.compat import RenamedAttribute as RenamedAttribute
+from pax._src.arguments.compat import legacy_spatial_axes as legacy_spatial_axes
+from pax._src.arguments.compat import parse_data_format
+from pax._src.arguments.compat import renamed_kwargs as renamed_kwargs
+from pax._src.arguments.compat import warn_deprecated as warn_deprecated
 
 # --- numbers and shapes ------------------------------------------------------------------------
 
@@ -262,12 +148,6 @@ def padding_arg(cls: str, padding: Any, n: int) -> str | tuple[tuple[int, int], 
 # --- layouts -----------------------------------------------------------------------------------
 
 
-def legacy_spatial_axes(value: Any) -> int | None:
-    """The number of spatial axes an old layout string such as ``"NWC"`` names, else None."""
-    legacy = _LEGACY_FORMATS.get(value) if isinstance(value, str) else None
-    return None if legacy is None else legacy[1]
-
-
 def data_format(
     cls: str,
     value: Any,
@@ -290,19 +170,7 @@ def data_format(
       >>> data_format("pax.haiku.conv_2d", "channels_first", 2)
       'channels_first'
     """
-    if isinstance(value, str) and value in (CHANNELS_LAST, CHANNELS_FIRST):
-        return value
-    legacy = _LEGACY_FORMATS.get(value) if value is None or isinstance(value, str) else None
-    if legacy is not None and (legacy[1] is None or num_spatial in (None, legacy[1])):
-        new = f"data_format={legacy[0]!r}{also}"
-        warn_deprecated(cls if owner is None else owner, f"data_format={value!r}", new)
-        return legacy[0]
-    axes = "axis" if num_spatial == 1 else "axes"
-    spatial = "" if num_spatial is None else f" for {num_spatial} spatial {axes}"
-    raise ValueError(
-        f"{cls}: unknown data_format {value!r}{spatial}; use 'channels_last' (channels on the "
-        "last axis, the default) or 'channels_first' (channels on axis 1, after the batch axis)."
-    )
+    return parse_data_format(cls, value, num_spatial, cls if owner is None else owner, also)
 
 
 def check_last_dim(cls: str, x: Any, size: int, what: str = "features") -> None:
