@@ -146,6 +146,35 @@ def test_an_upward_import_is_reported(module, source, expected):
     assert any(expected in v for v in violations(sources)), violations(sources)
 
 
+# The pytree protocol: what `Module.__setattr__` through flatten / unflatten needs (see
+# pax/_src/core/README.md). Features of modules (views, lazy init, mixed precision, summary,
+# selection, ...) sit above it, in the other files of core: the protocol imports none of them.
+PROTOCOL = {
+    f"pax._src.core.{name}"
+    for name in ("registry", "aux", "pytree", "assignment", "validate", "tree_shape", "tracing")
+} | {"pax._src.core._jax_compat"}
+
+
+def protocol_violations(sources: dict[str, str]) -> list[str]:
+    known = set(sources)
+    return [
+        f"{module}:{line} imports {target}: the protocol imports no feature of core"
+        for module in sorted(PROTOCOL)
+        for target, line in imports_of(sources[module], known)
+        if target.startswith("pax._src.core") and target not in PROTOCOL | {"pax._src.core"}
+    ]
+
+
+def test_the_pytree_protocol_imports_no_feature_above_it():
+    assert protocol_violations(load_sources()) == []
+    sources = load_sources()
+    sources["pax._src.core.pytree"] += "\nfrom pax._src.core import lazy\n"
+    assert protocol_violations(sources) == [
+        f"pax._src.core.pytree:{sources['pax._src.core.pytree'].count(chr(10))} imports "
+        "pax._src.core.lazy: the protocol imports no feature of core"
+    ]
+
+
 def test_an_import_cycle_is_reported():
     sources = load_sources()
     sources["pax._src.core.registry"] += "\ndef f():\n    from pax._src.core import module\n"

@@ -1,9 +1,10 @@
 """Recording module calls during an abstract pass, for `summary(*example_inputs)`.
 
-The wrapped ``__call__`` of every module (`tracing.wrap_call`) tests ``ACTIVE``, a list that is
-empty unless some thread is recording: one truthiness test of a closure-bound list per call
-when nothing records. While a recorder is active in *this* thread, each module call is
-recorded with the shapes of its inputs and outputs; calls in other threads are not.
+The wrapped ``__call__`` of every module (`tracing.wrap_call`) tests ``ACTIVE`` (the protocol's
+``tracing.CALL_RECORDERS``), a list that is empty unless some thread is recording: one
+truthiness test of a closure-bound list per call when nothing records. While a recorder is
+active in *this* thread, each module call is recorded with the shapes of its inputs and
+outputs; calls in other threads are not.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any
 
 import jax
 
+from pax._src.core import tracing
 from pax._src.describe import describe, is_array_like
 
-# One entry per recorder active in any thread; the hot path only tests its truthiness.
-ACTIVE: list[Recorder] = []
+# One entry per recorder active in any thread (the protocol's list: the hot path only tests
+# its truthiness).
+ACTIVE: list[Any] = tracing.CALL_RECORDERS
 _LOCK = threading.Lock()
 _LOCAL = threading.local()
 
@@ -50,6 +53,11 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: dict[int, list[tuple[str, str]]] = {}
         self.keep: list[Any] = []  # the called modules, so that their ids stay unique
+
+    def record(self, module: Any, call: Callable, args: tuple, kwargs: dict) -> Any:
+        """The hook the wrapped ``__call__`` calls while recorders are active (in any thread):
+        records the call if this thread records (`record`), else just makes it."""
+        return record(module, call, args, kwargs)
 
     def call(self, module: Any, call: Callable, args: tuple, kwargs: dict) -> Any:
         out = call(module, *args, **kwargs)

@@ -26,7 +26,7 @@ from typing import Any
 
 import jax
 
-from pax._src.core import recording, registry
+from pax._src.core import registry
 from pax._src.core._jax_compat import Tracer, current_trace, trace_state_clean
 
 LEAK_FIX = (
@@ -178,7 +178,7 @@ def check_no_leaked_tracers(module: Any) -> None:
 def wrap_call(call: Callable) -> Callable:
     """Wraps a module's ``__call__`` so that a module holding leaked tracers raises first."""
     key, view = registry.TRACERS_KEY, registry.VIEW_KEY
-    recorders = recording.ACTIVE  # non-empty only while `summary(*inputs)` records calls
+    recorders = CALL_RECORDERS  # non-empty only while `summary(*inputs)` records calls
 
     @functools.wraps(call)
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -189,12 +189,17 @@ def wrap_call(call: Callable) -> Callable:
         if view in self.__dict__:
             raise TypeError(_VIEW_CALLED.format(cls=type(self).__name__, view=self.__dict__[view]))
         if recorders:
-            return recording.record(self, call, args, kwargs)
+            return recorders[0].record(self, call, args, kwargs)
         return call(self, *args, **kwargs)
 
     __call__.__leak_checked__ = True  # type: ignore[attr-defined]
     return __call__
 
+
+# The call recorders active in any thread (`recording.py`, a feature above the protocol, adds
+# and removes them): the wrapped ``__call__`` tests this list's truthiness, and hands a call to
+# ``CALL_RECORDERS[0].record`` while it is not empty.
+CALL_RECORDERS: list[Any] = []
 
 _VIEW_CALLED = (
     "{cls}: this module is the view model.{view}(): it holds only some of the model's arrays "
