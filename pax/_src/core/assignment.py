@@ -33,7 +33,7 @@ def init_registry(module: Any) -> Layout:
         layout = registry.EMPTY.with_static("training")
         registry.set_layout(d, layout)
         d.setdefault("training", True)
-        if not trace_state_clean():  # invariant: made inside a transformation, never "lost"
+        if not trace_state_clean():  # invariant 9: made inside a transformation, never "lost"
             registry.mark_born(d, current_trace())
     return layout
 
@@ -60,17 +60,17 @@ class AssignmentRules(Registered):
                 value = check_state_dtype(self, name, d.get(name), value)
             old = d.get(name)
             d[name] = value
-            d.pop(_FLAT_KEY, None)
+            d.pop(_FLAT_KEY, None)  # invariant 8: a write drops the flatten cache
             if isinstance(value, Tracer) and value is not old:
-                tracing.mark(self, name, old, value)  # invariant: a traced change is tracked
+                tracing.mark(self, name, old, value)  # invariant 9: a traced change is tracked
         else:
             if value is not None:
                 check_subtree(self, name, kind, value)
             old = d.get(name)
             d[name] = value
-            d.pop(_FLAT_KEY, None)
+            d.pop(_FLAT_KEY, None)  # invariant 8: a write drops the flatten cache
             if not trace_state_clean():
-                tracing.mark(self, name, old, value)  # invariant: a traced change is tracked
+                tracing.mark(self, name, old, value)  # invariant 9: a traced change is tracked
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: for the flatten cache, build it (pytree.py).
@@ -106,12 +106,12 @@ def _assign_unregistered(
             object.__setattr__(self, name, value)
             return
         check_not_shadowing(self, name, descriptor)
-    new_layout = layout_after_assignment(self, name, value, layout, kind)
+    new_layout = layout_after_assignment(self, name, value, layout, kind)  # invariants 4, 5
     d = self.__dict__
     old = d.get(name)
     d[name] = value
-    d.pop(_FLAT_KEY, None)
+    d.pop(_FLAT_KEY, None)  # invariant 8: a write drops the flatten cache
     if kind is not None and not trace_state_clean():
-        tracing.mark(self, name, old, value)  # invariant: a traced change is tracked
+        tracing.mark(self, name, old, value)  # invariant 9: a traced change is tracked
     if new_layout is not layout or name in new_layout.static:
         registry.set_layout(d, new_layout)

@@ -49,7 +49,7 @@ def compute_flat(module: Any) -> tuple[tuple, Aux]:
     elif PENDING:
         check_pending()
     flat = (aux.get_children(d), aux)
-    if d.get(registry.AUX_KEY) is aux:
+    if d.get(registry.AUX_KEY) is aux:  # invariant 8: cached only with a cached aux
         d[registry.FLAT_KEY] = flat
     return flat
 
@@ -135,7 +135,7 @@ def read_layout(module: Any) -> registry.Layout:
     aux = module.__dict__.get(registry.AUX_KEY)
     if aux is not None:
         return aux[0]
-    return _read(module)[0]
+    return _read(module)[0]  # invariant 7: computed, never written back
 
 
 def _read(module: Any) -> tuple[registry.Layout, tuple, bool]:

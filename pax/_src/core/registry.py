@@ -159,7 +159,7 @@ class Layout:
         static: tuple[str, ...],
         frozen: tuple[tuple[str, frozenset[str]], ...] = (),
     ) -> Layout:
-        key = (children, kinds, static, frozen)
+        key = (children, kinds, static, frozen)  # invariant 2: one object per layout
         layout = cls._table.get(key)
         if layout is None:
             with cls._lock:
@@ -297,7 +297,7 @@ def stored_layout(d: dict) -> Layout | None:
 def set_layout(d: dict, layout: Layout) -> None:
     """Stores `layout` in `d` and drops the cached aux (which described the old one)."""
     d[_LAYOUT] = layout
-    d.pop(_AUX, None)
+    d.pop(_AUX, None)  # invariant 8: a new layout drops both caches, so they never disagree
     d.pop(_FLAT, None)
 
 

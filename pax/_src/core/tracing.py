@@ -66,7 +66,7 @@ def mark(module: Any, name: str, old: Any, new: Any) -> None:
     A module constructed inside the transformation being traced is marked (a tracer leaking
     out of it is still caught) but never pending: nothing outside it can have lost the change.
     """
-    if _same_value(old, new):
+    if _same_value(old, new):  # invariant 9: only a real change is tracked
         return
     d = module.__dict__
     registry.mark_traced(d)
@@ -129,7 +129,7 @@ def check_pending() -> None:
     returned. Entries of other threads are theirs to check (their trace may be running)."""
     if not PENDING or not trace_state_clean():
         return
-    me = threading.get_ident()
+    me = threading.get_ident()  # invariant 9: only this thread's entries
     with _LOCK:
         pending = [entry for entry in PENDING if entry[2] == me]
         if not pending:
@@ -186,7 +186,7 @@ def wrap_call(call: Callable) -> Callable:
             check_no_leaked_tracers(self)
         if PENDING:
             check_pending()
-        if view in self.__dict__:
+        if view in self.__dict__:  # invariant 10: a view is never called as a model
             raise TypeError(_VIEW_CALLED.format(cls=type(self).__name__, view=self.__dict__[view]))
         if recorders:
             return recorders[0].record(self, call, args, kwargs)

@@ -280,7 +280,7 @@ def layout_after_assignment(
         if has_module:
             check_module_subtree(module, name, value)
             return layout.with_child(name, Kind.MODULE_SUBTREE)
-        check_not_hidden(module, name, value)
+        check_not_hidden(module, name, value)  # invariant 4: no array hidden in a static
         return layout.with_static(name)
     if isinstance(value, NDARRAY_TYPES):
         raise TypeError(
@@ -288,7 +288,7 @@ def layout_after_assignment(
             f"attribute; it would be static and baked into the compiled program. Fix: "
             f"{REGISTER_FIX.format(name=name)}."
         )
-    check_not_hidden(module, name, value)
+    check_not_hidden(module, name, value)  # invariant 4: no array hidden in a static
     return layout.with_static(name)
 
 

@@ -141,7 +141,7 @@ def keep_only(keep: frozenset, view: str) -> Visit:
             todo = cache[layout] = work(layout)
         for name, kind in todo:
             d[name] = _nonify(d[name], kind)
-        d[registry.VIEW_KEY] = view  # invariant: a partial copy can't be called as a model
+        d[registry.VIEW_KEY] = view  # invariant 10: a partial copy is never called as a model
 
     return visit
 
