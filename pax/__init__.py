@@ -17,6 +17,8 @@ from pax import utils as utils
 from pax._src.checkpoint import LoadReport as LoadReport
 from pax._src.checkpoint import load as load
 from pax._src.checkpoint import save as save
+from pax._src.checkpoint.state_dict import load_state_dict as load_state_dict
+from pax._src.checkpoint.state_dict import state_dict as state_dict
 from pax._src.core.module import Module as Module
 from pax._src.core.registry import Kind as Kind
 from pax._src.core.rng import next_rng_key as next_rng_key
@@ -30,8 +32,6 @@ from pax._src.errors import SharedObjectError as SharedObjectError
 from pax._src.errors import StructureChangedError as StructureChangedError
 from pax._src.nn.unroll import dynamic_unroll as dynamic_unroll
 from pax._src.optim.base import Optimizer as Optimizer
-from pax._src.state_dict import load_state_dict as load_state_dict
-from pax._src.state_dict import state_dict as state_dict
 
 if TYPE_CHECKING:
     from pax import haiku as haiku

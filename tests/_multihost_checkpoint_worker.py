@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 import pax
-from pax._src import checkpoint_sharded
+from pax._src.checkpoint import sharded as checkpoint_sharded
 
 DIED = 17
 

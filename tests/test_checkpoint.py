@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 import pax
-from pax._src import checkpoint, checkpoint_io
+from pax._src.checkpoint import check as checkpoint
+from pax._src.checkpoint import io as checkpoint_io
+from pax._src.checkpoint import save_load
 
 # --- helpers -----------------------------------------------------------------------------------
 
@@ -384,7 +386,7 @@ def test_files_that_are_not_pax_checkpoints(tmp_path):
 
 def test_newer_format_version_asks_to_upgrade(tmp_path, monkeypatch):
     path = tmp_path / "future.npz"
-    monkeypatch.setattr(checkpoint, "VERSION", checkpoint.VERSION + 1)
+    monkeypatch.setattr(save_load, "VERSION", checkpoint.VERSION + 1)  # what pax.save writes
     pax.save(path, {"w": jnp.ones(2)})
     monkeypatch.undo()
     with pytest.raises(pax.CheckpointError, match=r"format version 2.*Fix: upgrade pax"):
@@ -443,7 +445,7 @@ def test_a_crash_midway_leaves_the_previous_checkpoint_intact(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, jax.numpy as jnp, pax
-        from pax._src import checkpoint_io
+        from pax._src.checkpoint import io as checkpoint_io
         real = checkpoint_io.write_array
         def crash(archive, name, array):
             if name == "['w']":

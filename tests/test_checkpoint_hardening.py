@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import pax
-from pax._src import checkpoint
+from pax._src.checkpoint import check as checkpoint
 
 META = checkpoint.METADATA_KEY
 
@@ -276,7 +276,7 @@ def test_a_crashed_save_is_cleaned_up_by_the_next(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, jax.numpy as jnp, pax
-        from pax._src import checkpoint_io
+        from pax._src.checkpoint import io as checkpoint_io
         real = checkpoint_io.write_array
         def crash(archive, name, array):
             os._exit(3)

@@ -23,7 +23,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import pax
-from pax._src import checkpoint, checkpoint_io, checkpoint_sharded
+from pax._src.checkpoint import check as checkpoint
+from pax._src.checkpoint import io as checkpoint_io
+from pax._src.checkpoint import sharded as checkpoint_sharded
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(TESTS, "_multihost_checkpoint_worker.py")
@@ -312,7 +314,7 @@ def test_multi_process_checkpoints_check_like_as_one_process_ones(in_parts):
     with pytest.raises(pax.CheckpointMismatchError, match=r"\['w'\]: checkpoint float32\[8\]"):
         pax.load(path, {"w": jnp.zeros(4), "b": tree["b"]})
     loaded, report = pax.load(path, {"w": jnp.zeros(8), "x": jnp.zeros(1)}, strict=False)
-    assert report == checkpoint.LoadReport(missing=("['x']",), unexpected=("['b']",))
+    assert report == pax.LoadReport(missing=("['x']",), unexpected=("['b']",))
     np.testing.assert_array_equal(loaded["w"], np.arange(8.0))
 
 

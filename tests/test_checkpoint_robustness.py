@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import pax
-from pax._src import checkpoint_io
+from pax._src.checkpoint import io as checkpoint_io
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
@@ -270,7 +270,7 @@ def test_a_read_only_target_behind_a_symlink_is_refused_naming_the_link(tmp_path
 
 _CRASH = """
 import os, sys, jax.numpy as jnp, pax
-from pax._src import checkpoint_io
+from pax._src.checkpoint import io as checkpoint_io
 def crash(archive, name, array):
     os._exit(3)  # the process dies: no exception handler, no cleanup
 checkpoint_io.write_array = crash
@@ -279,7 +279,7 @@ pax.save(sys.argv[1], {"w": jnp.zeros(4)})
 
 _BLOCK = """
 import os, sys, time, jax.numpy as jnp, pax
-from pax._src import checkpoint_io
+from pax._src.checkpoint import io as checkpoint_io
 real = checkpoint_io.write_array
 def wait(archive, name, array):  # a live writer, slow to finish
     open(sys.argv[2], "w").close()

@@ -238,7 +238,9 @@ def test_batch_norm_export_rank_and_channels_first():
     _assert_exact(exported, (params, state))
     with pytest.raises(ValueError, match=r"input_ranks maps pax paths.*got '\.x': 3"):
         pax.haiku.to_haiku_params(model, input_ranks={".x": 3})
-    with pytest.raises(ValueError, match=r"params\['batch_norm'\]\['scale'\] is float32\(1, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"params\['batch_norm'\]\['scale'\] \(at \.scale\): given float32\[1, 4\]"
+    ):
         bad = {"batch_norm": {"scale": np.ones((1, 4), np.float32)}}
         pax.haiku.load_haiku_params(model, bad, strict=False)
 
@@ -333,8 +335,8 @@ def test_mismatched_shapes_name_the_pax_attribute():
     params = {"linear": {"w": np.ones((3, 4), np.float32), "b": np.ones(4, np.float32)}}
     with pytest.raises(
         ValueError,
-        match=r"float32\(3, 4\) in params but float32\(2, 4\) in the "
-        r"model \(at \.modules\[0\]\.weight\)",
+        match=r"params\['linear'\]\['w'\] \(at \.modules\[0\]\.weight\): given "
+        r"float32\[3, 4\], model float32\[2, 4\]",
     ):
         pax.haiku.load_haiku_params(pax.nn.Sequential(pax.nn.Linear(2, 4)), params, strict=False)
 

@@ -162,18 +162,25 @@ def test_load_errors_list_missing_unexpected_and_mismatched():
     del params["linear_1"]["b"]
     model = pax.nn.Sequential(pax.haiku.linear(2, 4), pax.haiku.linear(4, 1))
     pattern = (
-        r"(?s)the Haiku weights do not fit the model\..*"
-        r"missing \(the model has them, the Haiku dicts do not\): params\['linear_1'\]\['b'\].*"
-        r"unexpected \(in the Haiku dicts, used by no module of the model\): "
-        r"params\['linear_2'\].*"
-        r"shape or dtype mismatch: params\['linear'\]\['b'\] is float32\(5,\) in params but "
-        r"float32\(4,\) in the model.*"
-        r"\.modules\[0\] -> linear, \.modules\[1\] -> linear_1"
+        r"(?s)the Haiku dicts do not match the model\. Nothing was loaded\.\n"
+        r"1 missing from the Haiku dicts:\n  params\['linear_1'\]\['b'\]\n"
+        r"2 unexpected in the Haiku dicts:\n  params\['linear_2'\]\['w'\]\n"
+        r"  params\['linear_2'\]\['b'\]\n"
+        r"3 with another shape or dtype:\n  params\['linear'\]\['b'\] \(at \.modules\[0\]\S*\): "
+        r"given float32\[5\], model float32\[4\].*"
+        r"\.modules\[0\] -> linear, \.modules\[1\] -> linear_1.*strict=False"
     )
-    with pytest.raises(ValueError, match=pattern):
+    with pytest.raises(pax.CheckpointMismatchError, match=pattern) as info:
         pax.haiku.load_haiku_params(model, params)
+    assert info.value.missing == ("params['linear_1']['b']",)
+    assert info.value.unexpected == ("params['linear_2']['w']", "params['linear_2']['b']")
+    assert info.value.mismatched == (
+        "params['linear']['b']",
+        "params['linear']['w']",
+        "params['linear_1']['w']",
+    )
     # strict=False ignores missing and unexpected entries, not shape mismatches
-    with pytest.raises(ValueError, match=r"shape or dtype mismatch"):
+    with pytest.raises(ValueError, match=r"3 with another shape or dtype"):
         pax.haiku.load_haiku_params(model, params, strict=False)
     w1 = jnp.full((4, 1), 0.25)
     partial, report = pax.haiku.load_haiku_params(model, {"linear_1": {"w": w1}}, strict=False)
@@ -189,7 +196,9 @@ def test_load_errors_list_missing_unexpected_and_mismatched():
         kept = model.modules[i].params["linear"][name]
         np.testing.assert_array_equal(partial.modules[i].params["linear"][name], kept)
 
-    with pytest.raises(ValueError, match=r"params\['linear'\]\['w'\] is float16\(2, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"params\['linear'\]\['w'\] \(at .*\): given float16\[2, 4\]"
+    ):
         wrong = {"linear": {"w": np.zeros((2, 4), np.float16), "b": np.zeros(4, np.float32)}}
         pax.haiku.load_haiku_params(model, wrong, strict=False)
     with pytest.raises(TypeError, match=r"params must be a dict \{module_name: \{name: array\}\}"):
@@ -274,13 +283,14 @@ def test_non_strict_load_returns_a_report_and_never_loads_nothing_silently():
     extra = {**params, "head": {"w": np.ones((4, 1), np.float32)}}
     loaded, report = pax.haiku.load_haiku_params(model, extra, strict=False)
     assert set(report.loaded) == {f"params['{m}']['{n}']" for m in params for n in "wb"}
-    assert report.skipped == ("params['head']",)
+    assert report.skipped == report.unexpected == ("params['head']['w']",)
+    assert report.left == report.missing
     assert set(report.left) == {"params['linear_2']['w']", "params['linear_2']['b']"}
     np.testing.assert_array_equal(loaded.modules[1].params["linear"]["w"], params["linear_1"]["w"])
     np.testing.assert_array_equal(
         loaded.modules[2].params["linear"]["w"], model.modules[2].params["linear"]["w"]
     )
-    with pytest.raises(ValueError, match=r"no entry of the Haiku dicts fits the model"):
+    with pytest.raises(ValueError, match=r"no key path of the Haiku dicts is in the model"):
         pax.haiku.load_haiku_params(model, {"other": params["linear"]}, strict=False)
     with pytest.raises(TypeError, match=r"strip_prefix must be a str"):
         pax.haiku.load_haiku_params(model, params, strip_prefix=1)
@@ -298,5 +308,7 @@ def test_strip_prefix_removes_the_program_scope():
     loaded = pax.haiku.load_haiku_params(model, params, state, strip_prefix="program/")
     x = jnp.ones((2, 2))
     np.testing.assert_allclose(loaded(x), f.apply(params, state, None, x)[0], rtol=1e-6)
-    with pytest.raises(ValueError, match=r"params\['program/linear'\] \(outside strip_prefix "):
+    with pytest.raises(
+        ValueError, match=r"params\['program/linear'\]\['w'\] \(outside strip_prefix 'other/'\)"
+    ):
         pax.haiku.load_haiku_params(model, params, strip_prefix="other/")

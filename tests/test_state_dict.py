@@ -82,15 +82,18 @@ def test_one_error_lists_every_problem_and_changes_nothing():
     bad = {**TORCH, "3.weight": np.ones(1, np.float32)}
     del bad["2.bias"]
     pattern = (
-        r"(?s)shape or dtype mismatch:\n  \.modules\[0\]\.weight \(from '0\.weight'\): given "
+        r"(?s)the mapping does not match the Sequential\. Nothing was loaded\.\n"
+        r"1 missing from the mapping:\n  \.modules\[2\]\.bias\n"
+        r"1 unexpected in the mapping:\n  3\.weight \(renamed '\.modules\[3\]\.weight'\)\n"
+        r"2 with another shape or dtype:\n  \.modules\[0\]\.weight \(from '0\.weight'\): given "
         r"float32\[8, 4\], model float32\[4, 8\].*"
-        r"unmatched \(names that are no key path of the model\):\n  '3\.weight' \(renamed "
-        r"'\.modules\[3\]\.weight'\).*"
-        r"missing \(key paths of the model not given\):\n  \.modules\[2\]\.bias.*"
-        r"Fix: map the names"
+        r"Fix: map the names.*strict=False"
     )
-    with pytest.raises(ValueError, match=pattern):
+    with pytest.raises(pax.CheckpointMismatchError, match=pattern) as info:
         pax.load_state_dict(model, bad, rename=RULES)
+    assert info.value.missing == (".modules[2].bias",)
+    assert info.value.unexpected == ("3.weight",)
+    assert info.value.mismatched == (".modules[0].weight", ".modules[2].weight")
     after = [np.asarray(a) for a in jax.tree_util.tree_leaves(model)]
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a, b)
@@ -117,7 +120,11 @@ def test_non_strict_returns_a_report():
     )
     np.testing.assert_array_equal(loaded.modules[0].weight, TORCH["0.weight"].T)
     np.testing.assert_array_equal(loaded.modules[2].weight, model.modules[2].weight)
-    with pytest.raises(ValueError, match=r"(?s)unmatched.*'head\.w'"):
+    with pytest.raises(
+        pax.CheckpointMismatchError,
+        match=r"no key path of the mapping is in the Sequential(?s:.*)1 unexpected in the "
+        r"mapping:\n  head\.w\n",
+    ):
         pax.load_state_dict(model, {"head.w": np.ones(2)}, strict=False)  # nothing loads
 
 

@@ -13,18 +13,17 @@ from typing import Any, Literal, NamedTuple, overload
 import jax.numpy as jnp
 import numpy as np
 
+from pax._src.checkpoint.matching import match_names, settle, spec
 from pax._src.core.module import Module
 from pax._src.haiku import haiku_names as hn
 from pax._src.haiku.module import HaikuDict
 
-_MAX_LISTED = 12
-
 _FIX = (
-    "Fix: build the model from the same layers, in the order the Haiku program creates them; "
-    "if the Haiku program nests them inside a module, pass prefix (e.g. prefix='my_net/~/') "
-    "or strip that scope from the dicts with strip_prefix='my_net/~/'; rename single layers "
-    "with names={{'.layers[0]': 'conv2_d_1'}}. The model's names now (pax path -> Haiku "
-    "name): {table}."
+    "build the model from the same layers, in the order the Haiku program creates them (if "
+    "the Haiku program nests them inside a module, pass prefix (e.g. prefix='my_net/~/') or "
+    "strip that scope from the dicts with strip_prefix='my_net/~/'; rename single layers with "
+    "names={{'.layers[0]': 'conv2_d_1'}}); the model's names now (pax path -> Haiku name): "
+    "{table}"
 )
 
 T = Any
@@ -33,11 +32,13 @@ T = Any
 class HaikuLoadReport(NamedTuple):
     """What ``pax.haiku.load_haiku_params(..., strict=False)`` did.
 
-    Entries are written ``params['linear']['w']`` (with the dicts' own names).
+    Entries are written ``params['linear']['w']`` (with the dicts' own names). ``missing``
+    and ``unexpected`` are ``left`` and ``skipped`` by the names of `pax.LoadReport`.
 
     Attributes:
       loaded: the entries copied into the model.
-      skipped: entries of the dicts used by no layer of the model (ignored).
+      skipped: entries of the dicts used by no layer of the model (ignored), as given (before
+        `strip_prefix`).
       left: entries of the model absent from the dicts (they keep the model's value).
 
     Example:
@@ -46,12 +47,24 @@ class HaikuLoadReport(NamedTuple):
       >>> params = {"linear": {"w": jnp.zeros((2, 3))}, "extra": {"b": jnp.ones(1)}}
       >>> net, report = pax.haiku.load_haiku_params(net, params, strict=False)
       >>> report.loaded, report.skipped, report.left
-      (("params['linear']['w']",), ("params['extra']",), ("params['linear']['b']",))
+      (("params['linear']['w']",), ("params['extra']['b']",), ("params['linear']['b']",))
+      >>> report.missing == report.left
+      True
     """
 
     loaded: tuple[str, ...]
     skipped: tuple[str, ...]
     left: tuple[str, ...]
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """`left`, by the name `pax.LoadReport` and `pax.CheckpointMismatchError` use."""
+        return self.left
+
+    @property
+    def unexpected(self) -> tuple[str, ...]:
+        """`skipped`, by the name `pax.LoadReport` and `pax.CheckpointMismatchError` use."""
+        return self.skipped
 
 
 def haiku_module_names(
@@ -141,8 +154,8 @@ def to_haiku_params(
     return out["params"], out["state"]
 
 
-def _describe_array(x: Any) -> str:
-    return f"{np.dtype(getattr(x, 'dtype', np.asarray(x).dtype))}{tuple(np.shape(x))}"
+def _dtype(x: Any) -> np.dtype:
+    return np.dtype(getattr(x, "dtype", np.asarray(x).dtype))
 
 
 def _is_array(x: Any) -> bool:
@@ -177,21 +190,9 @@ def nested(given: Any, what: str, fn: str = "load_haiku_params") -> dict[str, di
     return out
 
 
-def _strip(tree: dict, strip_prefix: str, what: str) -> tuple[dict, list[str]]:
-    if not strip_prefix:
-        return tree, []
-    kept, outside = {}, []
-    for name, leaves in tree.items():
-        if name.startswith(strip_prefix):
-            kept[name[len(strip_prefix) :]] = leaves
-        else:
-            outside.append(f"{what}[{name!r}] (outside strip_prefix {strip_prefix!r})")
-    return kept, outside
-
-
-def _listed(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
+def _label(what: str, module: str, leaf: str) -> str:
+    """How reports and errors name an entry: ``params['linear']['w']``."""
+    return f"{what}[{module!r}][{leaf!r}]"
 
 
 @overload
@@ -260,9 +261,11 @@ def load_haiku_params(
       `HaikuLoadReport` lists what was loaded, skipped and left.
 
     Raises:
-      ValueError: listing the missing and unexpected entries and the shape or dtype
-        mismatches, with the model's names (with ``strict=False``: mismatches, or no entry
-        loaded at all); or if a layer is not initialized.
+      CheckpointMismatchError: (a ValueError) listing the missing and unexpected entries
+        and the shape or dtype mismatches, with the model's names (with ``strict=False``:
+        mismatches, or no entry matching at all), worded as `pax.load` and
+        `pax.load_state_dict` word them.
+      ValueError: if a layer is not initialized.
       TypeError: if `params` or `state` is not a Haiku dict.
 
     Example:
@@ -290,64 +293,54 @@ def load_haiku_params(
     result = model.copy() if isinstance(model, Module) else model
     found = hn.entries(result, prefix, names, fn)
     hn.require_initialized(found, fn)
-    sources: dict[str, dict[str, dict[str, Any]]] = {}
-    unexpected: list[str] = []
-    for what, given in (("params", params), ("state", state)):
-        if given is None:
-            continue
-        tree, outside = _strip(nested(given, what, fn), strip_prefix, what)
-        sources[what] = tree
-        unexpected += outside
-    missing, mismatched, loaded, plan = [], [], [], []
-    used: set[tuple[str, str, str]] = set()
+    given: dict[str, Any] = {}  # every entry of the dicts, by its label, after strip_prefix
+    renamed: dict[str, str | None] = {}  # strip_prefix as a rename of the labels
+    for what, tree in (("params", params), ("state", state)):
+        for module, leaves in ({} if tree is None else nested(tree, what, fn)).items():
+            inside = module.startswith(strip_prefix)
+            for leaf, value in leaves.items():
+                label = _label(what, module, leaf)
+                stripped = _label(what, module[len(strip_prefix) :], leaf) if inside else None
+                renamed[label] = stripped
+                given[stripped or label] = value
+    targets: dict[str, list[hn.Item]] = {}
     for item in hn.items(found):
-        if item.what not in sources:
-            continue
-        label = f"{item.what}[{item.module!r}][{item.leaf!r}]"
-        got = sources[item.what].get(item.module, {})
-        if item.leaf not in got:
-            missing.append(label)
-            continue
-        used.add((item.what, item.module, item.leaf))
-        value, mine = got[item.leaf], item.read()
-        shape = tuple(np.shape(value))
-        fits = item.accepts(shape) if item.accepts else shape == tuple(np.shape(mine))
-        if not fits or np.dtype(getattr(value, "dtype", np.asarray(value).dtype)) != mine.dtype:
-            mismatched.append(
-                f"{label} is {_describe_array(value)} in {item.what} but "
-                f"{_describe_array(mine)} in the model (at {item.pax})"
-            )
-            continue
-        loaded.append(label)
-        plan.append((item, value))
-    known = {(item.what, item.module) for item in hn.items(found)}
-    for what, tree in sources.items():
-        for module, leaves in tree.items():
-            if (what, module) not in known:
-                unexpected.append(f"{what}[{module!r}]")
-                continue
-            unexpected += [
-                f"{what}[{module!r}][{leaf!r}]"
-                for leaf in leaves
-                if (what, module, leaf) not in used
-            ]
-    nothing = not loaded and not mismatched and not strict
-    if mismatched or nothing or (strict and (missing or unexpected)):
-        lines = [f"{fn}: the Haiku weights do not fit the model."]
-        if nothing:
-            lines[0] = f"{fn}: no entry of the Haiku dicts fits the model (nothing to load)."
-        labels = {
-            "missing (the model has them, the Haiku dicts do not)": missing,
-            "unexpected (in the Haiku dicts, used by no module of the model)": unexpected,
-            "shape or dtype mismatch": mismatched,
-        }
-        for label, found_items in labels.items():
-            if found_items and (strict or label.startswith("shape") or nothing):
-                lines.append(f"  {label}: {_listed(found_items)}")
-        lines.append(_FIX.format(table=hn.describe_table(found)))
-        raise ValueError("\n".join(lines))
+        if (params if item.what == "params" else state) is not None:
+            targets.setdefault(_label(item.what, item.module, item.leaf), []).append(item)
+    matched = match_names(
+        targets,
+        renamed,
+        rename=renamed if strip_prefix else None,
+        dropped=f"outside strip_prefix {strip_prefix!r}",
+        fn=fn,
+    )
+    mismatched: dict[str, str] = {}
+    plan = []
+    for label in matched.pairs:
+        value = given[label]
+        for item in targets[label]:
+            mine, shape = item.read(), tuple(np.shape(value))
+            fits = item.accepts(shape) if item.accepts else shape == tuple(np.shape(mine))
+            if not fits or _dtype(value) != np.dtype(mine.dtype):
+                mismatched[label] = (
+                    f"{label} (at {item.pax}): given {spec(value)}, model {spec(mine)}"
+                )
+            else:
+                plan.append((item, value))
+    settle(
+        matched,
+        mismatched,
+        strict=strict,
+        fn=fn,
+        source="the Haiku dicts",
+        plural=True,
+        target="the model",
+        fixes=[_FIX.format(table=hn.describe_table(found))],
+        non_strict="pax.haiku.load_haiku_params(model, params, state, strict=False)",
+    )
     for item, value in plan:
         item.write(jnp.asarray(value))
     if strict:
         return result
-    return result, HaikuLoadReport(tuple(loaded), tuple(unexpected), tuple(missing))
+    loaded = tuple(label for label in matched.pairs if label not in mismatched)
+    return result, HaikuLoadReport(loaded, matched.unexpected, matched.missing)

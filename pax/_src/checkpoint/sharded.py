@@ -12,7 +12,7 @@ When ``jax.process_count() > 1``, `pax.save` writes, next to ``path``:
   holding only the metadata entry, as a one-process checkpoint's but with ``stored_shape`` per
   leaf, the save id and the list of part files with their sizes and SHA-256 digests.
 
-Every file is written atomically (`checkpoint_io.atomic_write`), the main file last: the
+Every file is written atomically (`io.atomic_write`), the main file last: the
 checkpoint exists once the main file does. A save killed midway leaves the previous main file,
 whose parts have another save id and are untouched; parts not listed by the main file are
 removed after it is in place. All processes must see the same directory (a shared file system).
@@ -33,9 +33,9 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from pax._src.checkpoint_check import METADATA_KEY, PART_NAME
-from pax._src.checkpoint_codec import encode_leaf, record_of
-from pax._src.checkpoint_io import atomic_write, remove_stale_temporaries
+from pax._src.checkpoint.check import METADATA_KEY, PART_NAME
+from pax._src.checkpoint.codec import encode_leaf, record_of
+from pax._src.checkpoint.io import atomic_write, remove_stale_temporaries
 from pax._src.errors import CheckpointError
 
 PART_FORMAT = "pax-checkpoint-part"

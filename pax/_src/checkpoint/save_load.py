@@ -10,22 +10,22 @@ keys (``jax.random.key``) are stored as their key data plus the name of their im
 
 When several processes share the arrays (``jax.process_count() > 1``), each process writes the
 pieces it owns into a part file next to the checkpoint and process 0 writes the main file last
-(`checkpoint_sharded`); `pax.load` reassembles them into ``like``'s shardings
-(`checkpoint_assemble`), on any number of processes and devices.
+(`sharded`); `pax.load` reassembles them into ``like``'s shardings
+(`assemble`), on any number of processes and devices.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Literal, NamedTuple, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import jax
 import numpy as np
 
-from pax._src import checkpoint_sharded
-from pax._src.checkpoint_assemble import load_parts
-from pax._src.checkpoint_check import (
+from pax._src.checkpoint import sharded
+from pax._src.checkpoint.assemble import load_parts
+from pax._src.checkpoint.check import (
     FORMAT,
     METADATA_KEY,
     VERSION,
@@ -33,8 +33,9 @@ from pax._src.checkpoint_check import (
     expected_leaves,
     read_metadata,
 )
-from pax._src.checkpoint_codec import decode_leaf, encode_leaf, place, stored_spec
-from pax._src.checkpoint_io import Reader, atomic_write, resolve_link
+from pax._src.checkpoint.codec import decode_leaf, encode_leaf, place, stored_spec
+from pax._src.checkpoint.io import Reader, atomic_write, resolve_link
+from pax._src.checkpoint.matching import LoadReport
 from pax._src.core import tracing
 from pax._src.core.pytree import read_layout
 from pax._src.core.registry import LEAF_KINDS, MODULE_KINDS, is_module
@@ -45,18 +46,6 @@ from pax._src.errors import CheckpointError
 T = TypeVar("T")
 PathLike = str | os.PathLike
 _MAX_LISTED = 20
-
-
-class LoadReport(NamedTuple):
-    """What ``pax.load(..., strict=False)`` left out.
-
-    Attributes:
-      missing: key paths of ``like`` absent from the checkpoint (they keep ``like``'s value).
-      unexpected: key paths of the checkpoint absent from ``like`` (they are ignored).
-    """
-
-    missing: tuple[str, ...]
-    unexpected: tuple[str, ...]
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -70,7 +59,7 @@ def save(path: PathLike, tree: Any) -> None:
     is left untouched; an existing file keeps its permission bits, a read-only one is not
     replaced. A symbolic link at ``path`` is written through: its target gets the new file and
     the link stays. Temporaries left by killed saves in that directory are removed (only
-    pax's own, and only those of processes that are gone; see `checkpoint_io`). Only arrays
+    pax's own, and only those of processes that are gone; see `io`). Only arrays
     (and their weak types) are stored; the structure and static attributes come from ``like``.
     A view such as ``model.parameters()``, whose other arrays are None, is refused: save the
     model itself.
@@ -133,8 +122,8 @@ def save(path: PathLike, tree: Any) -> None:
         named[where] = leaf
     head = {"format": FORMAT, "version": VERSION, "root": type(tree).__name__}
     head["treedef"] = str(treedef)
-    if jax.process_count() > 1:  # each process writes the pieces it owns; see checkpoint_sharded
-        checkpoint_sharded.save_parts(resolve_link(path), head, named)  # parts by the target
+    if jax.process_count() > 1:  # each process writes the pieces it owns; see sharded.py
+        sharded.save_parts(resolve_link(path), head, named)  # parts by the target
         return
     entries: dict[str, np.ndarray] = {}
     records: list[dict] = []
@@ -144,7 +133,7 @@ def save(path: PathLike, tree: Any) -> None:
     metadata = {**head, "leaves": records}
     blob = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
     atomic_write(path, {METADATA_KEY: blob, **entries})
-    checkpoint_sharded.remove_old_parts(resolve_link(path), keep=None)  # of a multi-process save
+    sharded.remove_old_parts(resolve_link(path), keep=None)  # of a multi-process save
 
 
 def _path_argument(fn: str, path: Any, example: str) -> str:

@@ -8,22 +8,17 @@ renaming its keys and adjusting its arrays on the way.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pax._src.checkpoint import LoadReport
-from pax._src.describe import listing
+from pax._src.checkpoint.matching import LoadReport, Rename, match_names, settle, spec
 
 T = TypeVar("T")
-Rename = Callable[[str], "str | None"] | Sequence[tuple[str, str]]
 Transform = Callable[[str, Any], Any]
-
-_MAX_LISTED = 20
 
 
 def _is_key(x: Any) -> bool:
@@ -65,53 +60,6 @@ def state_dict(model: Any) -> dict[str, np.ndarray]:
             )
         out[where] = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
     return out
-
-
-def _renamer(rename: Rename | None) -> Callable[[str], str | None]:
-    if rename is None:
-        return lambda name: name
-    if callable(rename):
-
-        def checked(name: str) -> str | None:
-            key = rename(name)
-            if key is not None and not isinstance(key, str):
-                raise TypeError(
-                    f"pax.load_state_dict: rename({name!r}) returned {key!r} of type "
-                    f"{type(key).__name__}; it must return a key path (str) or None to drop the "
-                    f"entry. Fix: e.g. rename=lambda name: '.modules[0].' + name."
-                )
-            return key
-
-        return checked
-    if isinstance(rename, (str, bytes)) or not isinstance(rename, Sequence):
-        raise TypeError(
-            f"pax.load_state_dict: rename must be a function name -> key path, or a list of "
-            f"(regex, replacement) pairs of str, got the {type(rename).__name__} {rename!r}. "
-            f"Fix: e.g. rename=[(r'^(\\d+)\\.weight$', r'.modules[\\1].weight')]."
-        )
-    rules = []
-    for rule in rename:
-        if not (
-            isinstance(rule, tuple) and len(rule) == 2 and all(isinstance(r, str) for r in rule)
-        ):
-            raise TypeError(
-                f"pax.load_state_dict: rename must be a function name -> key path, or a list of "
-                f"(regex, replacement) pairs of str, got the rule {rule!r}. Fix: e.g. "
-                f"rename=[(r'^(\\d+)\\.weight$', r'.modules[\\1].weight')]."
-            )
-        rules.append((re.compile(rule[0]), rule[1]))
-
-    def by_rules(name: str) -> str:
-        for pattern, replacement in rules:
-            if pattern.search(name):
-                return pattern.sub(replacement, name)
-        return name
-
-    return by_rules
-
-
-def _spec(x: Any) -> str:
-    return f"{np.dtype(x.dtype)}{list(np.shape(x))}"
 
 
 def _as_array(value: Any, what: str, fix: str) -> np.ndarray:
@@ -180,7 +128,8 @@ def load_state_dict(
       model: the model to load into.
       mapping: ``{name: array}``: a dict, or what ``np.load(path)`` returns for an ``.npz``.
       rename: how source names become key paths: a function ``name -> key path`` (None drops
-        the entry), or a list of ``(regex, replacement)`` rules: the first rule whose regex
+        the entry), a dict ``{name: key path}`` (other names are kept), or a list of
+        ``(regex, replacement)`` rules: the first rule whose regex
         matches (``re.search``) rewrites the name with ``re.sub``; names no rule matches are
         kept. Default: names are key paths already.
       transform: ``transform(key_path, array) -> array``, applied to every entry after
@@ -192,7 +141,7 @@ def load_state_dict(
       strict: if True (default), every key path of the model must be given and every entry
         must find a key path. If False, entries that find none are ignored and key paths not
         given keep the model's value; shapes and dtypes must still match, and at least one
-        entry must load.
+        name must match.
 
     Returns:
       The loaded model; with ``strict=False``, ``(model, pax.LoadReport(missing,
@@ -200,8 +149,10 @@ def load_state_dict(
       found no key path.
 
     Raises:
-      ValueError: listing every unmatched name, missing key path and shape or dtype mismatch,
-        or two names renamed to one key path.
+      CheckpointMismatchError: (a ValueError) listing every unexpected name, missing key path
+        and shape or dtype mismatch (worded as `pax.load` words them; the error's ``missing``,
+        ``unexpected`` and ``mismatched`` attributes hold them all).
+      ValueError: if two names are renamed to one key path.
       TypeError: for a `model` that is None, a `mapping` that is not a mapping, a bad
         `rename`, a `transform` that is not callable, a `strict` that is not a bool, or an
         entry (as given or as `transform` returned it) that is not a numeric array-like; the
@@ -245,22 +196,12 @@ def load_state_dict(
         )
     leaves, treedef = jax.tree_util.tree_flatten_with_path(model)
     expected = {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
-    to_key = _renamer(rename)
-    unmatched, unmatched_names, mismatched = [], [], []
+    names = {str(name): name for name in mapping.keys()}
+    matched = match_names(expected, names, rename=rename, fn=fn)
     values: dict[str, Any] = {}
-    source: dict[str, Any] = {}
-    for name in list(mapping.keys()):
-        key = to_key(str(name))
-        if key is None or key not in expected:
-            unmatched.append(f"{name!r}" + ("" if key in (None, name) else f" (renamed {key!r})"))
-            unmatched_names.append(str(name))
-            continue
-        if key in source:
-            raise ValueError(
-                f"{fn}: the names {source[key]!r} and {name!r} are both renamed to {key!r}. "
-                f"Fix: make rename map them to distinct key paths (or None to drop one)."
-            )
-        source[key] = name
+    mismatched: dict[str, str] = {}
+    for key, given in matched.pairs.items():
+        name = names[given]
         value = _as_array(
             mapping[name],
             f"the entry {name!r} is",
@@ -279,37 +220,26 @@ def load_state_dict(
                 converted = f" (transform returned a {type(result).__name__}, made {value.dtype})"
         mine = expected[key]
         theirs = jax.random.key_data(mine) if _is_key(mine) else mine
-        if tuple(np.shape(value)) != tuple(np.shape(theirs)) or np.dtype(value.dtype) != np.dtype(
-            theirs.dtype
-        ):
-            mismatched.append(
-                f"{key} (from {name!r}): given {_spec(value)}{converted}, model {_spec(theirs)}"
+        if spec(value) != spec(theirs):
+            mismatched[key] = (
+                f"{key} (from {name!r}): given {spec(value)}{converted}, model {spec(theirs)}"
             )
             continue
         values[key] = value
-    missing = [k for k in expected if k not in source]
-    nothing = bool(expected) and not values and not mismatched
-    if mismatched or nothing or (strict and (missing or unmatched)):
-        lines = [f"{fn}: the mapping does not fit {type(model).__name__}."]
-        kinds = [
-            ("shape or dtype mismatch", mismatched),
-            (
-                "unmatched (names that are no key path of the model)",
-                unmatched if strict or nothing else [],
-            ),
-            ("missing (key paths of the model not given)", missing if strict or nothing else []),
-        ]
-        for title, items in kinds:
-            if items:
-                lines.append(f"{title}:")
-                lines.extend(f"  {item}" for item in listing(items, _MAX_LISTED))
-        lines.append(
-            "Fix: map the names to the key paths listed by pax.state_dict(model) with rename= "
-            "(a function or [(regex, replacement), ...]); adjust layouts and dtypes with "
-            "transform=lambda key, a: ... (e.g. a.T, a.astype(np.float32)); or pass "
-            "strict=False to load only the names that match."
-        )
-        raise ValueError("\n".join(lines))
+    report = settle(
+        matched,
+        mismatched,
+        strict=strict,
+        fn=fn,
+        source="the mapping",
+        target=f"the {type(model).__name__}",
+        fixes=[
+            "map the names to the key paths listed by pax.state_dict(model) with rename= "
+            "(a function, a dict, or [(regex, replacement), ...]); adjust layouts and dtypes "
+            "with transform=lambda key, a: ... (e.g. a.T, a.astype(np.float32))"
+        ],
+        non_strict="pax.load_state_dict(model, mapping, strict=False)",
+    )
     new_leaves = []
     for key, leaf in expected.items():
         if key not in values:
@@ -321,4 +251,4 @@ def load_state_dict(
     result = jax.tree_util.tree_unflatten(treedef, new_leaves)
     if strict:
         return result
-    return result, LoadReport(tuple(missing), tuple(unmatched_names))
+    return result, report

@@ -1,8 +1,8 @@
 """Checks of a checkpoint's metadata, and of the metadata against the ``like`` tree of a load.
 
 Every check here runs before any array of the checkpoint is read, so a failure never yields a
-half-loaded tree. The errors list the key paths that differ (at most ``MAX_LISTED`` of each
-kind; the error's attributes hold all of them) and end with the fix.
+half-loaded tree. The key paths of the checkpoint and of ``like`` are paired by `matching`, the
+routine every loader shares.
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from pax._src.checkpoint_io import Reader
-from pax._src.describe import listing
-from pax._src.errors import CheckpointError, CheckpointMismatchError
+from pax._src.checkpoint.io import Reader
+from pax._src.checkpoint.matching import match_names, settle, spec
+from pax._src.errors import CheckpointError
 
 FORMAT = "pax-checkpoint"
 VERSION = 1
 METADATA_KEY = "__pax_checkpoint__"
-MAX_LISTED = 20
 _METADATA_BYTES = 1 << 24
 # A part file of a multi-process checkpoint is named `{checkpoint}.{save id}.part{i}-of-{n}`.
 PART_NAME = re.compile(r"(?P<base>.+)\.(?P<save>[0-9a-f]{12})\.part(?P<index>[0-9]+)-of-[0-9]+")
@@ -171,15 +170,8 @@ def expected_leaves(like_leaves: list) -> dict[str, Any]:
     return expected
 
 
-def _dtype_name(dtype: Any) -> str:
-    return dtype.name if isinstance(dtype, np.dtype) else str(dtype)  # '>f4' is float32
-
-
-def _like_spec(leaf: Any) -> tuple[tuple[int, ...], str]:
-    if isinstance(leaf, (bool, int, float, complex)):
-        array = np.asarray(leaf)
-        return array.shape, array.dtype.name
-    return tuple(leaf.shape), _dtype_name(leaf.dtype)
+def _like_spec(leaf: Any) -> str:
+    return spec(np.asarray(leaf) if isinstance(leaf, (bool, int, float, complex)) else leaf)
 
 
 def compare(
@@ -187,77 +179,20 @@ def compare(
 ) -> tuple[list[str], list[str]]:
     """The key paths missing from and unexpected in the checkpoint; raises on a mismatch."""
     records = {r["path"]: r for r in metadata["leaves"]}
-    missing = [k for k in expected if k not in records]
-    unexpected = [k for k in records if k not in expected]
-    mismatched, details = [], []
-    for where, leaf in expected.items():
-        if where not in records:
-            continue
-        saved = (tuple(records[where]["shape"]), records[where]["dtype"])
-        if _like_spec(leaf) != saved:
-            (shape, dtype), (like_shape, like_dtype) = saved, _like_spec(leaf)
-            mismatched.append(where)
-            details.append(
-                f"{where or '<root>'}: checkpoint {dtype}{list(shape)}, "
-                f"like {like_dtype}{list(like_shape)}"
+    matched = match_names(expected, records, fn="pax.load")
+    mismatched = {}
+    for where in matched.pairs:
+        saved = f"{records[where]['dtype']}{list(records[where]['shape'])}"
+        if _like_spec(expected[where]) != saved:
+            mismatched[where] = (
+                f"{where or '<root>'}: checkpoint {saved}, like {_like_spec(expected[where])}"
             )
-    nothing = bool(expected or records) and len(missing) == len(expected)
-    if mismatched or nothing or (strict and (missing or unexpected)):
-        message = _mismatch_message(
-            path, metadata, like, (missing, unexpected, details), strict, nothing
-        )
-        raise CheckpointMismatchError(
-            message,
-            missing=tuple(missing),
-            unexpected=tuple(unexpected),
-            mismatched=tuple(mismatched),
-        )
-    return missing, unexpected
-
-
-def _listing(title: str, items: list[str]) -> str:
-    return f"{title}:\n" + "\n".join(f"  {item}" for item in listing(items, MAX_LISTED))
-
-
-def _mismatch_message(
-    path: str,
-    metadata: dict,
-    like: Any,
-    lists: tuple[list[str], list[str], list[str]],
-    strict: bool,
-    nothing: bool,
-) -> str:
-    missing, unexpected, mismatched = lists
     saved_root, like_root = metadata.get("root", "unknown"), type(like).__name__
-    roots = f"(saved: {saved_root}, like: {like_root})"
-    if nothing and not strict:
-        head = f"pax.load: no key path of the checkpoint is in `like` {roots}, so nothing "
-        head += f"would be loaded; {path} was not loaded."
-    else:
-        head = f"pax.load: {path} does not match `like` {roots}. Nothing was loaded."
-    parts = [head]
-    if strict or nothing:
-        if missing:
-            parts.append(_listing(f"{len(missing)} missing from the checkpoint", missing))
-        if unexpected:
-            parts.append(_listing(f"{len(unexpected)} unexpected in the checkpoint", unexpected))
-    if mismatched:
-        parts.append(_listing(f"{len(mismatched)} with another shape or dtype", mismatched))
-    if max(len(missing), len(unexpected), len(mismatched)) > MAX_LISTED:
-        parts.append(
-            "Every key path is in the error's attributes: error.missing, error.unexpected, "
-            "error.mismatched."
-        )
     fixes = []
     if saved_root != like_root:
         fixes.append(
             f"pass a `like` with the structure of the saved {saved_root}, e.g. "
             f"pax.load(path, (model, optimizer)) for pax.save(path, (model, optimizer))"
-        )
-    if strict and (missing or unexpected):
-        fixes.append(
-            "to load only the common leaves (fine-tuning), call "
-            "pax.load(path, like, strict=False), which also returns the missing/unexpected keys"
         )
     if mismatched:
         fixes.append(
@@ -265,7 +200,18 @@ def _mismatch_message(
             "it (e.g. replace a layer, or cast it with model.astype(jnp.bfloat16), which "
             "casts the floating-point leaves and keeps integer counters and RNG keys)"
         )
-    if not fixes:
+    if not fixes and not strict:
         fixes.append("pass a `like` built like the saved tree")
-    parts.append("Fix: " + "; or ".join(fixes) + ".")
-    return "\n".join(parts)
+    report = settle(
+        matched,
+        mismatched,
+        strict=strict,
+        fn="pax.load",
+        source="the checkpoint",
+        subject=path,
+        target="`like`",
+        context=f" (saved: {saved_root}, like: {like_root})",
+        fixes=fixes,
+        non_strict="pax.load(path, like, strict=False)",
+    )
+    return list(report.missing), list(report.unexpected)

@@ -6,7 +6,7 @@ exactly (inside the leaf, no overlap, nothing uncovered). Then, for each leaf ``
 for, this process reads only what its devices need: for a ``like`` leaf with a sharding (a
 committed ``jax.Array`` or a ``jax.ShapeDtypeStruct`` with one), the slice of each of its
 addressable devices, built with ``jax.make_array_from_callback``; otherwise the whole array,
-placed as a one-process checkpoint's leaf is (`checkpoint_codec.place`). The layout of the
+placed as a one-process checkpoint's leaf is (`codec.place`). The layout of the
 saving processes does not matter: a checkpoint saved by 2 processes loads on 1 or 8.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from pax._src.checkpoint_check import PART_NAME, read_json
-from pax._src.checkpoint_codec import (
+from pax._src.checkpoint.check import PART_NAME, read_json
+from pax._src.checkpoint.codec import (
     decode_leaf,
     from_stored,
     is_key_array,
@@ -28,8 +28,8 @@ from pax._src.checkpoint_codec import (
     stored_dtype,
     weak,
 )
-from pax._src.checkpoint_io import Reader
-from pax._src.checkpoint_sharded import PART_FORMAT, bounds, file_digest
+from pax._src.checkpoint.io import Reader
+from pax._src.checkpoint.sharded import PART_FORMAT, bounds, file_digest
 from pax._src.errors import CheckpointError
 
 Bounds = tuple[tuple[int, int], ...]
