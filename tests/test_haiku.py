@@ -76,13 +76,15 @@ def test_seed_lstm_example_with_hidden_size():
 
 
 def test_linear_and_uninitialized_error():
-    fc = pax.from_haiku(hk.Linear)(3)
+    fc = pax.haiku.HaikuModule(hk.Linear, (3,))  # built without the key of a first call
     assert not fc.is_initialized and fc.params is None
     x = jnp.ones((2, 4))
     with pytest.raises(RuntimeError, match=r"HaikuModule\(hk.Linear\(output_size=3\)\) is not"):
         fc(x)
     with pytest.raises(RuntimeError, match=r"model = model.hk_init\(\*dummy_inputs\)"):
         jax.jit(lambda m, x: m(x))(fc, x)
+    with pytest.raises(RuntimeError, match=r"is not initialized"):
+        jax.jit(lambda x: pax.from_haiku(hk.Linear)(3)(x))(x)  # built inside: no key drawn
     fc = fc.hk_init(x)
     assert fc.is_initialized
     check_against_haiku(
@@ -302,7 +304,7 @@ def test_builder_errors_and_delay_false():
     with pytest.raises(AttributeError, match=r"hk.Linear has no public method 'nope'"):
         pax.from_haiku(hk.Linear)(3).call_method("nope")
     with pytest.raises(RuntimeError, match=r"is not initialized"):
-        pax.from_haiku(hk.Linear)(3).call_method("__call__", jnp.ones((1, 2)))
+        pax.haiku.HaikuModule(hk.Linear, (3,)).call_method("__call__", jnp.ones((1, 2)))
 
     with pytest.raises(TypeError, match=r"a constructor argument is a traced value"):
         jax.jit(lambda s: pax.from_haiku(hk.Linear)(3, w_init=hk.initializers.Constant(s)))(1.0)
@@ -361,3 +363,22 @@ def test_public_names_resolve_and_have_examples():
         obj = getattr(pax.haiku, name)
         assert ">>>" in (obj.__doc__ or ""), f"pax.haiku.{name} has no runnable example"
     assert pax.from_haiku is pax.haiku.from_haiku
+
+
+def test_from_haiku_initializes_on_its_first_call_as_pax_v02_did():
+    x = jnp.ones((2, 4))
+    fc = pax.from_haiku(hk.Linear)(3)
+    assert not fc.is_initialized and "init_key" in fc.registry
+    key = fc.init_key
+    y = fc(x)  # eagerly: in place, with the key drawn when it was built
+    assert fc.is_initialized and "init_key" not in fc.registry
+    reference = hk.without_apply_rng(hk.transform(lambda x: hk.Linear(3)(x)))
+    params = reference.init(key, x)
+    np.testing.assert_allclose(y, reference.apply(params, x), rtol=1e-6)
+    jitted = pax.from_haiku(hk.Linear)(3)
+    y, jitted = jax.jit(lambda m, x: (m(x), m))(jitted, x)  # under jit: returned, initialized
+    assert jitted.is_initialized
+    lost = pax.from_haiku(hk.Linear)(3)
+    jax.jit(lambda m, x: m(x))(lost, x)  # initialized on a copy that is not returned
+    with pytest.raises(RuntimeError, match=r"HaikuModule\.\w+ was changed inside"):
+        lost(x)

@@ -11,8 +11,9 @@ import haiku as hk
 import jax
 import numpy as np
 
+from pax._src.core._jax_compat import trace_state_clean
 from pax._src.core.module import Module
-from pax._src.core.rng import resolve_rng_key
+from pax._src.core.rng import next_rng_key, resolve_rng_key
 from pax._src.core.summary import MAX_VALUE_CHARS, truncate
 from pax._src.describe import describe, is_array_like
 from pax._src.haiku.config import HaikuConfig, haiku_class_name, transformed
@@ -20,6 +21,9 @@ from pax._src.haiku.config import HaikuConfig, haiku_class_name, transformed
 HaikuDict = dict[str, dict[str, jax.Array]]
 
 _KEY_PLACEHOLDER: Any = np.zeros((2,), np.uint32)
+# A state of a `pax.from_haiku` module until it is initialized: the key its first call uses when
+# it is called without `hk_init` (Pax v0.2 initialized on the first call, also under jax.jit).
+_ONLINE_KEY = "init_key"
 
 _NOT_INITIALIZED = (
     "{module} is not initialized: Haiku creates its parameters from the shape of a first input. "
@@ -129,6 +133,8 @@ class HaikuModule(Module):
         """Whether the Haiku parameters exist (after `hk_init`, or for `pax.haiku.*` layers)."""
         return self.params is not None
 
+    _is_haiku_initialized = is_initialized  # Pax v0.2's spelling (its tests read it)
+
     # --- calling -----------------------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -186,9 +192,12 @@ class HaikuModule(Module):
             hook = current_hook()
             if method != "__call__":
                 return self._run_without_params(method, args, kwargs)
-            if hook is None:
+            if hook is not None:
+                hook(self, args, kwargs)
+            elif self.__dict__.get(_ONLINE_KEY) is not None:  # built by pax.from_haiku
+                self._hk_initialize(self.__dict__[_ONLINE_KEY], args, kwargs)
+            else:
                 raise RuntimeError(_NOT_INITIALIZED.format(module=self._describe()))
-            hook(self, args, kwargs)
         rng = None
         if self.use_rng:
             new_key, rng = jax.random.split(cast(jax.Array, self.rng_key))
@@ -258,6 +267,8 @@ class HaikuModule(Module):
         self._hk_set(params, state, run_key)
 
     def _hk_set(self, params: Any, state: Any, rng_key: jax.Array | None) -> None:
+        if _ONLINE_KEY in self.__dict__:
+            delattr(self, _ONLINE_KEY)
         self.params = _plain(params)
         self.state = _plain(state)
         if self.use_rng:
@@ -371,6 +382,8 @@ def from_haiku(
             hk_cls, args, kwargs, use_rng=use_rng, pass_is_training=pass_is_training
         )
         if delay:
+            if trace_state_clean():  # Pax v0.2: the first call initializes, with this key
+                module.register_state(_ONLINE_KEY, next_rng_key())
             return module
 
         def initialize(
