@@ -48,7 +48,9 @@ class CheckpointIsADirectoryError(CheckpointError, IsADirectoryError):
 
 
 class CheckpointMismatchError(CheckpointError):
-    """The checkpoint's leaves do not match the tree passed as ``like`` to `pax.load`.
+    """The names given do not match the model: the checkpoint's leaves and ``like`` in
+    `pax.load`, a mapping and the model in `pax.load_state_dict`, Haiku dicts and the model in
+    `pax.haiku.load_haiku_params` (one matching routine serves all three).
 
     The message lists at most 20 key paths of each kind; the attributes hold all of them.
 
