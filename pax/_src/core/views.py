@@ -116,13 +116,12 @@ def _to_none(_: Any) -> None:
 
 
 def keep_only(keep: frozenset, view: str) -> Visit:
-    """A visit that sets every leaf whose kind is not in `keep` to None (per-layout cached).
+    """A visit that sets every leaf whose kind is not in `keep` to None.
 
     A parameter subtree with leaves frozen one by one (`Layout.frozen`) keeps its frozen leaves
     as `Kind.FROZEN_PARAMETER_SUBTREE` would, and its other leaves as its own kind would; the
     modules without such subtrees pay nothing for it.
     """
-    cache: dict[Layout, tuple[tuple[str, Kind | _Partial], ...]] = {}
     keep_frozen = Kind.FROZEN_PARAMETER_SUBTREE in keep
 
     def work(layout: Layout) -> tuple[tuple[str, Kind | _Partial], ...]:
@@ -136,10 +135,7 @@ def keep_only(keep: frozenset, view: str) -> Visit:
         return tuple(todo)
 
     def visit(d: dict, layout: Layout, _path: str) -> None:
-        todo = cache.get(layout)
-        if todo is None:
-            todo = cache[layout] = work(layout)
-        for name, kind in todo:
+        for name, kind in work(layout):
             d[name] = _nonify(d[name], kind)
         d[registry.VIEW_KEY] = view  # invariant 10: a partial copy is never called as a model
 

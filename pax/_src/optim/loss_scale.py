@@ -218,7 +218,7 @@ class LossScaledOptimizer(Optimizer):
         scale = self._jmp()
         grads = scale.unscale(grads)
         finite = jmp.all_finite(grads)
-        before = self.inner.copy()
+        before = jax.tree_util.tree_map(lambda x: x, self.inner)  # arrays shared, not copied
         new_model = self.inner.step(grads, model)
         self.inner = jmp.select_tree(finite, self.inner, before)
         new_model = jmp.select_tree(finite, new_model, model)
