@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -184,8 +185,9 @@ def check_last_dim(cls: str, x: Any, size: int, what: str = "features") -> None:
 
 def float_dtype(owner: str, arg: str, value: Any) -> Any:
     """A floating-point dtype (``param_dtype=``), e.g. ``jnp.bfloat16`` or ``"float16"``."""
-    try:
-        dtype = jnp.dtype(value)
+    try:  # None (numpy would read float64) and arrays (jnp.dtype reads their dtype) are not dtypes
+        array = isinstance(value, (np.ndarray, np.generic, jax.Array))
+        dtype = None if value is None or array else jnp.dtype(value)
     except TypeError:
         dtype = None
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):

@@ -62,5 +62,41 @@ def next_rng_key() -> jax.Array:
 
 
 def resolve_rng_key(rng_key: jax.Array | None) -> jax.Array:
-    """Returns `rng_key`, or the next global key when it is None."""
-    return next_rng_key() if rng_key is None else rng_key
+    """Returns `rng_key` (checked to be a PRNG key), or the next global key when it is None.
+
+    Example:
+      >>> import jax, pax
+      >>> from pax._src.core.rng import resolve_rng_key
+      >>> resolve_rng_key(jax.random.PRNGKey(0)).shape
+      (2,)
+      >>> resolve_rng_key("0")
+      Traceback (most recent call last):
+      ...
+      TypeError: rng_key must be a JAX PRNG key, got str '0'. Fix: rng_key=jax.random.PRNGKey(0) ...
+    """
+    if rng_key is None:
+        return next_rng_key()
+    if not _is_key(rng_key):
+        shown = getattr(rng_key, "dtype", None)
+        what = (
+            f"an array of dtype {shown} and shape {tuple(rng_key.shape)}"
+            if shown is not None and hasattr(rng_key, "shape")
+            else f"{type(rng_key).__name__} {rng_key!r}"
+        )
+        raise TypeError(
+            f"rng_key must be a JAX PRNG key, got {what}. Fix: rng_key=jax.random.PRNGKey(0) "
+            f"or jax.random.key(0) (split one key per module: jax.random.split(key)), or leave "
+            f"it out to draw the next key of pax.next_rng_key()."
+        )
+    return rng_key
+
+
+def _is_key(value: object) -> bool:
+    """A typed key (``jax.random.key``) or raw key data: uint32 with a last axis of 2 or 4."""
+    dtype = getattr(value, "dtype", None)
+    shape = getattr(value, "shape", None)
+    if dtype is None or shape is None:
+        return False
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return True
+    return str(dtype) == "uint32" and len(shape) >= 1 and shape[-1] in (2, 4)

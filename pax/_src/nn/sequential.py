@@ -164,6 +164,8 @@ class MLP(Module):
 
 
 def _sizes(value: Any) -> tuple:
+    if getattr(value, "ndim", 1) == 0:  # a 0-d array is Iterable but cannot be iterated
+        return ()
     return tuple(value) if isinstance(value, Iterable) and not isinstance(value, str) else ()
 
 
