@@ -1,5 +1,8 @@
 """Every user-facing error of the core names the class, the attribute and the fix."""
 
+import types
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -228,3 +231,131 @@ def test_returned_module_is_fine():
     y, net = step(net, 1.0)
     y, net = step(net, 1.0)
     assert net.count == 2 and y == 2.0
+
+
+# --- arrays or modules hidden in a static object ----------------------------------------------
+
+
+@dataclass
+class Config:
+    size: int
+    weight: object = None
+
+
+def test_array_inside_a_dataclass_is_refused():
+    m = pax.Module()
+    with pytest.raises(TypeError, match=r"Module\.config\.weight: .*array.*static.*Fix"):
+        m.config = Config(2, jnp.ones(2))
+    m.config = Config(2)  # no array: fine
+
+
+def test_module_inside_a_namespace_is_refused():
+    m = pax.Module()
+    with pytest.raises(TypeError, match=r"Module\.ns\.fc: .*Linear module.*static.*Fix"):
+        m.ns = types.SimpleNamespace(fc=pax.nn.Linear(2, 2))
+    m.fn = jax.nn.relu
+    m.cls = pax.nn.Linear
+    m.mod = np
+    m.ns2 = types.SimpleNamespace(n=3, fn=jnp.tanh)
+
+
+def test_array_inside_an_object_inside_a_list_is_refused():
+    m = pax.Module()
+    with pytest.raises(TypeError, match=r"Module\.items\[0\]\.weight: .*array"):
+        m.items = [Config(2, np.zeros(2))]
+
+
+# --- plain assignment shadowing a method ---------------------------------------------------
+
+
+def test_assignment_shadowing_a_method_is_refused():
+    m = pax.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"Linear\.update: .*shadow the function Linear\.update"):
+        m.update = pax.nn.Linear(4, 4)
+    with pytest.raises(ValueError, match=r"Linear\.eval: .*shadow.*Fix: choose another name"):
+        m.eval = True
+    m.training = False  # the flag stays assignable
+
+
+def test_property_with_a_setter_stays_assignable():
+    class WithProperty(pax.Module):
+        def __init__(self):
+            super().__init__()
+            self._size = 1
+
+        @property
+        def size(self):
+            return self._size
+
+        @size.setter
+        def size(self, value):
+            self._size = value
+
+    m = WithProperty()
+    m.size = 3
+    assert m.size == 3
+
+
+# --- update with other shapes or dtypes ------------------------------------------------------
+
+
+def test_update_with_another_shape_names_the_key_path():
+    net = pax.nn.Linear(2, 3)
+    other = jax.tree_util.tree_map(lambda x: jnp.zeros((5, 7)) if x.ndim == 2 else x, net)
+    with pytest.raises(
+        ValueError, match=r"Linear\.update: .*\.weight: f32\[2,3\] here, f32\[5,7\] given"
+    ):
+        net.update(other.parameters())
+
+
+def test_update_with_another_dtype_names_the_key_path():
+    net = pax.nn.Linear(2, 3)
+    half = jax.tree_util.tree_map(lambda x: x.astype(jnp.float16), net.parameters())
+    with pytest.raises(ValueError, match=r"\.weight: f32\[2,3\] here, f16\[2,3\] given"):
+        net.update(half)
+    net.update(net.parameters())  # None leaves are wildcards
+
+
+# --- integer parameters --------------------------------------------------------------------
+
+
+def test_integer_parameter_is_refused():
+    m = pax.Module()
+    with pytest.raises(TypeError, match=r"Module\.n: a parameter must be .*float.*int32.*Fix"):
+        m.register_parameter("n", jnp.array(1))
+    with pytest.raises(TypeError, match=r"Module\.t\['b'\]: .*bool.*register_state_subtree"):
+        m.register_parameter_subtree("t", {"a": jnp.ones(2), "b": jnp.array(True)})
+    m.register_parameter("w", jnp.ones(2))
+    with pytest.raises(TypeError, match=r"Module\.w: .*int32.*astype\(jnp\.float32\)"):
+        m.w = jnp.ones(2, jnp.int32)
+    m.register_state("count", jnp.array(0))  # states may be integers
+
+
+# --- numpy inputs and state dtypes ----------------------------------------------------------
+
+
+def test_numpy_float64_parameter_follows_jax_dtype_rules():
+    m = pax.Module()
+    m.register_parameter("w", np.ones(3))
+    assert m.w.dtype == jnp.asarray(np.ones(3)).dtype
+    assert isinstance(m.w, jax.Array)
+
+
+def test_state_keeps_its_dtype():
+    m = pax.Module()
+    m.register_state("mean", jnp.zeros(2, jnp.float32))
+    with pytest.raises(TypeError, match=r"Module\.mean: .*float32.*float16.*astype"):
+        m.mean = jnp.zeros(2, jnp.float16)
+    m.mean = jnp.ones(2, jnp.float32)
+
+
+def test_a_big_endian_numpy_array_registers_with_its_values():
+    class Net(pax.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_state("s", np.array([1.5, 2.5, -3.0], dtype=">f4"))
+            self.register_parameter("w", np.array([1.0], dtype=">f8"))
+
+    net = Net()
+    np.testing.assert_array_equal(net.s, [1.5, 2.5, -3.0])
+    assert net.s.dtype == jnp.float32 and net.w.dtype == jnp.float32

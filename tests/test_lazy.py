@@ -1,6 +1,9 @@
-"""Layers built without their input size, and `Module.lazy_init` (with `pax.from_haiku`)."""
+"""Layers built without their input size, and `Module.lazy_init` (with `pax.from_haiku`, inside
+a Stack, and refused inside a JAX transformation)."""
 
 from __future__ import annotations
+
+import warnings
 
 import haiku as hk
 import jax
@@ -225,3 +228,101 @@ def test_lazy_init_runs_the_forward_pass_abstractly():
     model = model.lazy_init(jnp.ones((1, 3)))
     assert seen == [True]  # one traced call, nothing computed eagerly
     assert model[2].weight.shape == (4, 2)
+
+
+# --- lazy_init inside a transformation ------------------------------------------------------
+
+
+def test_lazy_init_inside_jit_says_initialize_outside():
+    model = pax.nn.Linear(None, 3)
+    with pytest.raises(
+        RuntimeError,
+        match=r"lazy_init: called inside a JAX transformation .*uninitialized lazy modules.*"
+        r"Fix: initialize once, eagerly.*model = model\.lazy_init\(example_input\)",
+    ):
+        jax.jit(lambda m, x: m.lazy_init(x))(model, jnp.ones((1, 2)))
+
+
+def test_lazy_init_inside_eval_shape_names_the_submodule():
+    model = pax.nn.Sequential(pax.nn.Linear(2, 2), pax.nn.Linear(None, 3))
+    with pytest.raises(RuntimeError, match=r"lazy_init: .*\(at \.modules\[1\]\)"):
+        jax.eval_shape(lambda m, x: m.lazy_init(x), model, jnp.ones((1, 2)))
+
+
+def test_lazy_init_before_jit_works():
+    model = pax.nn.Linear(None, 3, rng_key=jax.random.key(0)).lazy_init(jnp.ones((1, 2)))
+    eager = pax.nn.Linear(2, 3, rng_key=jax.random.key(0))
+    x = jnp.ones((4, 2))
+    np.testing.assert_allclose(jax.jit(lambda m, x: m(x))(model, x), eager(x), rtol=1e-6)
+    # an initialized model may call lazy_init inside jit: nothing to initialize
+    out = jax.jit(lambda m, x: m.lazy_init(x)(x))(model, x)
+    np.testing.assert_allclose(out, eager(x), rtol=1e-6)
+
+
+def test_lazy_init_inside_jit_with_explicit_key_still_works():
+    model = pax.nn.Linear(None, 3, rng_key=jax.random.key(0))
+    init = jax.jit(lambda m, x, k: m.lazy_init(x, rng_key=k))
+    out = init(model, jnp.ones((1, 2)), jax.random.key(5))
+    np.testing.assert_allclose(out.weight, pax.nn.Linear(2, 3, rng_key=jax.random.key(0)).weight)
+
+
+# --- lazy input sizes inside a Stack ----------------------------------------------------------
+
+
+def _stack(n=4):
+    return pax.nn.Stack(lambda k: pax.nn.Linear(4, 4, rng_key=k), n, rng_key=jax.random.key(0))
+
+
+def _block(in_dim):
+    def make(key):
+        k1, k2 = jax.random.split(key)
+        return pax.nn.Sequential(
+            pax.nn.Linear(in_dim, 8, rng_key=k1),
+            jax.nn.relu,
+            pax.nn.Linear(in_dim and 8, 4, rng_key=k2),
+        )
+
+    return make
+
+
+def test_lazy_stack_matches_eager_stack():
+    key, x = jax.random.key(3), jax.random.normal(jax.random.key(1), (2, 4))
+    lazy = pax.nn.Stack(_block(None), 3, rng_key=key).lazy_init(x)
+    eager = pax.nn.Stack(_block(4), 3, rng_key=key)
+    np.testing.assert_allclose(lazy.stacked.modules[0].weight, eager.stacked.modules[0].weight)
+    np.testing.assert_allclose(lazy.stacked.modules[2].weight, eager.stacked.modules[2].weight)
+    np.testing.assert_allclose(lazy(x), eager(x), rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(lambda m, x: m(x))(lazy, x), eager(x), rtol=1e-5)
+    assert jax.tree_util.tree_structure(lazy) == jax.tree_util.tree_structure(eager)
+
+
+def test_lazy_stack_inside_a_model():
+    x = jnp.ones((2, 3))
+    key = jax.random.key(0)
+    net = pax.nn.Sequential(
+        pax.nn.Linear(3, 4, rng_key=key),
+        pax.nn.Stack(lambda k: pax.nn.Linear(None, 4, rng_key=k), 2, rng_key=key),
+    )
+    net = net.lazy_init(x)
+    ref = pax.nn.Stack(lambda k: pax.nn.Linear(4, 4, rng_key=k), 2, rng_key=key)
+    np.testing.assert_allclose(net.modules[1].stacked.weight, ref.stacked.weight)
+    np.testing.assert_allclose(net(x), ref(net.modules[0](x)), rtol=1e-6)
+
+
+def test_lazy_stack_called_before_lazy_init_says_lazy_init():
+    stack = pax.nn.Stack(lambda k: pax.nn.Linear(None, 4, rng_key=k), 2)
+    with pytest.raises(
+        RuntimeError,
+        match=r"Stack\(n=2\) of Linear\(in_dim=None, out_dim=4\) is not initialized.*"
+        r"model = model\.lazy_init\(example_input\)",
+    ):
+        stack(jnp.ones((1, 4)))
+
+
+def test_eager_stack_has_nothing_pending():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stack = _stack(2)
+        assert not stack._lazy_pending()
+        out = stack.lazy_init(jnp.ones((1, 4)))
+    np.testing.assert_allclose(out.stacked.weight, stack.stacked.weight)

@@ -1,4 +1,8 @@
-"""The core `pax.Module`: registry, pytree flatten, functional views, transformations."""
+"""The core `pax.Module`: registry, pytree flatten, functional views, transformations, copies
+and pickling."""
+
+import copy
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +10,7 @@ import numpy as np
 import pytest
 
 import pax
+from pax import nn
 from pax._src.core import registry
 
 
@@ -451,3 +456,83 @@ def test_views_merged_back_or_passed_through_grad_are_models_again():
     model(x)
     jax.tree_util.tree_map(lambda p, g: p - g, model.parameters(), grads)
     pax.nn.Linear(3, 3).parameters().copy()  # views still copy, flatten, pickle
+
+
+# --- a list filled after assignment is classified like flatten does, before any flatten ----
+
+
+class Filled(pax.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = []
+        self.layers.append(pax.nn.Linear(2, 2))
+        self.layers.append(pax.nn.BatchNorm1D(2))
+
+
+def _count(tree):
+    return len(jax.tree_util.tree_leaves(tree))
+
+
+def test_list_filled_after_assignment_is_classified_before_the_first_flatten():
+    net = Filled()
+    assert _count(net.parameters()) == 4  # Linear weight, bias; BatchNorm scale, offset
+    net = Filled()
+    assert _count(net.states()) == _count(net) - 4
+    net = Filled()
+    assert [type(m).__name__ for m in net.submodules()] == ["Linear", "BatchNorm1D"]
+    net = Filled()
+    assert net.registry["layers"] is pax.Kind.MODULE_SUBTREE
+    net = Filled()
+    frozen = net.freeze()
+    assert _count(frozen.parameters()) == 0
+    net = Filled()
+    assert "BatchNorm1D" in net.summary()
+
+
+# --- copies and pickling ------------------------------------------------------------------------
+
+
+def test_copy_of_a_model_is_accepted_by_check():
+    online = pax.nn.Linear(2, 2)
+    target = online.copy()
+    pax.check((online, target))
+
+
+def _roundtrip(obj):
+    return pickle.loads(pickle.dumps(obj))
+
+
+@pytest.mark.parametrize("fn", [jax.nn.relu, jnp.tanh, jax.nn.gelu, jax.nn.sigmoid])
+def test_models_holding_jax_functions_pickle(fn):
+    net = nn.Sequential(nn.Linear(2, 2), fn)
+    back = _roundtrip(net)
+    assert back.modules[1].fn is fn
+    x = jnp.array([[1.0, -2.0]])
+    np.testing.assert_array_equal(back(x), net(x))
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: nn.MLP([2, 3, 1]), lambda: nn.VanillaRNN(2, 3)], ids=["MLP", "VanillaRNN"]
+)
+def test_layers_keeping_an_activation_pickle(make):
+    net = make()
+    back = _roundtrip(net)
+    assert back.activation is jax.nn.relu
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(net)
+
+
+def _local():
+    def act(x):
+        return x
+
+    return act
+
+
+@pytest.mark.parametrize("fn", [lambda x: x, _local()], ids=["lambda", "local"])
+def test_pickling_a_lambda_of_a_local_function_names_the_fix(fn):
+    net = nn.Sequential(nn.Linear(2, 2), fn)
+    with pytest.raises(TypeError, match=r"Lambda: cannot pickle fn=.*module level.*pax.save"):
+        pickle.dumps(net)
+    # copies still work
+    assert copy.deepcopy(net).modules[1].fn is fn
+    assert copy.copy(net.modules[1]).fn is fn

@@ -1,7 +1,10 @@
 """Bad constructor arguments raise at construction; bad inputs name the layer and both shapes."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import pax
@@ -275,3 +278,67 @@ def test_errors_also_raise_under_jit():
     conv = nn.Conv1D(3, 4, 3)
     with pytest.raises(ValueError, match="Conv1D: expected 3 input channels"):
         jax.jit(lambda m, x: m(x))(conv, jnp.ones((1, 5, 2)))
+
+
+# --- boolean flags ---------------------------------------------------------------------------
+
+
+_REQUIRED = {
+    "EMA": dict(initial_value=jnp.zeros(2), decay=0.9),
+    "MultiHeadAttention": dict(in_dim=4, num_heads=2),
+    "GroupNorm": dict(in_dim=4, groups=2),
+    "VanillaRNN": dict(in_dim=2, hidden_dim=3),
+    "MLP": dict(dims=[2, 3]),
+    "Stack": dict(make_layer=lambda k: nn.Linear(2, 2, rng_key=k), n=2),
+}
+
+
+_NOT_HERE: set[str] = set()
+
+
+def _flag_cases():
+    cases = []
+    for name in nn.__all__:
+        cls = getattr(nn, name)
+        if not (inspect.isclass(cls) and issubclass(cls, pax.Module)) or name in _NOT_HERE:
+            continue
+        for p in inspect.signature(cls.__init__).parameters.values():
+            if p.annotation in ("bool", bool):
+                cases.append(pytest.param(name, p.name, id=f"{name}.{p.name}"))
+    return cases
+
+
+def _required(name):
+    if name in _REQUIRED:
+        return dict(_REQUIRED[name])
+    cls = getattr(nn, name)
+    params = inspect.signature(cls.__init__).parameters
+    args = {"in_dim": 4, "out_dim": 2, "kernel_shape": 3}
+    return {k: v for k, v in args.items() if k in params}
+
+
+def test_every_flag_is_covered():
+    names = {c.values[0] for c in _flag_cases()}
+    assert {"Linear", "Conv2D", "Conv1DTranspose", "LayerNorm", "BatchNorm", "EMA"} <= names
+
+
+@pytest.mark.parametrize(("name", "flag"), _flag_cases())
+def test_boolean_flags_of_every_layer_are_checked(name, flag):
+    cls = getattr(nn, name)
+    for bad in ("no", 0, 1, None, jnp.array(True)):
+        with pytest.raises(TypeError, match=rf"{name}: {flag} must be a bool.*{flag}=False"):
+            cls(**_required(name), **{flag: bad})
+    cls(**_required(name), **{flag: np.bool_(True)})
+    assert cls(**_required(name), **{flag: False}) is not None
+
+
+def test_linear_positional_flag_is_checked():
+    with pytest.raises(TypeError, match=r"Linear: with_bias must be a bool \(True or False\)"):
+        nn.Linear(3, 4, "no")
+
+
+@pytest.mark.parametrize("flag", ["time_major", "reverse"])
+def test_dynamic_unroll_flags_are_checked(flag):
+    cell = nn.LSTM(2, 3)
+    with pytest.raises(TypeError, match=rf"dynamic_unroll: {flag} must be a bool"):
+        nn.dynamic_unroll(cell, jnp.ones((4, 1, 2)), cell.initial_state(1), **{flag: "yes"})

@@ -1,10 +1,12 @@
-"""Layers with state: BatchNorm across replicas, Dropout keys, EMA, dynamic_unroll write-back."""
+"""Layers with state: BatchNorm across replicas, Dropout keys (and masks under named axes),
+EMA, dynamic_unroll write-back."""
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import pax
@@ -88,6 +90,151 @@ def test_dropout_keep_fraction_and_scaling():
     assert abs(float(kept.mean()) - 0.75) < 0.01
     np.testing.assert_allclose(y[kept], 1 / 0.75, rtol=1e-6)
     np.testing.assert_array_equal(nn.Dropout(0.0)(jnp.arange(3.0)), jnp.arange(3.0))
+
+
+# --- dropout masks differ per device / shard / example under named axes --------------------
+
+
+def _old_mask(key, rate, shape):
+    """The mask Dropout drew before named axes existed (and still draws without them)."""
+    _, sub = jax.random.split(key)
+    return jax.random.bernoulli(sub, 1.0 - rate, shape=shape)
+
+
+def _mesh():
+    assert jax.device_count() == 8
+    return jax.make_mesh((8,), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _distinct_rows(mask):
+    rows = {tuple(np.asarray(r).tolist()) for r in mask}
+    return len(rows)
+
+
+def test_dropout_mask_under_jit_with_named_sharding_is_unchanged(key):
+    x = jax.device_put(jnp.ones((8, 64)), NamedSharding(_mesh(), P("batch")))
+    drop = nn.Dropout(0.5, rng_key=key)
+    y, drop = jax.jit(lambda m, x: (m(x), m))(drop, x)
+    np.testing.assert_array_equal(y != 0, _old_mask(key, 0.5, (8, 64)))
+    np.testing.assert_array_equal(drop.rng_key, jax.random.split(key)[0])
+
+
+def test_dropout_masks_differ_per_shard_under_shard_map(key):
+    mesh = _mesh()
+
+    @jax.jit
+    def step(model, x):
+        def local(model, x):
+            return model(x), model
+
+        return jax.shard_map(
+            local, mesh=mesh, in_specs=(P(), P("batch")), out_specs=(P("batch"), P())
+        )(model, x)
+
+    x = jnp.ones((8, 256))
+    y, drop = step(nn.Dropout(0.5, axis_name="batch", rng_key=key), x)
+    assert _distinct_rows(y != 0) == 8
+    # the key stays replicated (out_specs=P()) and advances exactly as without the axis
+    np.testing.assert_array_equal(drop.rng_key, jax.random.split(key)[0])
+    # reproducible from the seed
+    y2, _ = step(nn.Dropout(0.5, axis_name="batch", rng_key=key), x)
+    np.testing.assert_array_equal(y, y2)
+    # about half of the entries are kept on every shard
+    assert 0.4 < float((y != 0).mean()) < 0.6
+
+
+def test_dropout_masks_differ_per_device_under_pmap(key):
+    drop = nn.Dropout(0.5, axis_name="i", rng_key=key)
+    y, new = jax.pmap(lambda m, x: (m(x), m), axis_name="i", in_axes=(None, 0), out_axes=(0, None))(
+        drop, jnp.ones((8, 256))
+    )
+    assert _distinct_rows(y != 0) == 8
+    np.testing.assert_array_equal(new.rng_key, jax.random.split(key)[0])
+
+
+def test_dropout_masks_differ_per_example_under_vmap_with_axis_name(key):
+    drop = nn.Dropout(0.5, axis_name=("batch",), rng_key=key)
+    f = jax.vmap(lambda m, x: (m(x), m), in_axes=(None, 0), out_axes=(0, None), axis_name="batch")
+    y, new = jax.jit(f)(drop, jnp.ones((8, 256)))
+    assert _distinct_rows(y != 0) == 8
+    np.testing.assert_array_equal(new.rng_key, jax.random.split(key)[0])
+
+
+def test_dropout_with_a_shared_key_under_vmap_warns(key):
+    drop = nn.Dropout(0.5, rng_key=key)
+    f = jax.vmap(lambda m, x: (m(x), m), in_axes=(None, 0), out_axes=(0, None))
+    with pytest.warns(UserWarning, match=r"Dropout.*same mask.*axis_name='batch'"):
+        f(drop, jnp.ones((4, 16)))
+    # one key per example: independent masks, no warning
+    keys = jax.random.split(key, 4)
+    batched = jax.vmap(lambda k: nn.Dropout(0.5, rng_key=k))(keys)
+    y, batched = jax.vmap(lambda m, x: (m(x), m))(batched, jnp.ones((4, 256)))
+    assert _distinct_rows(y != 0) == 4
+
+
+def test_dropout_inside_shard_map_without_axis_name_warns(key):
+    mesh = _mesh()
+
+    def local(model, x):
+        return model(x), model
+
+    specs = dict(in_specs=(P(), P("batch")), out_specs=(P("batch"), P()))
+    f = jax.shard_map(local, mesh=mesh, **specs)
+    with pytest.warns(UserWarning, match=r"Dropout.*same mask.*axis_name='batch'"):
+        f(nn.Dropout(0.5, rng_key=key), jnp.ones((8, 16)))
+
+
+def test_dropout_axis_name_not_bound_raises():
+    drop = nn.Dropout(0.5, axis_name="batch")
+    with pytest.raises(
+        ValueError, match=r"Dropout: axis_name 'batch' is not bound.*Fix: .*drop.axis_name = None"
+    ):
+        drop(jnp.ones((2, 3)))
+    assert drop.eval()(jnp.ones(2)).tolist() == [1.0, 1.0]  # eval mode draws no mask
+
+
+@pytest.mark.parametrize("bad", [3, ("batch", 1), "", [None]])
+def test_dropout_axis_name_must_be_strings(bad):
+    with pytest.raises(TypeError, match=r"Dropout: axis_name must be .*axis_name='batch'"):
+        nn.Dropout(0.5, axis_name=bad)
+
+
+# --- jax.grad over a whole model holding Dropout ------------------------------------------
+# jax.grad checks the dtypes of the flattened arguments before calling the function, so no
+# pax code runs before JAX's error: the fix is documented in Dropout's docstring instead.
+
+
+def _dropout_net():
+    return pax.nn.Sequential(
+        pax.nn.Linear(2, 2, rng_key=jax.random.key(0)),
+        pax.nn.Dropout(0.5, rng_key=jax.random.key(1)),
+    )
+
+
+def test_grad_over_whole_model_with_dropout_is_refused_by_jax_before_pax_runs():
+    def loss(x, model):
+        return jnp.sum(model(x))
+
+    with pytest.raises(
+        TypeError, match=r"grad requires real- or complex-valued inputs.*(uint32|key<)"
+    ):
+        jax.grad(loss, argnums=1)(jnp.ones((1, 2)), _dropout_net())
+    assert "model.parameters()" in pax.nn.Dropout.__doc__
+
+
+def test_grad_over_parameters_with_dropout_works():
+    net, x = _dropout_net(), jnp.ones((3, 2))
+
+    def loss(params, model, x):
+        model = model.update(params)
+        return jnp.sum(model(x))
+
+    grads = jax.grad(loss)(net.parameters(), net, x)
+    # reference: the same mask, drawn as Dropout draws it
+    _, sub = jax.random.split(net.modules[1].rng_key)
+    keep = np.asarray(jax.random.bernoulli(sub, 0.5, shape=(3, 2)), np.float32) / 0.5
+    np.testing.assert_allclose(grads.modules[0].weight, np.asarray(x).T @ keep, rtol=1e-6)
+    np.testing.assert_allclose(grads.modules[0].bias, keep.sum(0), rtol=1e-6)
 
 
 # --- EMA --------------------------------------------------------------------------------------

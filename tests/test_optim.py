@@ -1,4 +1,8 @@
-"""pax.Optimizer, pax.optim.from_optax and the ready-made optimizers, against optax."""
+"""pax.Optimizer, pax.optim.from_optax and the ready-made optimizers, against optax; pickling
+an optimizer names the fix (pax.save)."""
+
+import copy
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +12,7 @@ import pytest
 from compile_count import count_compilations
 
 import pax
+from pax import nn
 
 
 class SGD(pax.Optimizer):
@@ -409,3 +414,18 @@ def test_checkpoint_round_trip(tmp_path):
     assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(opt)
     for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(opt)):
         np.testing.assert_array_equal(a, b)
+
+
+# --- pickling ---------------------------------------------------------------------------------
+
+
+def test_pickling_an_optax_optimizer_says_to_use_pax_save():
+    net = nn.Linear(2, 1)
+    for opt in (
+        pax.optim.from_optax(optax.adam(1e-3))(net.parameters()),
+        pax.optim.sgd(net.parameters(), 0.1),
+    ):
+        with pytest.raises(TypeError, match=r"OptaxOptimizer.*pax\.save\(path, \(model, opt\)\)"):
+            pickle.dumps(opt)
+        assert copy.deepcopy(opt).transform == opt.transform
+        assert copy.copy(opt).transform is opt.transform

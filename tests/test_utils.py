@@ -8,6 +8,7 @@ import pytest
 from compile_count import count_compilations
 
 import pax
+from pax import nn
 
 
 class SGD(pax.Optimizer):
@@ -234,3 +235,120 @@ def test_update_fn_rejects_shared_submodule_on_first_call():
         match=r"\.modules\[1\].*\.modules\[0\]|\.modules\[0\].*\.modules\[1\]",
     ):
         update_fn(net, opt, jnp.ones((2, 1)))
+
+
+def _loss_fn(params, model, inputs):
+    model = model.update(params)
+    x, y = inputs
+    loss = jnp.mean((model(x) - y) ** 2)
+    return loss, (loss, model)
+
+
+# --- model.update(params) forgotten in loss_fn ------------------------------------------------
+
+
+def test_forgotten_update_in_loss_fn_is_explained():
+    def loss_fn(params, model, inputs):
+        x, y = inputs
+        loss = jnp.mean((model(x) - y) ** 2)
+        return loss, (loss, model)
+
+    net = pax.nn.Linear(1, 1)
+    opt = pax.optim.from_optax(optax.sgd(0.1))(net.parameters())
+    x = jnp.ones((4, 1))
+    for jit in (False, True):
+        update_fn = pax.utils.build_update_fn(loss_fn, jit=jit)
+        with pytest.raises(ValueError, match=r"model = model\.update\(params\)"):
+            update_fn(net, opt, (x, 2 * x))
+
+
+# --- an optax transform passed as the optimizer ---------------------------------------------
+
+
+def test_raw_optax_transform_is_explained_before_jax_sees_it():
+    update_fn = pax.utils.build_update_fn(_loss_fn)
+    net = pax.nn.Linear(1, 1)
+    x = jnp.ones((4, 1))
+    with pytest.raises(TypeError, match=r"pax\.optim\.from_optax"):
+        update_fn(net, optax.adam(1e-3), (x, x))
+
+
+# --- optimizers that keep the initial parameters ------------------------------------
+
+
+def test_optimizer_holding_the_initial_parameters_is_accepted():
+    net = pax.nn.Linear(1, 1)
+    opt = pax.optim.from_optax(optax.contrib.prodigy(1.0))(net.parameters())
+    update_fn = pax.utils.build_update_fn(_loss_fn)
+    x = jnp.ones((4, 1))
+    loss, net, opt = update_fn(net, opt, (x, 2 * x))
+    assert np.isfinite(float(loss))
+
+
+def test_shared_arrays_are_refused_when_donated():
+    net = pax.nn.Linear(1, 1)
+    opt = pax.optim.from_optax(optax.contrib.prodigy(1.0))(net.parameters())
+    update_fn = pax.utils.build_update_fn(_loss_fn, donate=True)
+    x = jnp.ones((4, 1))
+    with pytest.raises(pax.SharedObjectError, match="donat"):
+        update_fn(net, opt, (x, 2 * x))
+
+
+# --- sharing introduced after the first call -----------------------------------------
+
+
+def test_sharing_introduced_after_the_first_call_is_caught():
+    class Two(pax.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = pax.nn.Linear(1, 1)
+            self.b = pax.nn.Linear(1, 1)
+
+        def __call__(self, x):
+            return self.b(self.a(x))
+
+    net = Two()
+    opt = pax.optim.from_optax(optax.sgd(0.1))(net.parameters())
+    update_fn = pax.utils.build_update_fn(_loss_fn)
+    x = jnp.ones((4, 1))
+    _, net, opt = update_fn(net, opt, (x, 2 * x))
+    net.b = net.a
+    with pytest.raises(
+        pax.SharedObjectError, match=r"tree\[0\]\.b is the same Linear module as tree\[0\]\.a"
+    ):
+        update_fn(net, opt, (x, 2 * x))
+
+
+# --- a donated model or optimizer used again ------------------------------------------------
+
+
+def test_reusing_a_donated_model_names_the_argument():
+    update_fn = pax.utils.build_update_fn(_loss_fn, donate=True)
+    net = nn.Linear(2, 1)
+    opt = pax.optim.adam(net.parameters(), 1e-3)
+    batch = (jnp.ones((4, 2)), jnp.zeros((4, 1)))
+    _, new_net, new_opt = update_fn(net, opt, batch)
+    with pytest.raises(
+        ValueError,
+        match=r"the model passed to update_fn was donated.*Fix: loss, model, opt = update_fn\(model, opt, batch\)",
+    ):
+        update_fn(net, new_opt, batch)
+    # the arguments of the refused call are untouched: training goes on
+    _, new_net, new_opt = update_fn(new_net, new_opt, batch)
+    with pytest.raises(ValueError, match=r"the optimizer passed to update_fn was donated"):
+        update_fn(new_net, opt, batch)
+    update_fn(new_net, new_opt, batch)
+
+
+def test_a_donated_model_used_directly_names_the_donation():
+    net = pax.nn.Linear(2, 1)
+    opt = pax.optim.adam(net.parameters(), 1e-2)
+    update_fn = pax.utils.build_update_fn(_loss_fn, donate=True)
+    batch = (jnp.ones((4, 2)), jnp.zeros((4, 1)))
+    _, new_net, new_opt = update_fn(net, opt, batch)
+    with pytest.raises(RuntimeError, match=r"Linear: this module was the model passed .*donate"):
+        net(batch[0])
+    with pytest.raises(RuntimeError, match=r"was the optimizer passed .*use the optimizer"):
+        pax.save("/nonexistent/never-written.npz", opt)
+    _, new_net, new_opt = update_fn(new_net, new_opt, batch)  # the returned ones keep working
+    new_net(batch[0])
