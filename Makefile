@@ -5,15 +5,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install test test-slow lint format bench demo clean
+.PHONY: install test test-slow lint format bench demo clean package wheel-test
 
-# editable_mode=compat: a .pth file puts this checkout on sys.path, so `import pax` finds the
-# package itself even from the checkout's parent folder, where the checkout folder (also named
-# pax) would otherwise load as an empty namespace package ahead of the default finder hook.
-$(STAMP): pyproject.toml
+# An editable install plus a .pth file of our own that puts this checkout on sys.path, so
+# `import pax` finds the package itself even from the checkout's parent folder, where the
+# checkout folder (also named pax) would otherwise load as an empty namespace package ahead of
+# the editable finder hook. (No reliance on setuptools' transitional editable_mode=compat.)
+$(STAMP): pyproject.toml setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]" --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e ".[test]"
+	echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pax_checkout.pth"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -45,6 +47,23 @@ bench: $(BENCH_STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/char_rnn.py --steps 200 --batch-size 32
+
+# A wheel and an sdist; the wheel installed (not editable) into a clean virtual environment,
+# imported and used by an example from outside the checkout.
+package: $(STAMP)
+	rm -rf build/dist
+	$(PY) -m pip wheel --quiet --no-deps . -w build/dist
+	$(PY) -m build --sdist --outdir build/dist .
+
+wheel-test: package
+	rm -rf build/wheel-venv
+	$(PYTHON) -m venv build/wheel-venv
+	build/wheel-venv/bin/python -m pip install --quiet build/dist/pax-*.whl
+	cd "$$(mktemp -d)" && $(CURDIR)/build/wheel-venv/bin/python -c \
+		"import pax, sys; assert 'site-packages' in pax.__file__, pax.__file__; print('pax', pax.__version__, 'from', pax.__file__)"
+	cd "$$(mktemp -d)" && $(CURDIR)/build/wheel-venv/bin/python $(CURDIR)/examples/char_rnn.py \
+		--steps 3 --batch-size 4 --seq-len 16 --embed-dim 8 --hidden-dim 16 --sample-every 0 \
+		--sample-length 8 --checkpoint "" --no-progress
 
 clean:
 	rm -rf $(VENV) build *.egg-info
