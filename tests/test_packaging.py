@@ -4,6 +4,7 @@ The public names of `pax.nn`, `pax.initializers` (tests/test_nn_api.py) and `pax
 (tests/test_haiku.py) are resolved where they are tested; the other public faces are here.
 """
 
+import configparser
 import os
 import pathlib
 import subprocess
@@ -56,9 +57,21 @@ def test_a_folder_named_pax_in_the_working_directory_does_not_shadow_the_package
 
 def test_the_package_ships_its_typing_marker():
     assert (ROOT / "pax" / "py.typed").is_file()
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    assert "py.typed" in config["options.package_data"]["pax"]
+
+
+def test_each_setting_has_one_source():
+    """Metadata in setup.cfg; pyproject.toml keeps only the build system and tool settings."""
     tomllib = pytest.importorskip("tomllib")
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "py.typed" in config["tool"]["setuptools"]["package-data"]["pax"]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert set(pyproject) == {"build-system", "tool"}
+    assert "setuptools" not in pyproject["tool"]
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    assert config["metadata"]["version"] == "attr: pax.__version__"
+    assert "setup()" in (ROOT / "setup.py").read_text()
 
 
 @pytest.mark.parametrize(
