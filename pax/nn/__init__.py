@@ -13,6 +13,8 @@ from pax._src.nn.conv_transpose import Conv3DTranspose as Conv3DTranspose
 from pax._src.nn.dropout import Dropout as Dropout
 from pax._src.nn.ema import EMA as EMA
 from pax._src.nn.embed import Embed as Embed
+from pax._src.nn.kv_cache import KVCache as KVCache
+from pax._src.nn.kv_cache import init_cache as init_cache
 from pax._src.nn.linear import Identity as Identity
 from pax._src.nn.linear import Lambda as Lambda
 from pax._src.nn.linear import Linear as Linear
@@ -29,6 +31,7 @@ from pax._src.nn.recurrent import LSTMState as LSTMState
 from pax._src.nn.recurrent import VanillaRNN as VanillaRNN
 from pax._src.nn.reshape import Flatten as Flatten
 from pax._src.nn.reshape import Reshape as Reshape
+from pax._src.nn.rotary import RotaryEmbedding as RotaryEmbedding
 from pax._src.nn.sequential import MLP as MLP
 from pax._src.nn.sequential import Sequential as Sequential
 from pax._src.nn.stack import Stack as Stack
@@ -54,6 +57,7 @@ __all__ = [
     "Flatten",
     "GroupNorm",
     "Identity",
+    "KVCache",
     "LSTMState",
     "Lambda",
     "LayerNorm",
@@ -62,10 +66,12 @@ __all__ = [
     "MultiHeadAttention",
     "RMSNorm",
     "Reshape",
+    "RotaryEmbedding",
     "Sequential",
     "Stack",
     "VanillaRNN",
     "avg_pool",
     "dynamic_unroll",
+    "init_cache",
     "max_pool",
 ]

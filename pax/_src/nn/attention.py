@@ -6,15 +6,22 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
 from pax._src.nn import _validate as v
 from pax._src.nn import initializers
+from pax._src.nn.dropout import Dropout
 from pax._src.nn.initializers import Initializer
+from pax._src.nn.kv_cache import INIT_FIX, KVCache, init_cache
+from pax._src.nn.kv_cache import dtype_of as _dtype_of
+from pax._src.nn.kv_cache import mask_for as _mask_for
+from pax._src.nn.kv_cache import reference_attention as _reference_attention
+from pax._src.nn.kv_cache import xla_attention as _xla_attention
 from pax._src.nn.linear import Linear
+from pax._src.nn.rotary import RotaryEmbedding
 
+IMPLEMENTATIONS = ("reference", "xla")
 _V02_SQUARE: Any = object()  # in_dim not given: Pax v0.2's form (see the class docstring)
 
 
@@ -57,6 +64,18 @@ class MultiHeadAttention(Module):
       b_init: bias initializer; default zeros.
       key_in_dim: feature size of the keys; default `in_dim`.
       value_in_dim: feature size of the values; default `key_in_dim`.
+      num_kv_heads: number of key/value heads, dividing `num_heads`: each is shared by
+        ``num_heads // num_kv_heads`` query heads (grouped-query attention; 1 is multi-query
+        attention). Default `num_heads`: standard attention.
+      causal: query ``t`` attends only to keys ``s <= t`` (counted from the first query and
+        key; in decode mode from the first cached position), as ``mask=jnp.tril(...)``.
+      dropout_rate: dropout on the attention weights in training mode (the identity in
+        ``eval()`` mode), drawn from the state key of a `pax.nn.Dropout` (``.dropout``).
+      rope: rotary position embeddings on queries and keys: True for
+        ``pax.nn.RotaryEmbedding(key_size)``, or a `pax.nn.RotaryEmbedding`.
+      implementation: "reference" (the einsum path, Haiku's numbers) or "xla"
+        (`jax.nn.dot_product_attention`: fused kernels where the platform has them, the same
+        numbers up to rounding; needs ``value_size == key_size`` and no dropout in training).
       rng_key: key for the initializers; default `pax.next_rng_key()`.
       param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
       name: a name shown by repr and summary.
@@ -68,9 +87,19 @@ class MultiHeadAttention(Module):
     key_size=16, w_init_scale=0.5)`` has no input size: it means Pax v0.2's square layer,
     ``in_dim = num_heads * key_size``, as there (write ``MultiHeadAttention(64, 4)`` today).
 
-    Call: ``mha(query, key=None, value=None, mask=None)`` with ``query`` ``(B, T, in_dim)``,
-    ``key`` and ``value`` ``(B, S, ·)`` (default: self-attention, ``key = value = query``);
-    ``B`` stands for any number of batch axes, none included. Returns ``(B, T, out_dim)``.
+    Call: ``mha(query, key=None, value=None, mask=None, *, decode=False)`` with ``query``
+    ``(B, T, in_dim)``, ``key`` and ``value`` ``(B, S, ·)`` (default: self-attention, ``key =
+    value = query``); ``B`` stands for any number of batch axes, none included. Returns
+    ``(B, T, out_dim)``.
+
+    Decoding: ``mha = mha.init_cache(batch_size, max_length)`` (or `pax.nn.init_cache` for a
+    whole model) adds a `KVCache` (``mha.cache``, states); ``mha(x, decode=True)`` with ``x``
+    ``(batch_size, T, in_dim)``, a prompt or one new token, appends its keys and values to the
+    cache and attends to every cached position (causally if `causal`), with rotary positions
+    offset by the cached length: the outputs equal those of the whole sequence at once. It
+    works under ``jax.jit`` and `jax.lax.scan` (return the module), inside `pax.nn.Stack` and
+    under a mixed-precision policy (the cache keeps its dtype). Without ``decode=True`` the
+    cache is neither read nor written.
 
     The mask is **boolean, True where attention is allowed** (Haiku's convention). A float or
     int mask is refused: an additive mask (0 = keep, ``-1e9`` / ``-inf`` = drop, as in PyTorch
@@ -87,7 +116,8 @@ class MultiHeadAttention(Module):
 
     Raises:
       ValueError: for bad sizes at construction; at call for inputs of the wrong feature size,
-        or a mask whose shape is none of the forms above.
+        a mask whose shape is none of the forms above, ``decode=True`` without a cache or
+        with a full one (under jit the error comes back as a runtime error naming it).
       TypeError: at call for a mask that is not boolean, or inputs that are not arrays.
 
     Example:
@@ -100,6 +130,13 @@ class MultiHeadAttention(Module):
       >>> padding = jnp.array([[True] * 5, [True] * 3 + [False] * 2])  # (B, S)
       >>> mha(x, mask=padding[:, None, None, :] & causal).shape  # (B, 1, T, S)
       (2, 5, 16)
+      >>> gqa = pax.nn.MultiHeadAttention(16, 4, num_kv_heads=2, causal=True, rope=True)
+      >>> full = gqa(x)
+      >>> gqa = gqa.init_cache(batch_size=2, max_length=8)
+      >>> first = gqa(x[:, :3], decode=True)  # the prompt
+      >>> step = gqa(x[:, 3:4], decode=True)  # one token
+      >>> bool(jnp.allclose(step, full[:, 3:4], atol=1e-5)), int(gqa.cache.index)
+      (True, 4)
     """
 
     query_proj: Linear
@@ -121,6 +158,11 @@ class MultiHeadAttention(Module):
         *,
         key_in_dim: int | None = None,
         value_in_dim: int | None = None,
+        num_kv_heads: int | None = None,
+        causal: bool = False,
+        dropout_rate: float = 0.0,
+        rope: bool | RotaryEmbedding = False,
+        implementation: str = "reference",
         rng_key: jax.Array | None = None,
         param_dtype: Any = jnp.float32,
         name: str | None = None,
@@ -169,16 +211,70 @@ class MultiHeadAttention(Module):
         inits = initializers.layer_init_args(cls, param_dtype, w_init=w_init, b_init=b_init)
         w_init = inits["w_init"] or initializers.variance_scaling(1.0)
         b_init = inits["b_init"]
-        keys = jax.random.split(resolve_rng_key(rng_key), 4)
-        h = self.num_heads
+        self._set_options(num_kv_heads, causal, dropout_rate, rope, implementation)
+        base_key = resolve_rng_key(rng_key)
+        keys = jax.random.split(base_key, 4)
+        h, kv = self.num_heads, self.num_kv_heads
         args = (with_bias, w_init, b_init)
         dt = {"param_dtype": inits["dtype"]}
         self.query_proj = Linear(in_dim, h * self.key_size, *args, rng_key=keys[0], **dt)
-        self.key_proj = Linear(key_in_dim, h * self.key_size, *args, rng_key=keys[1], **dt)
-        self.value_proj = Linear(value_in_dim, h * self.value_size, *args, rng_key=keys[2], **dt)
+        self.key_proj = Linear(key_in_dim, kv * self.key_size, *args, rng_key=keys[1], **dt)
+        self.value_proj = Linear(value_in_dim, kv * self.value_size, *args, rng_key=keys[2], **dt)
         self.out_proj = Linear(h * self.value_size, self.out_dim, *args, rng_key=keys[3], **dt)
+        self.dropout = None
+        if self.dropout_rate:  # a key of its own: the projections keep Haiku's keys
+            self.dropout = Dropout(self.dropout_rate, rng_key=jax.random.fold_in(base_key, 4))
+        self.register_module_subtree("cache", None)
 
-    def _heads(self, proj: Linear, x: jax.Array, size: int, what: str) -> jax.Array:
+    def _set_options(
+        self, num_kv_heads: Any, causal: Any, dropout_rate: Any, rope: Any, implementation: Any
+    ) -> None:
+        cls, h = type(self).__name__, self.num_heads
+        kv = h if num_kv_heads is None else v.positive_int(cls, "num_kv_heads", num_kv_heads)
+        if h % kv:
+            good = max(d for d in range(1, kv + 1) if h % d == 0)
+            raise ValueError(
+                f"{cls}: num_kv_heads={kv} does not divide num_heads={h}; each key/value head "
+                f"serves num_heads // num_kv_heads query heads. Fix: num_kv_heads={good}."
+            )
+        self.num_kv_heads = kv
+        self.causal = v.boolean(cls, "causal", causal)
+        self.dropout_rate = v.rate_in_unit_interval(cls, "dropout_rate", dropout_rate)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"{cls}: implementation={implementation!r} is not one of {IMPLEMENTATIONS}. "
+                f"Fix: implementation='xla' for jax.nn.dot_product_attention, or 'reference'."
+            )
+        if implementation == "xla" and self.value_size != self.key_size:
+            raise ValueError(
+                f"{cls}: implementation='xla' (jax.nn.dot_product_attention) needs value_size "
+                f"== key_size, got {self.value_size} and {self.key_size}. Fix: "
+                f"value_size={self.key_size}, or implementation='reference'."
+            )
+        self.implementation = implementation
+        rotary: RotaryEmbedding | None = None
+        if isinstance(rope, RotaryEmbedding):
+            if rope.dim != self.key_size:
+                raise ValueError(
+                    f"{cls}: rope={rope!r} rotates {rope.dim} features but the heads have "
+                    f"key_size={self.key_size}. Fix: rope=pax.nn.RotaryEmbedding({self.key_size})."
+                )
+            rotary = rope
+        elif v.boolean(cls, "rope", rope):
+            rotary = RotaryEmbedding(self.key_size, name="rope")
+        self.rope = rotary
+
+    def init_cache(self, batch_size: int, max_length: int, dtype: Any = None) -> Any:
+        """A copy with an empty `KVCache` of `batch_size` sequences of up to `max_length`
+        positions, for ``mha(x, decode=True)``; see `pax.nn.init_cache`."""
+        return init_cache(self, batch_size, max_length, dtype)
+
+    def _new_kv_cache(self, batch_size: int, max_length: int, dtype: Any) -> KVCache:
+        dtype = self.key_proj.weight.dtype if dtype is None else dtype
+        args = (self.num_kv_heads, self.key_size, self.value_size)
+        return KVCache(batch_size, max_length, *args, dtype, owner=type(self).__name__)
+
+    def _heads(self, proj: Linear, x: jax.Array, size: int, what: str, n: int) -> jax.Array:
         cls = type(self).__name__
         if x is None or isinstance(x, (str, bytes)) or _dtype_of(x) is None:
             raise TypeError(
@@ -193,7 +289,7 @@ class MultiHeadAttention(Module):
                 f"{jnp.shape(x)}."
             )
         y = proj(x)
-        return y.reshape((*x.shape[:-1], self.num_heads, size))
+        return y.reshape((*x.shape[:-1], n, size))
 
     def __call__(
         self,
@@ -201,105 +297,63 @@ class MultiHeadAttention(Module):
         key: jax.Array | None = None,
         value: jax.Array | None = None,
         mask: jax.Array | None = None,
+        *,
+        decode: bool = False,
     ) -> jax.Array:
+        cls = type(self).__name__
+        if decode is not False:
+            self._check_decode(decode, key, value)
         key = query if key is None else key
         value = key if value is None else value
-        q = self._heads(self.query_proj, query, self.key_size, "query")
-        k = self._heads(self.key_proj, key, self.key_size, "key")
-        val = self._heads(self.value_proj, value, self.value_size, "value")
-        logits = jnp.einsum("...thd,...Thd->...htT", q, k)
-        logits = logits / np.sqrt(self.key_size).astype(k.dtype)
-        if mask is not None:
-            logits = jnp.where(_mask_for(type(self).__name__, mask, logits.shape), logits, -1e30)
-        weights = jax.nn.softmax(logits)
-        attn = jnp.einsum("...htT,...Thd->...thd", weights, val)
+        q = self._heads(self.query_proj, query, self.key_size, "query", self.num_heads)
+        k = self._heads(self.key_proj, key, self.key_size, "key", self.num_kv_heads)
+        val = self._heads(self.value_proj, value, self.value_size, "value", self.num_kv_heads)
+        offset: Any = 0
+        if decode:
+            offset = self.cache.index
+        if self.rope is not None:
+            q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
+        if decode:
+            k, val, _ = self.cache(k, val)
+        *batch, t, h, _ = q.shape
+        s = k.shape[-3]
+        logits_shape = (*batch, h, t, s)
+        allowed = None if mask is None else _mask_for(cls, mask, logits_shape)
+        if self.causal or decode:
+            q_pos = offset + jnp.arange(t)[:, None]
+            k_pos = jnp.arange(s)[None, :]
+            rule = k_pos <= q_pos if self.causal else k_pos < offset + t
+            allowed = rule if allowed is None else allowed & rule
+        dropout = self.dropout if self.training else None
+        if self.implementation == "xla":
+            if dropout is not None:
+                raise ValueError(
+                    f"{cls}: implementation='xla' (jax.nn.dot_product_attention) has no "
+                    f"attention dropout, and this layer has dropout_rate={self.dropout_rate} in "
+                    f"training mode. Fix: implementation='reference' for training with dropout "
+                    f"(mha.implementation = 'xla' on the eval() copy), or dropout_rate=0.0."
+                )
+            attn = _xla_attention(q, k, val, allowed, self.causal and not decode and mask is None)
+        else:
+            attn = _reference_attention(q, k, val, allowed, dropout)
         attn = attn.reshape((*query.shape[:-1], -1))
         return self.out_proj(attn)
+
+    def _check_decode(self, decode: Any, key: Any, value: Any) -> None:
+        cls = type(self).__name__
+        v.boolean(cls, "decode", decode)
+        if key is not None or value is not None:
+            raise ValueError(
+                f"{cls}: decode=True caches self-attention keys and values, so it takes only the "
+                f"query. Fix: mha(x, decode=True), or decode=False for cross-attention."
+            )
+        if self.cache is None:
+            raise ValueError(
+                f"{cls}: decode=True needs a KV cache, and this layer has none (it was never "
+                f"initialized). Fix: {INIT_FIX} (or mha = mha.init_cache(batch_size, "
+                f"max_length)) before decoding."
+            )
 
 
 def _optional_size(cls: str, name: str, value: int | None) -> int | None:
     return None if value is None else v.positive_int(cls, name, value)
-
-
-def _dtype_of(value: Any) -> Any:
-    """The dtype of an array-like, or None when it is not one (a string, None, an object)."""
-    dtype = getattr(value, "dtype", None)
-    if dtype is not None:
-        return dtype
-    try:
-        dtype = np.asarray(value).dtype
-    except Exception:  # an object numpy cannot read: reported as "not an array" by the caller
-        return None
-    return None if dtype.kind in "OSUV" else dtype  # strings and objects are not arrays
-
-
-def _mask_for(cls: str, mask: Any, logits_shape: tuple[int, ...]) -> jax.Array:
-    """`mask` as a boolean array of the logits' rank ``(*batch, num_heads, T, S)``.
-
-    Accepted forms (see the class docstring): ``(T, S)`` shared, ``(*batch, T, S)`` per
-    example (a heads axis is inserted), ``(*batch, num_heads, T, S)`` full; every axis of size
-    1 or the logits'. Anything else raises, naming the axes to add.
-    """
-    dtype = _dtype_of(mask)
-    if dtype is None or dtype != np.bool_:
-        found = f"a {type(mask).__name__}, not an array"
-        if dtype is not None:
-            found = f"an array of dtype {np.dtype(dtype).name}"
-        raise TypeError(
-            f"{cls}: mask must be a boolean array, True where attention is allowed; got "
-            f"{found}. A float or int mask is ambiguous: an additive "
-            f"mask (0 = keep, -1e9 or -inf = drop, the PyTorch / Hugging Face habit) would be "
-            f"read inverted. Fix: mask=additive_mask == 0 for an additive mask, "
-            f"mask=mask.astype(bool) for a 0/1 mask (1 = keep)."
-        )
-    mask = jnp.asarray(mask)
-    *batch, heads, t, s = logits_shape
-    n = len(batch)
-    b = ", ".join(f"B{i}" for i in range(n)) if n > 1 else "B"
-    forms = f"(T, S) = {(t, s)} shared by every example and head"
-    if n:
-        forms += (
-            f", ({b}, T, S) = {(*batch, t, s)} per example, or ({b}, num_heads, T, S) = "
-            f"{(*batch, heads, t, s)} (axes of size 1 broadcast)"
-        )
-    else:
-        forms += f", or (num_heads, T, S) = {(heads, t, s)} (axes of size 1 broadcast)"
-    if mask.ndim == 2:  # (T, S): one mask for every example and head
-        full = mask.reshape((1,) * (n + 1) + mask.shape)
-    elif n and mask.ndim == n + 2:  # (*batch, T, S): per example, the same for every head
-        full = mask[..., None, :, :]
-    elif mask.ndim == n + 3:  # (*batch, num_heads, T, S)
-        full = mask
-    else:
-        if mask.ndim < 2:
-            fix = (
-                "mask[None, :] for one (S,) key mask shared by every query, example and head"
-                if mask.ndim == 1
-                else "a (T, S) mask, e.g. jnp.ones((T, S), bool)"
-            )
-        elif mask.ndim > n + 3:
-            fix = f"a mask of at most {n + 3} axes; drop the extra leading axes"
-        else:  # several batch axes, some missing: per example or per head is ambiguous
-            missing = ", ".join(["None"] * (n + 2 - mask.ndim))
-            fix = (
-                f"mask[{missing}] to share a (..., T, S) mask over the leading batch axes, "
-                f"or give every batch axis"
-            )
-        raise ValueError(
-            f"{cls}: mask of shape {mask.shape} does not fit the logits ({b + ', ' if n else ''}"
-            f"num_heads, T, S) = {logits_shape}; accepted: {forms}. Fix: {fix}."
-        )
-    names = [f"batch axis {i}" for i in range(n)] if n > 1 else ["batch"] * n
-    names += ["num_heads", "T (query length)", "S (key length)"]
-    for axis, (got, want) in enumerate(zip(full.shape, logits_shape)):
-        if got not in (1, want):
-            hint = ""
-            if mask.ndim == 2 and n == 1 and mask.shape[0] == batch[0]:
-                hint = " For a (B, S) key-padding mask: mask[:, None, None, :]."
-            read = f", read as {full.shape}," if full.shape != mask.shape else ""
-            raise ValueError(
-                f"{cls}: mask of shape {mask.shape}{read} has size {got} on "
-                f"the {names[axis]} axis where the logits have {want}; accepted: {forms}.{hint} "
-                f"Fix: a mask of size {want} or 1 on that axis."
-            )
-    return full
