@@ -58,7 +58,7 @@ package: $(STAMP)
 wheel-test: package
 	rm -rf build/wheel-venv
 	$(PYTHON) -m venv build/wheel-venv
-	build/wheel-venv/bin/python -m pip install --quiet build/dist/pax-*.whl
+	build/wheel-venv/bin/python -m pip install --quiet build/dist/pax-*.whl tqdm  # tqdm: the example's progress bar
 	cd "$$(mktemp -d)" && $(CURDIR)/build/wheel-venv/bin/python -c \
 		"import pax, sys; assert 'site-packages' in pax.__file__, pax.__file__; print('pax', pax.__version__, 'from', pax.__file__)"
 	cd "$$(mktemp -d)" && $(CURDIR)/build/wheel-venv/bin/python $(CURDIR)/examples/char_rnn.py \
