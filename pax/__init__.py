@@ -10,10 +10,12 @@ from pax import distributed as distributed
 from pax import initializers as initializers
 from pax import metrics as metrics
 from pax import mixed_precision as mixed_precision
+from pax import nets as nets
 from pax import nn as nn
 from pax import optim as optim
 from pax import sharding as sharding
 from pax import utils as utils
+from pax._src.checkpoint import CheckpointManager as CheckpointManager
 from pax._src.checkpoint import LoadReport as LoadReport
 from pax._src.checkpoint import load as load
 from pax._src.checkpoint import save as save
@@ -61,6 +63,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "CheckpointError",
+    "CheckpointManager",
     "CheckpointMismatchError",
     "Kind",
     "LoadReport",
@@ -80,6 +83,7 @@ __all__ = [
     "load_state_dict",
     "metrics",
     "mixed_precision",
+    "nets",
     "next_rng_key",
     "nn",
     "optim",

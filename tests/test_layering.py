@@ -19,10 +19,18 @@ ALLOWED = {
     "base": {"base"},
     "core": {"base", "core"},
     "nn": {"base", "core", "nn"},
+    "nets": {"base", "core", "nn", "nets"},
     "optim": {"base", "core", "optim"},
     "checkpoint": {"base", "core", "checkpoint"},
     "training": {"base", "core", "optim", "training"},
-    "haiku": {"base", "core", "nn", "checkpoint", "haiku"},  # native twins; one name matcher
+    "haiku": {
+        "base",
+        "core",
+        "nn",
+        "nets",
+        "checkpoint",
+        "haiku",
+    },  # native twins; one name matcher
     "metrics": {"base", "core", "metrics"},
     "sharding": {"base", "core", "nn", "optim", "sharding"},
     "distributed": {"base", "distributed"},

@@ -6,9 +6,11 @@
 - `check`: the metadata of a checkpoint, and against ``like``.
 - `sharded` / `assemble`: writing and reading multi-process checkpoints.
 - `state_dict`: `pax.state_dict` / `pax.load_state_dict`, flat ``{name: array}`` mappings.
+- `manager`: `pax.CheckpointManager`, numbered checkpoints in a directory, rotated, async.
 - `matching`: the one name-matching routine of every loader (also `pax.haiku.load_haiku_params`).
 """
 
+from pax._src.checkpoint.manager import CheckpointManager as CheckpointManager
 from pax._src.checkpoint.matching import LoadReport as LoadReport
 from pax._src.checkpoint.save_load import load as load
 from pax._src.checkpoint.save_load import save as save

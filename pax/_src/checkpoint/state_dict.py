@@ -8,6 +8,7 @@ renaming its keys and adjusting its arrays on the way.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar, overload
 
@@ -92,7 +93,7 @@ def load_state_dict(
     model: T,
     mapping: Mapping[str, Any],
     *,
-    rename: Rename | None = ...,
+    rename: Rename | str | None = ...,
     transform: Transform | None = ...,
     strict: Literal[True] = ...,
 ) -> T: ...
@@ -103,7 +104,7 @@ def load_state_dict(
     model: T,
     mapping: Mapping[str, Any],
     *,
-    rename: Rename | None = ...,
+    rename: Rename | str | None = ...,
     transform: Transform | None = ...,
     strict: Literal[False],
 ) -> tuple[T, LoadReport]: ...
@@ -113,7 +114,7 @@ def load_state_dict(
     model: T,
     mapping: Mapping[str, Any],
     *,
-    rename: Rename | None = None,
+    rename: Rename | str | None = None,
     transform: Transform | None = None,
     strict: bool = True,
 ) -> T | tuple[T, LoadReport]:
@@ -131,7 +132,8 @@ def load_state_dict(
         the entry), a dict ``{name: key path}`` (other names are kept), or a list of
         ``(regex, replacement)`` rules: the first rule whose regex
         matches (``re.search``) rewrites the name with ``re.sub``; names no rule matches are
-        kept. Default: names are key paths already.
+        kept; or the name of a preset of `PRESETS` (``"torchvision_resnet"``), which also
+        sets `transform` unless one is given. Default: names are key paths already.
       transform: ``transform(key_path, array) -> array``, applied to every entry after
         renaming, e.g. ``lambda k, a: a.T if k.endswith(".weight") else a`` for a PyTorch
         Linear's ``(out, in)`` weight. It may return any array-like (a numpy or jax array, a
@@ -194,6 +196,17 @@ def load_state_dict(
             f"pax.load_state_dict(model, mapping) or pax.load_state_dict(model, mapping, "
             f"strict=False)."
         )
+    if isinstance(rename, str):
+        if rename not in PRESETS:
+            raise ValueError(
+                f"{fn}: rename={rename!r} is not a preset; the presets are {sorted(PRESETS)}. "
+                f"Fix: pax.load_state_dict(model, mapping, rename='torchvision_resnet'), or "
+                f"pass a function, dict or [(regex, replacement), ...]."
+            )
+        rename, preset_transform = PRESETS[rename]
+        transform = preset_transform if transform is None else transform
+        # the entries the preset drops (PyTorch's num_batches_tracked) are not unexpected
+        mapping = {k: mapping[k] for k in mapping.keys() if rename(str(k)) is not None}
     leaves, treedef = jax.tree_util.tree_flatten_with_path(model)
     expected = {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
     names = {str(name): name for name in mapping.keys()}
@@ -252,3 +265,74 @@ def load_state_dict(
     if strict:
         return result
     return result, report
+
+
+def _torchvision_resnet_name(name: str) -> str | None:
+    if name.endswith("num_batches_tracked"):
+        return None
+    bn = {"weight": "scale", "bias": "offset", "running_mean": "running_mean",
+          "running_var": "running_var"}  # fmt: skip
+    rules = [
+        (r"^conv1\.weight$", lambda m: ".initial_conv.weight"),
+        (r"^bn1\.(\w+)$", lambda m: f".initial_batchnorm.{bn.get(m[1], m[1])}"),
+        (r"^fc\.(weight|bias)$", lambda m: f".logits.{m[1]}"),
+        (
+            r"^layer(\d)\.(\d+)\.conv(\d)\.weight$",
+            lambda m: (
+                f".block_groups[{int(m[1]) - 1}].blocks[{m[2]}].convs[{int(m[3]) - 1}].weight"
+            ),
+        ),
+        (
+            r"^layer(\d)\.(\d+)\.bn(\d)\.(\w+)$",
+            lambda m: (
+                f".block_groups[{int(m[1]) - 1}].blocks[{m[2]}]"
+                f".batchnorms[{int(m[3]) - 1}].{bn.get(m[4], m[4])}"
+            ),
+        ),
+        (
+            r"^layer(\d)\.(\d+)\.downsample\.0\.weight$",
+            lambda m: f".block_groups[{int(m[1]) - 1}].blocks[{m[2]}].proj_conv.weight",
+        ),
+        (
+            r"^layer(\d)\.(\d+)\.downsample\.1\.(\w+)$",
+            lambda m: (
+                f".block_groups[{int(m[1]) - 1}].blocks[{m[2]}].proj_batchnorm.{bn.get(m[3], m[3])}"
+            ),
+        ),
+    ]
+    for pattern, make in rules:
+        found = re.match(pattern, name)
+        if found:
+            return make(found)
+    return name
+
+
+def _torchvision_transform(key: str, a: Any) -> Any:
+    a = np.asarray(a)
+    if a.ndim == 4:  # OIHW -> HWIO
+        return np.transpose(a, (2, 3, 1, 0))
+    if a.ndim == 2:  # Linear (out, in) -> (in, out)
+        return a.T
+    return a
+
+
+PRESETS: dict[str, tuple[Callable[[str], str | None], Transform]] = {
+    "torchvision_resnet": (_torchvision_resnet_name, _torchvision_transform),
+}
+"""Named ``rename=`` presets of `load_state_dict`, with the `transform` they imply.
+
+``"torchvision_resnet"``: a torchvision ``resnet18/34/50().state_dict()`` (saved with
+``np.savez``) into `pax.nets.ResNet18` / ``34`` / ``50`` built with
+``bn_config={"running_stats": True}, padding="symmetric"`` (and ``num_classes=1000``):
+``layer2.0.downsample.1.running_mean`` becomes
+``.block_groups[1].blocks[0].proj_batchnorm.running_mean``, convolution weights go from
+PyTorch's ``OIHW`` to ``HWIO``, linear weights are transposed, ``num_batches_tracked`` is
+dropped. The network may be channels first (``NCHW``, as torchvision) or channels last.
+
+Flatten order: a PyTorch ``nn.Linear`` that follows a ``flatten`` of a convolution's
+``(N, C, H, W)`` output reads its inputs in ``C, H, W`` order; a channels-last pax model
+flattens ``(N, H, W, C)`` in ``H, W, C`` order. Its weight ``(out, C*H*W)`` then needs
+``w.reshape(out, C, H, W).transpose(0, 2, 3, 1).reshape(out, -1).T`` (or build the model
+channels first). The ResNets average-pool before their linear layer, so nothing is needed
+there.
+"""

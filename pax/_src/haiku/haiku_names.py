@@ -9,14 +9,17 @@ in order): every `pax.from_haiku` module and every native layer with a Haiku twi
 a layer built with ``name=`` is named so, as ``hk.Linear(3, name="head")`` is).
 Each unit's Haiku name (for a wrapped module ``name=`` if given, else Haiku's default such as
 ``conv2_d``) gets the suffix ``_1``, ``_2``, ... when it was seen before, and ``prefix`` in
-front. Other modules (`pax.nn.Sequential`, a user's own `pax.Module`, ...) add no name: their
-units are named as if they were created directly in the program, which is what happens when a
-Haiku program creates its layers in order. A `pax.nn.Stack` is Haiku's ``hk.layer_stack``: a
-scope named ``__layer_stack_no_per_layer`` (a name given to ``hk.layer_stack(n, name=...)``
-goes into ``names``) whose layers are named inside it and whose arrays carry the leading axis
-``n``. ``names`` overrides the full name of single units (or stacks) by their pax path
-(``{".layers[2]": "encoder/~/linear_1"}``). A `pax.haiku.from_transformed` program adds no
-name: its keys are the program's own (with ``prefix``, or its ``names`` entry, in front). A
+front. Other modules (`pax.nn.Sequential`, a user's own `pax.Module`, ...) built with
+``name=`` are a Haiku scope, as an ``hk.Module`` of that name is: their units are named
+``name/~/linear``, ... (``name_1/~/...`` for the second module of that name in a scope); built
+without a name they add none: their units are named as if they were created directly in the
+program, which is what happens when a Haiku program creates its layers in order. A
+`pax.nn.Stack` is Haiku's ``hk.layer_stack``: a scope named ``__layer_stack_no_per_layer``
+(a name given to ``hk.layer_stack(n, name=...)`` goes into ``names``) whose layers are
+named inside it and whose arrays carry the leading axis ``n``. ``names`` overrides the full
+name of single units (or stacks) by their pax path (``{".layers[2]": "encoder/~/linear_1"}``).
+A `pax.haiku.from_transformed` program adds no name: its keys are the program's own (with
+``prefix``, or its ``names`` entry, in front). A
 module that holds arrays of its own and has no Haiku twin is refused with its path: it has no
 Haiku name.
 """
@@ -121,8 +124,15 @@ def entries(model: Any, prefix: str, names: Mapping[str, str] | None, fn: str) -
             subs, own = _children(module)
             if own and not isinstance(module, Dropout):  # hk.dropout has no arrays
                 raise _no_twin(fn, path, module, own)
+            inner_scope, inner_counts = scope, counts
+            own_name = getattr(module, "name", None)
+            if isinstance(own_name, str) and own_name:  # a named module is a Haiku scope
+                n = counts.get(own_name, 0)
+                counts[own_name] = n + 1
+                inner = own_name if n == 0 else f"{own_name}_{n}"
+                inner_scope, inner_counts = f"{scope}{inner}/~/", {}
             for sub_path, sub in subs:
-                visit(sub, path + sub_path, scope, counts)
+                visit(sub, path + sub_path, inner_scope, inner_counts)
             return
         if path in names:
             full = names[path]

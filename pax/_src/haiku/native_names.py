@@ -106,6 +106,8 @@ def twin_name(module: Any) -> str | None:
     """The Haiku module name of `module`'s twin (``"linear"``), or None if it has none."""
     if isinstance(module, EMA) and not hasattr(module.hidden, "shape"):
         return None  # an EMA of a pytree: Haiku's averages one array
+    if isinstance(module, BatchNorm) and module.running_stats:
+        return None  # PyTorch's running statistics: Haiku's BatchNorm has none
     for cls in type(module).__mro__:  # subclasses too (e.g. a mixed-precision Linear)
         if cls in HAIKU_NAMES:
             return HAIKU_NAMES[cls]

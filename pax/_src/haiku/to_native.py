@@ -17,6 +17,7 @@ from pax._src.haiku.module import HaikuModule
 from pax._src.haiku.native_names import twin_name
 from pax._src.haiku.porting import load_haiku_params
 from pax._src.haiku.programs import HaikuProgram
+from pax._src.nets.resnet import ResNet, ResNet18, ResNet34, ResNet50
 from pax._src.nn.attention import MultiHeadAttention
 from pax._src.nn.batch_norm import BatchNorm, BatchNorm1D, BatchNorm2D
 from pax._src.nn.conv import Conv1D, Conv2D, Conv3D
@@ -185,7 +186,30 @@ def _embed(shape: tuple[int, ...]) -> Module:
     return Embed(vocab_size, embed_dim)
 
 
+def _resnet(cls: type[ResNet]) -> Callable[[Args, HaikuModule], Module]:
+    def build(a: Args, m: HaikuModule) -> Module:
+        _require(m.pass_is_training, "it is called with is_training (pass_is_training=True)")
+        _require(not a.get("logits_config"), "it has a logits_config")
+        _require(not a.get("initial_conv_config"), "it has an initial_conv_config")
+        bn = dict(a.get("bn_config") or {})
+        _require(set(bn) <= {"decay_rate", "eps"}, f"its bn_config has {sorted(bn)}")
+        w = _shape(m.params or {}, "w")  # the first conv (HWIO)
+        kw: Args = {"bn_config": bn, "resnet_v2": a["resnet_v2"], "strides": a["strides"]}
+        kw["in_dim"] = w[2] if len(w) == 4 else 3
+        if cls is ResNet:
+            for arg in ("blocks_per_group", "bottleneck", "channels_per_group", "use_projection"):
+                kw[arg] = a[arg]
+        kw["name"] = module_name(m.hk_config)
+        return cls(num_classes=a["num_classes"], **kw)
+
+    return build
+
+
 BUILDERS: dict[type, Callable[[Args, HaikuModule], Module]] = {
+    hk.nets.ResNet: _resnet(ResNet),
+    hk.nets.ResNet18: _resnet(ResNet18),
+    hk.nets.ResNet34: _resnet(ResNet34),
+    hk.nets.ResNet50: _resnet(ResNet50),
     hk.Linear: lambda a, m: Linear(
         _shape(m.params or {}, "w")[0], a["output_size"], a["with_bias"]
     ),
@@ -239,7 +263,9 @@ def _convert(module: HaikuModule) -> Module:
         base = module_name(module.hk_config)
         if arguments.get("name") is not None:
             native.name = arguments["name"]
-        if twin_name(native) is not None:  # Flatten and Reshape hold no arrays
+        if isinstance(native, ResNet):  # named by its Haiku scopes already
+            native = load_haiku_params(native, module.params or {}, module.state)
+        elif twin_name(native) is not None:  # Flatten and Reshape hold no arrays
             native = load_haiku_params(native, module.params or {}, module.state, names={"": base})
     except (TypeError, ValueError) as err:  # an argument the native layer does not take
         raise _NoTwin(f"the native layer refused its configuration: {err}") from None
@@ -252,7 +278,8 @@ def to_native(model: T, *, strict: bool = False) -> tuple[T, NativeReport]:
     Each `pax.from_haiku` / `pax.haiku.*` module whose Haiku class has a native twin
     (``hk.Linear``, the convolutions and transposes, ``hk.BatchNorm``, ``hk.LayerNorm``,
     ``hk.GroupNorm``, ``hk.RMSNorm``, ``hk.Embed``, ``hk.LSTM``, ``hk.GRU``,
-    ``hk.VanillaRNN``, ``hk.MultiHeadAttention``, ``hk.nets.MLP``, and the array-free
+    ``hk.VanillaRNN``, ``hk.MultiHeadAttention``, ``hk.nets.MLP``, ``hk.nets.ResNet`` /
+    ``ResNet18`` / ``34`` / ``50`` (as `pax.nets.ResNet18`, ...), and the array-free
     ``hk.Flatten`` and ``hk.Reshape``) becomes the native layer
     with the same configuration, weights and state (same outputs and gradients) and the same
     training mode; its Haiku ``name=`` becomes the layer's ``name``, so `haiku_module_names`
@@ -295,7 +322,8 @@ def to_native(model: T, *, strict: bool = False) -> tuple[T, NativeReport]:
         except _NoTwin as why:
             kept.append(f"{at}: {name} ({why})")
             return x.copy()  # the result shares no module object with `model`
-        converted.append(f"{at}: {name} -> pax.nn.{type(native).__name__}")
+        where_ = "pax.nets" if isinstance(native, ResNet) else "pax.nn"
+        converted.append(f"{at}: {name} -> {where_}.{type(native).__name__}")
         return native
 
     result = jax.tree_util.tree_map_with_path(

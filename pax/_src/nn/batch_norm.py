@@ -43,10 +43,23 @@ class BatchNorm(ChannelLayer):
       rng_key: key for the initializers; default `pax.next_rng_key()`.
       param_dtype: dtype of the parameters (default float32); see README, "Mixed precision".
       name: a name shown by repr and summary.
+      running_stats: hold PyTorch's plain ``running_mean`` / ``running_var`` states instead
+        of the zero-debiased ``mean_ema`` / ``var_ema``: each training step does
+        ``running = (1 - m) * running + m * batch`` with PyTorch's ``momentum m = 1 - decay``
+        (``decay=0.9`` is PyTorch's default ``momentum=0.1``), the variance estimate being the
+        unbiased batch variance, as ``torch.nn.BatchNorm2d``. Use it to load a PyTorch
+        ``state_dict`` (``bn.running_mean`` / ``bn.running_var``).
+      test_local_stats: the default of the call argument of the same name.
+
+    Call arguments:
+      x: the input.
+      test_local_stats: in ``eval()`` mode, normalize with the batch statistics (as Haiku's
+        ``is_training=False, test_local_stats=True``); the moving statistics stay unchanged.
 
     Raises:
       ValueError: for bad arguments at construction; at call for an input of the wrong rank or
         channel count.
+      TypeError: if `running_stats` or `test_local_stats` is not a bool.
 
     Example:
       >>> import jax.numpy as jnp, pax
@@ -57,12 +70,20 @@ class BatchNorm(ChannelLayer):
       >>> bn = bn.eval()  # eval: moving averages, states unchanged
       >>> bn(jnp.ones((1, 3))).shape
       (1, 3)
+      >>> torch_like = pax.nn.BatchNorm(3, running_stats=True)  # PyTorch's running statistics
+      >>> _ = torch_like(jnp.arange(12.0).reshape(4, 3))
+      >>> [round(float(m), 3) for m in torch_like.running_mean]  # 0.9 * 0 + 0.1 * mean
+      [0.45, 0.55, 0.65]
     """
 
     scale: jax.Array | None
     offset: jax.Array | None
     mean_ema: EMA
     var_ema: EMA
+    running_mean: jax.Array
+    running_var: jax.Array
+    running_stats: bool = False
+    test_local_stats: bool = False
     _ranks: tuple[int, ...] | None = None
 
     in_features = v.RenamedAttribute("in_dim")
@@ -87,8 +108,16 @@ class BatchNorm(ChannelLayer):
         rng_key: jax.Array | None = None,
         param_dtype: Any = jnp.float32,
         name: str | None = None,
+        running_stats: bool = False,
+        test_local_stats: bool = False,
     ) -> None:
         super().__init__(name=name)
+        running_stats = v.boolean(self._cls, "running_stats", running_stats)
+        test_local_stats = v.boolean(self._cls, "test_local_stats", test_local_stats)
+        if running_stats:  # only when set: the repr of the default layer stays as it was
+            self.running_stats = True
+        if test_local_stats:
+            self.test_local_stats = True
         self.decay = v.rate_in_unit_interval(self._cls, "decay", decay)
         self.eps = v.positive_float(self._cls, "eps", eps, allow_zero=True)
         self.data_format = v.data_format(self._cls, data_format)
@@ -112,18 +141,22 @@ class BatchNorm(ChannelLayer):
     def _build(self, key: jax.Array, **init_args: Any) -> None:
         shape = (self.in_dim,)
         _scale_offset(self, key, shape, **init_args)
+        if self.running_stats:
+            self.register_state("running_mean", jnp.zeros(shape, jnp.float32))
+            self.register_state("running_var", jnp.ones(shape, jnp.float32))
+            return
         self.mean_ema = EMA(jnp.zeros(shape, jnp.float32), self.decay)
         self.var_ema = EMA(jnp.ones(shape, jnp.float32), self.decay)
 
     @property
     def moving_mean(self) -> jax.Array:
         """The moving average of the batch means, shape ``(in_dim,)``."""
-        return self.mean_ema.average
+        return self.running_mean if self.running_stats else self.mean_ema.average
 
     @property
     def moving_var(self) -> jax.Array:
         """The moving average of the batch variances, shape ``(in_dim,)``."""
-        return self.var_ema.average
+        return self.running_var if self.running_stats else self.var_ema.average
 
     def _check_input(self, x: jax.Array) -> int:
         self._lazy_check(x)
@@ -143,14 +176,20 @@ class BatchNorm(ChannelLayer):
             )
         return channel_axis
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, test_local_stats: bool | None = None) -> jax.Array:
+        local = self.test_local_stats if test_local_stats is None else test_local_stats
+        if not isinstance(local, bool):
+            raise TypeError(
+                f"{self._cls}: test_local_stats must be True or False, got {local!r}. Fix: "
+                f"bn(x, test_local_stats=True)."
+            )
         x = jnp.asarray(x)
         channel_axis = self._check_input(x)
         out_dtype = output_dtype(x, self.scale, self.offset)
         x = x.astype(statistics_dtype(x))  # statistics in float32 at least, whatever the input
         axes = tuple(i for i in range(x.ndim) if i != channel_axis)
         stat_shape = tuple(self.in_dim if i == channel_axis else 1 for i in range(x.ndim))
-        if self.training:
+        if self.training or local:
             mean = jnp.mean(x, axes, keepdims=True)
             mean_of_squares = jnp.mean(jnp.square(x), axes, keepdims=True)
             if self.cross_replica_axis:
@@ -161,11 +200,11 @@ class BatchNorm(ChannelLayer):
                     mean_of_squares, self.cross_replica_axis, axis_index_groups=groups
                 )
             var = mean_of_squares - jnp.square(mean)
-            self.mean_ema(mean.reshape(-1))
-            self.var_ema(var.reshape(-1))
+            if self.training:
+                self._update(mean.reshape(-1), var.reshape(-1), x.size // self.in_dim)
         else:
-            mean = self.mean_ema.average.astype(x.dtype).reshape(stat_shape)
-            var = self.var_ema.average.astype(x.dtype).reshape(stat_shape)
+            mean = self.moving_mean.astype(x.dtype).reshape(stat_shape)
+            var = self.moving_var.astype(x.dtype).reshape(stat_shape)
         scale = (
             jnp.ones((), x.dtype)
             if self.scale is None
@@ -179,6 +218,21 @@ class BatchNorm(ChannelLayer):
         eps = jax.lax.convert_element_type(self.eps, var.dtype)
         inv = scale * jax.lax.rsqrt(var + eps)
         return ((x - mean) * inv + offset).astype(out_dtype)
+
+    def _update(self, mean: jax.Array, var: jax.Array, n: int) -> None:
+        """Updates the moving statistics with one batch's (`n` values per channel)."""
+        if not self.running_stats:
+            self.mean_ema(mean)
+            self.var_ema(var)
+            return
+        if self.cross_replica_axis:
+            groups = self.cross_replica_axis_index_groups
+            groups_list = None if groups is None else [list(g) for g in groups]
+            n = n * int(jax.lax.psum(1, self.cross_replica_axis, axis_index_groups=groups_list))
+        unbiased = var * (n / max(n - 1, 1))
+        m = 1.0 - self.decay
+        self.running_mean = (1 - m) * self.running_mean + m * mean.astype(jnp.float32)
+        self.running_var = (1 - m) * self.running_var + m * unbiased.astype(jnp.float32)
 
 
 class BatchNorm1D(BatchNorm):

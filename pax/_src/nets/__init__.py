@@ -1,0 +1,1 @@
+"""Whole networks built from native `pax.nn` layers (see `pax.nets`)."""
