@@ -33,7 +33,7 @@ def _no_false_alarm():
     from pax._src.core import tracing
 
     tracing.check_pending()
-    assert not [entry for entry in tracing.PENDING if entry[2] == threading.get_ident()]
+    assert not [entry for entry in tracing.PENDING if entry.thread == threading.get_ident()]
 
 
 mnist = _load("mnist")

@@ -294,3 +294,66 @@ def test_a_real_change_of_the_same_structure_still_raises():
     jax.jit(lambda m, x: m(x))(counter, X)
     with pytest.raises(RuntimeError, match=r"Counter\.cache " + NOT_RETURNED):
         counter(X)
+
+
+# --- found by a hostile sweep -----------------------------------------------------------------
+
+
+class Counter(pax.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_state("count", jnp.zeros((), jnp.int32))
+        self.register_parameter("w", jnp.ones(()))
+
+    def __call__(self, x):
+        self.count = self.count + 1
+        return self.w * x
+
+
+def test_a_concrete_state_change_under_eager_grad_or_vmap_that_is_lost_raises():
+    counter = Counter()
+
+    def loss(params, model, x):
+        return model.update(params)(x)  # the count of a copy moves (a concrete value)
+
+    jax.grad(loss)(counter.parameters(), counter, 2.0)
+    with pytest.raises(RuntimeError, match=r"Counter\.count " + NOT_RETURNED):
+        counter(1.0)
+    jax.vmap(lambda m, x: m(x), in_axes=(None, 0))(counter, jnp.ones(3))
+    with pytest.raises(RuntimeError, match=r"Counter\.count " + NOT_RETURNED):
+        counter(1.0)
+
+
+def test_eager_grad_of_a_closed_over_module_updates_it_and_never_raises():
+    counter = Counter()
+    jax.grad(lambda w: counter(w))(1.0)  # the user's own object: its count really moved
+    counter(1.0)
+    assert int(counter.count) == 2
+
+
+def test_returning_a_states_view_in_place_of_the_module_is_returning_the_change():
+    bn = pax.nn.BatchNorm1D(3)
+
+    @jax.jit
+    def step(model, x):
+        return model(x), model.states()
+
+    _, states = step(bn, X * 2)
+    bn = bn.update(states)
+    bn(X)  # no false alarm
+    assert float(jnp.abs(bn.mean_ema.average).sum()) > 0
+
+    def loss(params, model, x):
+        model = model.update(params)
+        return jnp.sum(model(x)), model.states()
+
+    _, states = jax.grad(loss, has_aux=True)(bn.parameters(), bn, X)
+    bn = bn.update(states)
+    bn(X)
+
+
+def test_returning_a_parameters_view_still_loses_the_state_change():
+    bn = pax.nn.BatchNorm1D(3)
+    jax.jit(lambda m, x: (m(x), m.parameters()))(bn, X)  # the statistics are not in the view
+    with pytest.raises(RuntimeError, match=r"EMA\.\w+ " + NOT_RETURNED):
+        bn(X)

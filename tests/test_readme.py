@@ -17,7 +17,7 @@ def test_readme_python_blocks_run(capsys):
     from pax._src.core import tracing
 
     tracing.check_pending()  # the guards stay on: no correct snippet leaves a lost change
-    assert not [entry for entry in tracing.PENDING if entry[2] == threading.get_ident()]
+    assert not [entry for entry in tracing.PENDING if entry.thread == threading.get_ident()]
     out = capsys.readouterr().out.splitlines()
     assert out[:3] == ["None", "60.0", "(64, 2)"]
     assert float(namespace["loss"]) < 0.05  # the optimizer example trained

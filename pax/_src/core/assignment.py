@@ -61,7 +61,7 @@ class AssignmentRules(Registered):
             old = d.get(name)
             d[name] = value
             d.pop(_FLAT_KEY, None)  # invariant 8: a write drops the flatten cache
-            if isinstance(value, Tracer) and value is not old:
+            if value is not old and (isinstance(value, Tracer) or not trace_state_clean()):
                 tracing.mark(self, name, old, value)  # invariant 9: a traced change is tracked
         else:
             if value is not None:

@@ -44,16 +44,35 @@ _NOT_RETURNED = (
     "{where} was changed inside a transformed function (jax.jit, jax.grad, jax.vmap, "
     "jax.lax.scan, ...) that did not return the module: the change is lost, and the model "
     "you passed in still holds its old state (e.g. BatchNorm statistics that never move). "
-    "To drop such changes on purpose (gradients only, jax.eval_shape), run the "
-    "transformation under `with pax.discard_state_changes():`. "
+    "To drop such changes on purpose (gradients only, jax.eval_shape, jax.jit(...).lower or "
+    ".trace), run the transformation under `with pax.discard_state_changes():`. (If that "
+    "transformation raised an error before it could return, this report is stale and is not "
+    "repeated.) "
 )
 
-# Modules changed inside a transformation and not flattened there yet: a weak reference to
-# each, ``Class.attribute`` of the first change, and the thread that traced it (only that
-# thread's next pax call checks it: another thread's trace may be in progress). A module that
-# dies while pending was never returned (its change is lost for sure); one still alive is the
-# user's own object (it was closed over), and is a loss only if it still holds tracers.
-PENDING: list[tuple[weakref.ref, str, int]] = []
+
+class _Pending:
+    """A change made inside a transformation and not returned yet: weak references to the
+    module and to the copies that carry the changed value (a view returned instead of the
+    module), ``Class.attribute`` of the first change, and the thread that traced it (only that
+    thread's next pax call checks it: another thread's trace may be in progress). When all of
+    them died without being flattened inside the transformation, the change is lost for sure;
+    one still alive is the user's own object (it was closed over), a loss only if it still
+    holds tracers."""
+
+    __slots__ = ("name", "refs", "thread", "where")
+
+    def __init__(self, module: Any, name: str) -> None:
+        self.refs = [weakref.ref(module)]
+        self.name = name
+        self.where = f"{type(module).__name__}.{name}"
+        self.thread = threading.get_ident()
+
+    def holds(self, module: Any) -> bool:
+        return any(ref() is module for ref in self.refs)
+
+
+PENDING: list[_Pending] = []
 _LOCK = threading.Lock()
 _LOCAL = threading.local()
 
@@ -76,9 +95,8 @@ def mark(module: Any, name: str, old: Any, new: Any) -> None:
     if born is not None and born == current_trace():
         return
     with _LOCK:
-        if not any(entry[0]() is module for entry in PENDING):
-            where = f"{type(module).__name__}.{name}"
-            PENDING.append((weakref.ref(module), where, threading.get_ident()))
+        if not any(entry.holds(module) for entry in PENDING):
+            PENDING.append(_Pending(module, name))
 
 
 def _same_value(old: Any, new: Any) -> bool:
@@ -98,7 +116,19 @@ def flattened_in_trace(module: Any) -> None:
     checked outside of it: it is no longer pending."""
     if PENDING:
         with _LOCK:
-            PENDING[:] = [entry for entry in PENDING if entry[0]() is not module]
+            PENDING[:] = [entry for entry in PENDING if not entry.holds(module)]
+
+
+def copied(source: Any, copy: Any) -> None:
+    """`copy` (a view of `source`, made while `source` is pending) carries `source`'s changed
+    value: returning either one returns the change (``return y, model.states()``). A copy that
+    dropped the value (``model.parameters()`` after a state changed) does not."""
+    with _LOCK:
+        for entry in PENDING:
+            if entry.holds(source):
+                value = source.__dict__.get(entry.name)
+                if value is not None and copy.__dict__.get(entry.name) is value:
+                    entry.refs.append(weakref.ref(copy))
 
 
 @contextlib.contextmanager
@@ -131,14 +161,14 @@ def check_pending() -> None:
         return
     me = threading.get_ident()  # invariant 9: only this thread's entries
     with _LOCK:
-        pending = [entry for entry in PENDING if entry[2] == me]
+        pending = [entry for entry in PENDING if entry.thread == me]
         if not pending:
             return
-        PENDING[:] = [entry for entry in PENDING if entry[2] != me]
-    for ref, where, _ in pending:
-        module = ref()
-        if module is None or _first_tracer(module) is not None:
-            raise RuntimeError(_NOT_RETURNED.format(where=where) + LEAK_FIX)
+        PENDING[:] = [entry for entry in PENDING if entry.thread != me]
+    for entry in pending:
+        alive = [module for module in (ref() for ref in entry.refs) if module is not None]
+        if not alive or any(_first_tracer(module) is not None for module in alive):
+            raise RuntimeError(_NOT_RETURNED.format(where=entry.where) + LEAK_FIX)
 
 
 def _first_tracer(module: Any) -> str | None:

@@ -238,4 +238,6 @@ def _copy(
         visit(d, layout, prefix)
     new = object.__new__(type(module))
     new.__dict__.update(d)
+    if tracing.PENDING:
+        tracing.copied(module, new)  # invariant 9: a view that carries a change may return it
     return new if finish is None else finish(new)
