@@ -239,3 +239,59 @@ def test_treescope_renders_modules_as_trees():
     assert text.startswith("Sequential(\n  training=False,\n  modules=[\n    Linear(\n")
     assert "count=" in text and "weight=" in text and "fn=jax.nn.relu" in text
     assert treescope.render_to_html(net).startswith("<script>")  # the notebook rendering
+
+
+def _stacked_net():
+    block = lambda key: pax.nn.Sequential(pax.nn.Linear(6, 6, rng_key=key), jax.nn.tanh)
+    stack = pax.nn.Stack(block, 4, remat=True, rng_key=jax.random.PRNGKey(0))
+    return pax.nn.Sequential(pax.nn.Linear(2, 6), stack, pax.nn.Linear(6, 1))
+
+
+def test_summary_shows_one_layer_of_a_stack_with_its_shapes_and_per_layer_counts():
+    rows = table(_stacked_net().summary(jnp.ones((5, 2))))
+    assert rows[3] == [
+        ".modules[1]",
+        "Stack",
+        "f32[5,6]",
+        "f32[5,6]",
+        "168",
+        "0",
+        "2/0/0",
+        "672",
+        "B",
+    ]
+    # one layer's call (recorded once in the scan body), its arrays and counts: 4 layers x 42
+    assert rows[4] == [".modules[1].stacked", "Sequential", "x4", "f32[5,6]", "f32[5,6]"] + [
+        "4x42",
+        "0",
+        "2/0/0",
+        "672",
+        "B",
+    ]
+    assert rows[5] == [".modules[1].stacked.modules[0]", "Linear", "x4", "f32[5,6]"] + [
+        "f32[5,6]",
+        "weight=f32[6,6]",
+        "bias=f32[6]",
+        "4x42",
+        "0",
+        "2/0/0",
+        "672",
+        "B",
+    ]
+    assert rows[6] == [".modules[1].stacked.modules[1]", "Lambda", "x4", "f32[5,6]"] + [
+        "f32[5,6]",
+        "0",
+        "0",
+        "0/0/0",
+        "0",
+        "B",
+    ]
+    assert rows[-1][:3] == ["total", "193", "0"]
+    assert recording.ACTIVE == []
+
+
+def test_summary_of_a_stack_without_inputs_and_of_a_plain_model_has_no_layer_marks():
+    rows = table(_stacked_net().summary())
+    assert rows[4] == [".modules[1].stacked", "Sequential", "x4", "4x42", "0", "2/0/0", "672", "B"]
+    plain = table(pax.nn.Sequential(pax.nn.Linear(6, 6), jax.nn.tanh).summary(jnp.ones((5, 6))))
+    assert plain[2][:2] == [".modules[0]", "Linear"] and "x4" not in plain[2]

@@ -53,6 +53,7 @@ class Row:
     module: Any
     counts: Counts
     own: list[tuple[str, Any]]  # (key path inside the module, leaf) of its own arrays
+    layers: tuple[int, ...] = ()  # sizes of the stacks it is in (`iter_layers`)
 
 
 def iter_modules(module: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, int, Any]]:
@@ -63,18 +64,39 @@ def iter_modules(module: Any, path: str = "", depth: int = 0) -> Iterator[tuple[
       >>> [p for p, _, _ in iter_modules(pax.nn.Sequential(pax.nn.Linear(1, 1)))]
       ['', '.modules[0]']
     """
-    yield path, depth, module
+    for path_, depth_, sub, _ in iter_layers(module, path, depth):
+        yield path_, depth_, sub
+
+
+def iter_layers(
+    module: Any, path: str = "", depth: int = 0, layers: tuple[int, ...] = ()
+) -> Iterator[tuple[str, int, Any, tuple[int, ...]]]:
+    """`iter_modules` with, for each module, the sizes of the stacks it is inside: a module
+    whose arrays stack `n` layers along a leading axis (``stack.stacked`` of a `pax.nn.Stack`)
+    has ``(n,)``. A module tells which child stacks layers with the hook
+    ``_stacked_layers(self) -> (attribute name, n)``.
+
+    Example:
+      >>> import pax
+      >>> stack = pax.nn.Stack(lambda key: pax.nn.Linear(1, 1, rng_key=key), 3)
+      >>> [(p, n) for p, _, _, n in iter_layers(stack)]
+      [('', ()), ('.stacked', (3,))]
+    """
+    yield path, depth, module, layers
     d = module.__dict__
     layout = pytree.read_layout(module)
+    hook = getattr(module, "_stacked_layers", None)
+    stacked_name, n = hook() if hook is not None else (None, 0)
     for name, kind in zip(layout.children, layout.kinds):
+        inner = (*layers, n) if name == stacked_name else layers
         if kind is Kind.MODULE and d[name] is not None:
-            yield from iter_modules(d[name], f"{path}.{name}", depth + 1)
+            yield from iter_layers(d[name], f"{path}.{name}", depth + 1, inner)
         elif kind is Kind.MODULE_SUBTREE:
             pairs = jax.tree_util.tree_leaves_with_path(d[name], is_leaf=is_module)
             for key_path, sub in pairs:
                 if is_module(sub):
                     sub_path = f"{path}.{name}{jax.tree_util.keystr(key_path)}"
-                    yield from iter_modules(sub, sub_path, depth + 1)
+                    yield from iter_layers(sub, sub_path, depth + 1, inner)
 
 
 def own_leaves(module: Any) -> list[tuple[str, Kind, Any]]:
@@ -130,7 +152,7 @@ def module_rows(module: Any) -> tuple[list[Row], Counts]:
     stack: list[Row] = []
     seen: set[int] = set()
     total = Counts()
-    for path, depth, sub in iter_modules(module):
+    for path, depth, sub, layers in iter_layers(module):
         leaves = own_leaves(sub)
         counts = count(leaves)
         total.add(count([leaf for leaf in leaves if id(leaf[2]) not in seen]))
@@ -139,7 +161,7 @@ def module_rows(module: Any) -> tuple[list[Row], Counts]:
             stack.pop()
         for parent in stack:
             parent.counts.add(counts)
-        row = Row(path, depth, sub, counts, [(p, x) for p, _, x in leaves])
+        row = Row(path, depth, sub, counts, [(p, x) for p, _, x in leaves], layers)
         rows.append(row)
         stack.append(row)
     return rows, total

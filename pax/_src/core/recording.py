@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
@@ -53,6 +53,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: dict[int, list[tuple[str, str]]] = {}
         self.keep: list[Any] = []  # the called modules, so that their ids stay unique
+        self.aliases: dict[int, int] = {}  # id of a copy -> id of the module it stands for
 
     def record(self, module: Any, call: Callable, args: tuple, kwargs: dict) -> Any:
         """The hook the wrapped ``__call__`` calls while recorders are active (in any thread):
@@ -62,7 +63,9 @@ class Recorder:
     def call(self, module: Any, call: Callable, args: tuple, kwargs: dict) -> Any:
         out = call(module, *args, **kwargs)
         entry = (shapes((args, kwargs)), shapes(out))
-        self.calls.setdefault(id(module), []).append(entry)
+        calls = self.calls.setdefault(self.aliases.get(id(module), id(module)), [])
+        if id(module) not in self.aliases or entry not in calls:  # a traced body: once
+            calls.append(entry)
         self.keep.append(module)
         return out
 
@@ -81,6 +84,32 @@ def recording() -> Iterator[Recorder]:
         with _LOCK:
             ACTIVE.remove(recorder)
         _LOCAL.recorder = previous
+
+
+def alias(copies: Iterable[Any], originals: Iterable[Any]) -> None:
+    """Records the calls of each module of `copies` as calls of the module of `originals` at
+    the same position, if this thread records (else does nothing).
+
+    For a module that calls a copy of a submodule it holds, e.g. `pax.nn.Stack`, whose scan
+    body calls one layer rebuilt from the stacked arrays (it passes the layer's modules and the
+    stacked ones, in `iter_modules` order). Identical calls of a copy (a body traced again)
+    are recorded once.
+
+    Example:
+      >>> import jax.numpy as jnp, pax
+      >>> net, copy = pax.nn.Linear(2, 3), pax.nn.Linear(2, 3)
+      >>> with recording() as recorder:
+      ...     alias([copy], [net])
+      ...     _ = copy(jnp.ones((1, 2)))
+      >>> recorder.calls[id(net)]
+      [('f32[1,2]', 'f32[1,3]')]
+    """
+    recorder = getattr(_LOCAL, "recorder", None)
+    if recorder is None:
+        return
+    for copy, original in zip(copies, originals):
+        recorder.aliases[id(copy)] = recorder.aliases.get(id(original), id(original))
+        recorder.keep += [copy, original]
 
 
 def record(module: Any, call: Callable, args: tuple, kwargs: dict) -> Any:

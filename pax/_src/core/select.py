@@ -22,8 +22,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
+import numpy as np
 
 from pax._src.core import registry
+from pax._src.core.inspect_shapes import iter_modules
 from pax._src.core.registry import Kind, Layout
 from pax._src.core.views import ONLY_PARAMETERS, ONLY_STATES, rebuild
 
@@ -109,6 +111,75 @@ def _nothing_selected(owner: str, where: Where, what: str, paths: list[str]) -> 
     )
 
 
+# --- layers of a stack: ``.blocks[3].weight`` names a row of ``.blocks.stacked.weight`` ------
+
+
+def _runs(rows: list[int], n: int, action: str) -> str:
+    """``pax.nn.Sequential(stack[0:3], stack[3:4].freeze())`` for the selected `rows`."""
+    parts, start = [], 0
+    for i in range(1, n + 1):
+        if i == n or (i in rows) != (start in rows):
+            parts.append(f"stack[{start}:{i}]" + (f".{action}()" if start in rows else ""))
+            start = i
+    return f"pax.nn.Sequential({', '.join(parts)})"
+
+
+def check_layer_selection(
+    module: Any, match: Predicate, owner: str, where: Where, action: str | None
+) -> None:
+    """Raises if `where` selects single layers of a stack (``.blocks[3].weight``) that are rows
+    of one stacked array (``.blocks.stacked.weight``): the array is one leaf with one kind.
+
+    A module stacking layers tells which child holds them with the hook
+    ``_stacked_layers(self) -> (attribute name, n)`` (`pax.nn.Stack`); each of its leaves
+    at ``<stack>.<name><inner>`` is also matched as ``<stack>[i]<inner>`` for ``i < n``, with
+    the shape of one row.
+
+    `action` (``"freeze"`` or ``"unfreeze"``, None for ``parameters(where=...)``) picks the fix.
+
+    Raises:
+      ValueError: if a layer path matches where the stacked array's own path does not.
+    """
+    pattern = re.compile(where) if isinstance(where, str) else where
+
+    def hit(path: str, leaf: Any, stack_end: int) -> bool:
+        # A pattern must name the stack (e.g. ``\.blocks\[3\]``), not only what follows the
+        # index: ``\[0\]\.weight`` meant for ``.layers[0].weight`` is no layer selection.
+        if not isinstance(pattern, re.Pattern):
+            return bool(match(path, leaf))
+        found = pattern.search(path)
+        return found is not None and (found.start() < stack_end or stack_end == 0)
+
+    for prefix, _, sub in iter_modules(module):
+        hook = getattr(sub, "_stacked_layers", None)
+        if hook is None:
+            continue
+        name, n = hook()
+        for key_path, leaf in jax.tree_util.tree_leaves_with_path(sub.__dict__[name]):
+            inner = jax.tree_util.keystr(key_path)
+            real = f"{prefix}.{name}{inner}"
+            if match(real, leaf):
+                continue
+            row = jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype) if np.ndim(leaf) else leaf
+            rows = [i for i in range(n) if hit(f"{prefix}[{i}]{inner}", row, len(prefix))]
+            if rows:
+                cls, at = type(sub).__name__, prefix or "model"
+                fix = (
+                    f"split it and {action} a part, {at} = {_runs(rows, n, action)} where "
+                    f"stack is the {cls}"
+                    if action
+                    else f"select in the layers as modules, {at}[{rows[0]}] (a layer) or "
+                    f"{at}[{rows[0]}:{rows[-1] + 1}] (a {cls})"
+                )
+                raise ValueError(
+                    f"{owner}: where={describe_where(where)} selects layer(s) {rows} of the "
+                    f"{type(sub).__name__} at {prefix or '<root>'} ({prefix}[{rows[0]}]{inner}), "
+                    f"but a {type(sub).__name__} keeps each array of its {n} layers as one "
+                    f"stacked array, {real}, frozen or trainable as a whole. Fix: {fix}; or "
+                    f"select the whole array, where=r'{re.escape(real)}$'."
+                )
+
+
 # --- parameters(where=...) and states(where=...) -------------------------------------------------
 
 
@@ -117,6 +188,7 @@ def select(module: T, where: Where, states: bool) -> T:
     leaves kept. Raises if `where` selects no leaf of the module (of any kind)."""
     owner = f"{type(module).__name__}.{'states' if states else 'parameters'}"
     match = as_predicate(where, owner)
+    check_layer_selection(module, match, owner, where, None)
     paths: list[str] = []
     found = False
 
@@ -150,6 +222,7 @@ def set_frozen(module: T, where: Where, frozen: bool) -> T:
     """
     owner = f"{type(module).__name__}.{'freeze' if frozen else 'unfreeze'}"
     match = as_predicate(where, owner)
+    check_layer_selection(module, match, owner, where, "freeze" if frozen else "unfreeze")
     paths: list[str] = []
     found = False
 

@@ -142,8 +142,26 @@ def _calls_cell(calls: list[tuple[str, str]], which: int) -> str:
 
 
 def _own_cell(row: Row) -> str:
-    text = " ".join(f"{path[1:]}={describe(x)}" for path, x in row.own)
+    """The module's own arrays; inside a Stack, one layer's (the stacked axes dropped)."""
+    k = len(row.layers)
+    text = " ".join(f"{path[1:]}={describe(_one_layer(x, k))}" for path, x in row.own)
     return truncate(text, MAX_CELL_CHARS, len(row.own), "arrays")
+
+
+def _one_layer(x: Any, k: int) -> Any:
+    if k == 0 or not is_array_like(x) or len(x.shape) < k:
+        return x
+    return jax.ShapeDtypeStruct(x.shape[k:], x.dtype)
+
+
+def _count_cell(value: int, layers: tuple[int, ...]) -> str:
+    """``n`` or, inside a Stack of `n` layers, ``nxper_layer`` (e.g. ``4x42``)."""
+    n = 1
+    for size in layers:
+        n *= size
+    if not layers or value == 0 or value % n:
+        return f"{value:,}"
+    return f"{'x'.join(map(str, layers))}x{value // n:,}"
 
 
 def summary(module: Any, *example_inputs: Any, **kwargs: Any) -> str:
@@ -159,11 +177,13 @@ def summary(module: Any, *example_inputs: Any, **kwargs: Any) -> str:
     for i, row in enumerate(rows):
         line = ["  " * row.depth + (row.path or type(row.module).__name__)]
         name = getattr(row.module, "name", None)
-        line.append(type(row.module).__name__ + (f" {name!r}" if isinstance(name, str) else ""))
+        kind = type(row.module).__name__ + (f" {name!r}" if isinstance(name, str) else "")
+        line.append(kind + "".join(f" x{n}" for n in row.layers))
         if calls is not None:
             line += [_calls_cell(calls[i], 0), _calls_cell(calls[i], 1), _own_cell(row)]
         c = row.counts
-        line += [f"{c.params:,}", f"{c.states:,}", c.leaves, human_bytes(c.nbytes)]
+        line += [_count_cell(c.params, row.layers), _count_cell(c.states, row.layers)]
+        line += [c.leaves, human_bytes(c.nbytes)]
         table.append(line)
     blank = [""] * (len(header) - 6)
     t = total

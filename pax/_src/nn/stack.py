@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pax._src.core import lazy
+from pax._src.core import lazy, recording
 from pax._src.core._jax_compat import trace_state_clean
+from pax._src.core.inspect_shapes import iter_modules
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
 from pax._src.core.structure import describe_difference
@@ -63,7 +64,7 @@ def _stack_layers(cls: str, layers: Sequence[Any]) -> Module:
 
 
 class Stack(Module):
-    """`n` layers of one structure, stored stacked and applied in order with ``jax.lax.scan``.
+    r"""`n` layers of one structure, stored stacked and applied in order with ``jax.lax.scan``.
 
     Each layer gets its own key (``make_layer(key)``, keys split from `rng_key`), so the layers
     start with independent weights. They are kept as one module, ``stacked``, of the layer's
@@ -71,7 +72,11 @@ class Stack(Module):
     ``x -> layer_i(x)``, so a deep model is traced and compiled once per layer structure, not
     once per layer. The layers' states (BatchNorm statistics, Dropout keys) are carried through
     the scan and come back updated. ``parameters()``, ``freeze()``, optimizers, ``pax.save``
-    and ``jax.jit`` see the stacked arrays, classified as the layer classifies them.
+    and ``jax.jit`` see the stacked arrays, classified as the layer classifies them. A stacked
+    array is frozen or trainable as a whole: to freeze some layers, split the stack,
+    ``pax.nn.Sequential(stack[:3], stack[3:].freeze())`` (``freeze(where=r"^\.blocks\[3\]\.")``
+    says so). ``summary(*inputs)`` shows the ``stacked`` rows as ``Linear x4`` with one
+    layer's input, output and array shapes, and counts as ``4x72`` (layers x per layer).
 
     Every layer must map `x` to a value of the same shape and dtype. Layers that change the
     shape go outside: ``pax.nn.Sequential(embed, pax.nn.Stack(...), head)``.
@@ -248,6 +253,10 @@ class Stack(Module):
         layer = pending[0][1].describe(pending[0][0]) if pending else "layers"
         return f"{type(self).__name__}(n={self.n}) of {layer}"
 
+    def _stacked_layers(self) -> tuple[str, int]:
+        """The hook of `summary` and `freeze(where=...)`: ``stacked`` holds `n` layers."""
+        return "stacked", self.n
+
     def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         """Runs ``x = layer_i(x, *args, **kwargs)`` for i = 0..n-1 and returns `x`.
 
@@ -266,6 +275,8 @@ class Stack(Module):
         leaves_in, treedef = jax.tree_util.tree_flatten(stacked)
 
         def body(carry: Any, layer: Any) -> tuple[Any, list[Any]]:
+            if recording.ACTIVE:  # summary(*inputs): one layer's calls shown as stacked's
+                recording.alias(_modules(layer), _modules(stacked))
             old = jax.tree_util.tree_leaves(layer)
             out = layer(carry, *args, **kwargs)
             _check_carry(cls, carry, out)
@@ -288,6 +299,10 @@ class Stack(Module):
             leaves = [a if c is None else c for a, c in zip(leaves_in, changed)]
             self.stacked = jax.tree_util.tree_unflatten(treedef, leaves)
         return x
+
+
+def _modules(module: Module) -> list[Any]:
+    return [sub for _, _, sub in iter_modules(module)]
 
 
 def _spec(x: Any) -> Any:
