@@ -135,7 +135,9 @@ def test_batchnorm_running_stats_pytorch_momentum():
 
 
 def test_batchnorm_running_stats_must_be_bool():
-    with pytest.raises(TypeError, match=r"BatchNorm2D: running_stats must be a bool \(True or False\)"):
+    with pytest.raises(
+        TypeError, match=r"BatchNorm2D: running_stats must be a bool \(True or False\)"
+    ):
         pax.nn.BatchNorm2D(3, running_stats="yes")
     pax.nn.BatchNorm2D(3, running_stats=False)  # false alarm check
 
