@@ -462,8 +462,8 @@ def test_state_dict_functions_refuse_none_and_wrong_argument_types():
         pax.load_state_dict(None, sd)
     with pytest.raises(TypeError, match=r"transform must be a function.*got int 3"):
         pax.load_state_dict(net, sd, transform=3)
-    with pytest.raises(TypeError, match=r"rename must be a function.*got the str 'abc'"):
-        pax.load_state_dict(net, sd, rename="abc")
+    with pytest.raises(ValueError, match=r"rename='abc' is not a preset; the presets are"):
+        pax.load_state_dict(net, sd, rename="abc")  # a string names a preset
     with pytest.raises(
         TypeError, match=r"rename\('\.weight'\) returned 3 of type int.*str\) or None"
     ):

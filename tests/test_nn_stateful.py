@@ -227,9 +227,9 @@ def test_grad_over_parameters_with_dropout_works():
 
     def loss(params, model, x):
         model = model.update(params)
-        return jnp.sum(model(x))
+        return jnp.sum(model(x)), model
 
-    grads = jax.grad(loss)(net.parameters(), net, x)
+    grads, _ = jax.grad(loss, has_aux=True)(net.parameters(), net, x)
     # reference: the same mask, drawn as Dropout draws it
     _, sub = jax.random.split(net.modules[1].rng_key)
     keep = np.asarray(jax.random.bernoulli(sub, 0.5, shape=(3, 2)), np.float32) / 0.5

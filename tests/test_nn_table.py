@@ -165,6 +165,7 @@ TABLE = [
         {f".{p}_proj.{w}" for p in ("query", "key", "value", "out") for w in ("weight", "bias")},
         lambda m, x: m(x, mask=jnp.tril(jnp.ones((3, 3), bool))[None, None]),
     ),
+    Row("RotaryEmbedding", lambda: nn.RotaryEmbedding(4), lambda: _x(2, 3, 2, 4), set()),
     Row("MaxPool", lambda: nn.MaxPool(2, padding="SAME"), lambda: _x(2, 5, 5, 3), set()),
     Row(
         "AvgPool",
@@ -184,7 +185,9 @@ def test_table_covers_every_layer():
         for name in nn.__all__
         if isinstance(getattr(nn, name), type) and issubclass(getattr(nn, name), pax.Module)
     }
-    assert layers - covered == set()
+    # KVCache is not a layer: a state container written by MultiHeadAttention's decode calls
+    # (tests/test_transformer.py checks it under jit, in a Stack and in bfloat16).
+    assert layers - covered == {"KVCache"}
 
 
 def _leaves_close(a, b):

@@ -78,9 +78,10 @@ class Dropout(Module):
     respect to the whole model, ``jax.grad(loss, argnums=1)(x, model)``, fails inside
     `jax.grad` ("grad requires real- or complex-valued inputs ... but got uint32") before the
     layer runs. Differentiate
-    with respect to the parameters and rebuild the model inside the loss:
-    ``jax.grad(loss)(model.parameters(), model, x)`` with ``model = model.update(params)``
-    first in ``loss`` (as `pax.utils.build_update_fn` does).
+    with respect to the parameters, rebuild the model inside the loss and return it (its key
+    advanced): ``grads, model = jax.grad(loss, has_aux=True)(model.parameters(), model, x)``
+    with ``model = model.update(params)`` first in ``loss`` and ``return value, model`` last
+    (as `pax.utils.build_update_fn` does).
 
     Args:
       rate: probability of dropping an entry, in ``[0, 1)``.
@@ -104,8 +105,8 @@ class Dropout(Module):
       >>> drop.eval()(jnp.ones((3,))).tolist()
       [1.0, 1.0, 1.0]
       >>> drop = pax.nn.Dropout(0.5, axis_name="batch")
-      >>> f = jax.vmap(lambda m, x: m(x), in_axes=(None, 0), axis_name="batch")
-      >>> y = f(drop, jnp.ones((2, 100)))  # one mask per example
+      >>> f = jax.vmap(lambda m, x: (m(x), m), (None, 0), (0, None), axis_name="batch")
+      >>> y, drop = f(drop, jnp.ones((2, 100)))  # one mask per example; the key advanced
       >>> bool((y[0] != y[1]).any())
       True
     """

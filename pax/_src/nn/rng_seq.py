@@ -102,8 +102,9 @@ class RngSeq(Module):
       >>> step = jax.jit(lambda seq: (seq.next_rng_key(), seq))
       >>> key, seq = step(seq)  # the advanced state comes back
       >>> seq = pax.utils.RngSeq(seed=0, axis_name="batch")
-      >>> noise = lambda s, x: x + jax.random.normal(s.next_rng_key())
-      >>> a, b = jax.vmap(noise, (None, 0), axis_name="batch")(seq, jax.numpy.zeros(2))
+      >>> noise = lambda s, x: (x + jax.random.normal(s.next_rng_key()), s)
+      >>> (a, b), seq = jax.vmap(noise, (None, 0), (0, None), axis_name="batch")(
+      ...     seq, jax.numpy.zeros(2))  # the key advances once, for every example
       >>> bool(a != b)
       True
     """

@@ -72,8 +72,12 @@ class RotaryEmbedding(Module):
         positions = jnp.asarray(positions, jnp.float32)
         half = self.dim // 2
         inv = self.base ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / self.dim)
-        angles = positions[..., :, None, None] * inv  # (..., T, 1, half)
+        angles = positions[..., :, None, None] * inv[None, None, :]  # (..., T, 1, half)
         cos, sin = jnp.cos(angles), jnp.sin(angles)
         x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+        extra = x1.ndim - cos.ndim  # leading batch axes the positions do not have
+        if extra > 0:
+            cos = cos.reshape((1,) * extra + cos.shape)
+            sin = sin.reshape((1,) * extra + sin.shape)
         out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
         return out.astype(x.dtype)
