@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: install test test-slow lint format bench demo clean package wheel-test
+.PHONY: install test test-slow lint format bench demo clean package wheel-test docs
 
 # An editable install plus a .pth file of our own that puts this checkout on sys.path, so
 # `import pax` finds the package itself even from the checkout's parent folder, where the
@@ -44,6 +45,15 @@ $(BENCH_STAMP): $(STAMP) scripts/requirements-bench.txt
 bench: $(BENCH_STAMP)
 	$(PY) scripts/bench_overhead.py
 	$(PY) scripts/bench_peers.py
+
+# The documentation site (mkdocs.yml, docs/), strict: warnings and broken links are errors. No
+# network at build time: the API reference reads the docstrings, no inventories are fetched.
+$(DOCS_STAMP): $(STAMP) setup.cfg
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir build/site
 
 demo: $(STAMP)
 	$(PY) examples/char_rnn.py --steps 200 --batch-size 32

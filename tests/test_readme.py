@@ -1,27 +1,24 @@
-"""The README's Python snippets run, in order, in one namespace."""
+"""The README's Python blocks run, in order, in one namespace, and print what it shows."""
 
 import pathlib
-import re
-import threading
+
+from test_docs import blocks, run_blocks
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_readme_python_blocks_run(capsys):
+def test_readme_python_blocks_run() -> None:
+    assert blocks(README.read_text())  # the example is there, with its printed output
+    namespace = run_blocks(README)
+    assert float(namespace["loss"]) < 0.05  # the example trained
+
+
+def test_readme_is_one_screen_or_two() -> None:
+    assert len(README.read_text().splitlines()) <= 150
+
+
+def test_readme_names_the_commands_and_links_the_docs() -> None:
     text = README.read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) >= 5
-    namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, str(README), "exec"), namespace)
-    from pax._src.core import tracing
-
-    tracing.check_pending()  # the guards stay on: no correct snippet leaves a lost change
-    assert not [entry for entry in tracing.PENDING if entry.thread == threading.get_ident()]
-    out = capsys.readouterr().out.splitlines()
-    assert out[:3] == ["None", "60.0", "(64, 2)"]
-    assert float(namespace["loss"]) < 0.05  # the optimizer example trained
-
-
-def test_readme_names_the_test_command():
-    assert "make test" in README.read_text()
+    assert "make test" in text and "make demo" in text and "make docs" in text
+    for link in ("docs/getting-started.md", "docs/migration/pax-v02.md#compatibility-policy"):
+        assert link in text
