@@ -10,6 +10,9 @@ The steps a Haiku user takes, end to end and offline (random data, a few seconds
    program's outputs, in training and in evaluation mode.
 3. The backbone is frozen (``model.freeze(where=...)``) and the head fine-tuned a few steps.
 4. The model is saved with ``pax.save`` (and exported back to Haiku's dicts).
+5. A Haiku ``hk.nets.ResNet18`` goes to the native ``pax.nets.ResNet18`` with no glue code
+   (same Haiku names: ``load_haiku_params`` with no ``names=`` or ``prefix=``), is fine-tuned
+   a few steps and exported back to Haiku's dicts, which Haiku's own ``apply`` runs.
 
 Run: ``python examples/port_haiku.py --out /tmp/port_haiku``.
 """
@@ -120,7 +123,39 @@ def run(args: argparse.Namespace) -> dict:
     out, _ = f.apply(new_params, new_state, None, x, False)
     np.testing.assert_allclose(out, restored.eval()(x), rtol=1e-4, atol=1e-5)
     print(f"saved {path}")
-    return {"eval_diff": eval_diff, "train_diff": train_diff, "losses": losses, "checkpoint": path}
+    result = {"eval_diff": eval_diff, "train_diff": train_diff, "losses": losses}
+    result["checkpoint"] = path
+    if args.resnet_steps > 0:
+        x3 = jnp.concatenate([x, x * 0.5, -x], axis=-1)  # an RGB-like batch
+        result.update(port_resnet18(args, x3, labels))
+    return result
+
+
+def port_resnet18(args: argparse.Namespace, x: jax.Array, labels: jax.Array) -> dict:
+    """Step 5: Haiku's ResNet18 -> `pax.nets.ResNet18` -> fine-tuned -> Haiku's dicts."""
+
+    def forward(x: jax.Array, is_training: bool) -> jax.Array:
+        return hk.nets.ResNet18(NUM_CLASSES)(x, is_training)
+
+    f = hk.transform_with_state(forward)
+    params, state = f.init(jax.random.PRNGKey(args.seed), x, True)
+    net = pax.nets.ResNet18(NUM_CLASSES, in_dim=x.shape[-1])
+    net = pax.haiku.load_haiku_params(net, params, state)  # the whole port: one call
+    want, _ = f.apply(params, state, None, x, False)
+    diff = float(jnp.max(jnp.abs(net.eval()(x) - want)))
+    print(f"ResNet18 max |pax - haiku| (eval): {diff:.2e}")
+    optimizer = pax.optim.adamw(net.parameters(), args.learning_rate, weight_decay=1e-4)
+    update_fn = pax.utils.build_update_fn(loss_fn)
+    losses = []
+    for _ in range(args.resnet_steps):
+        loss, net, optimizer = update_fn(net, optimizer, (x, labels))
+        losses.append(float(loss))
+    print("ResNet18 fine-tuning losses:", " ".join(f"{v:.4f}" for v in losses))
+    new_params, new_state = pax.haiku.to_haiku_params(net)  # back to Haiku, same names
+    out, _ = f.apply(new_params, new_state, None, x, False)
+    export_diff = float(jnp.max(jnp.abs(out - net.eval()(x))))
+    print(f"ResNet18 exported back to Haiku: max |haiku - pax| {export_diff:.2e}")
+    return {"resnet_diff": diff, "resnet_losses": losses, "resnet_export_diff": export_diff}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -131,6 +166,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--learning-rate", type=float, default=1e-2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resnet-steps", type=int, default=3, help="ResNet18 steps (0: skip it)")
     return p.parse_args(argv)
 
 

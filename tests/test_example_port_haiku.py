@@ -24,13 +24,21 @@ def _load():
 
 def test_port_haiku_example(tmp_path):
     example = _load()
-    result = example.main(["--out", str(tmp_path), "--steps", "5"])
+    result = example.main(["--out", str(tmp_path), "--steps", "5", "--resnet-steps", "0"])
     assert result["eval_diff"] < 1e-4 and result["train_diff"] < 1e-4
     assert result["losses"][-1] < result["losses"][0]  # the head learns
     with np.load(tmp_path / "haiku_convnet.params.npz") as saved:
         assert "mlp/~/linear_1/w" in saved.files and "conv2_d_1/w" in saved.files
     model = pax.load(result["checkpoint"], example.pax_model(16))
     assert isinstance(model.modules[7], pax.nn.MLP)
+
+
+def test_port_haiku_example_resnet18_goes_native_and_back(tmp_path):
+    example = _load()
+    args = ["--out", str(tmp_path), "--steps", "1", "--resnet-steps", "3"]
+    result = example.main([*args, "--batch-size", "4", "--image-size", "8"])
+    assert result["resnet_diff"] < 1e-4 and result["resnet_export_diff"] < 1e-4
+    assert result["resnet_losses"][-1] < result["resnet_losses"][0]  # it fine-tunes
 
 
 def test_port_haiku_example_as_a_script(tmp_path):
@@ -42,6 +50,10 @@ def test_port_haiku_example_as_a_script(tmp_path):
             str(tmp_path),
             "--steps",
             "2",
+            "--resnet-steps",
+            "1",
+            "--image-size",
+            "8",
         ],
         capture_output=True,
         text=True,
@@ -50,3 +62,4 @@ def test_port_haiku_example_as_a_script(tmp_path):
         cwd=tmp_path,
     ).stdout
     assert "max |pax - haiku|" in out and "saved" in out
+    assert "ResNet18 exported back to Haiku" in out

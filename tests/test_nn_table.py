@@ -145,6 +145,20 @@ TABLE = [
         "GRU", lambda: nn.GRU(3, 4), lambda: _x(2, 3), {".weight_ih", ".weight_hh", ".bias"}, _cell
     ),
     Row(
+        "DeepRNN",
+        lambda: nn.DeepRNN([nn.LSTM(3, 4), jax.nn.relu, nn.GRU(4, 4)]),
+        lambda: _x(2, 3),
+        {
+            f".layers[{i}].{w}"
+            for i, names in (
+                (0, ("weight_ih", "weight_hh", "bias")),
+                (2, ("weight_ih", "weight_hh", "bias")),
+            )
+            for w in names
+        },
+        _cell,
+    ),
+    Row(
         "VanillaRNN",
         lambda: nn.VanillaRNN(3, 4),
         lambda: _x(2, 3),

@@ -27,6 +27,7 @@ from pax._src.nn.pool import avg_pool as avg_pool
 from pax._src.nn.pool import max_pool as max_pool
 from pax._src.nn.recurrent import GRU as GRU
 from pax._src.nn.recurrent import LSTM as LSTM
+from pax._src.nn.recurrent import DeepRNN as DeepRNN
 from pax._src.nn.recurrent import LSTMState as LSTMState
 from pax._src.nn.recurrent import VanillaRNN as VanillaRNN
 from pax._src.nn.reshape import Flatten as Flatten
@@ -52,6 +53,7 @@ __all__ = [
     "Conv2DTranspose",
     "Conv3D",
     "Conv3DTranspose",
+    "DeepRNN",
     "Dropout",
     "Embed",
     "Flatten",

@@ -246,3 +246,28 @@ def hidden_dim_first(fn: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+# --- Pax v0.2 optimizer positionals -------------------------------------------------------------
+
+
+def v02_positionals(fn: str, extra: tuple[Any, ...], v02_names: tuple[str, ...], fix: str) -> None:
+    """Refuses positional arguments where Pax v0.2 had others (``adamw(params, lr, wd)``).
+
+    Today's signature takes them by keyword only, so a v0.2 call cannot silently set another
+    argument (``adamw``'s third positional would be ``b1``).
+
+    Raises:
+      TypeError: naming the v0.2 meaning and the keyword spelling (`fix`).
+
+    Example:
+      >>> v02_positionals("f", (), ("weight_decay",), "f(x, weight_decay=0.1)")  # none given
+    """
+    if extra:
+        meant = ", ".join(f"{n}={v!r}" for n, v in zip(v02_names, extra))
+        given = ", ".join(map(repr, extra))
+        raise TypeError(
+            f"{fn}: got {len(extra)} positional argument(s) too many ({given})"
+            f"; Pax v0.2 read them as {meant or 'nothing'}, and today they are keyword-only. "
+            f"Fix: {fix}."
+        )

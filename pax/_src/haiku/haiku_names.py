@@ -19,9 +19,11 @@ program, which is what happens when a Haiku program creates its layers in order.
 named inside it and whose arrays carry the leading axis ``n``. ``names`` overrides the full
 name of single units (or stacks) by their pax path (``{".layers[2]": "encoder/~/linear_1"}``).
 A `pax.haiku.from_transformed` program adds no name: its keys are the program's own (with
-``prefix``, or its ``names`` entry, in front). A
-module that holds arrays of its own and has no Haiku twin is refused with its path: it has no
-Haiku name.
+``prefix``, or its ``names`` entry, in front). The
+arrays of a module without twin (a loose parameter, a `pax.utils.RngSeq` key) are named as
+Haiku names ``hk.get_parameter`` in the scope they sit in (``my_net/~/`` gives module
+``my_net``, leaf the attribute name), or by ``names`` (``{".rng.rng_key": "my_net"}``); outside
+any scope they are refused with their path.
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ STACK_NAME = "__layer_stack_no_per_layer"
 
 
 class Entry(NamedTuple):
-    """A unit of the model: its pax path, the module, its Haiku base and full names."""
+    """A unit of the model: its pax path, the module, its Haiku base and full names (`unit`:
+    the path owning the Haiku name, for the own arrays of a module without twin)."""
 
     path: str
     module: Module
     base: str
     full: str
+    unit: str = ""
 
 
 class Item(NamedTuple):
@@ -85,14 +89,45 @@ def _children(module: Module) -> tuple[list[tuple[str, Module]], list[str]]:
 
 def _no_twin(fn: str, path: str, module: Module, own: list[str]) -> ValueError:
     twins = sorted({cls.__name__ for cls in HAIKU_NAMES})
+    first = path + own[0]
     return ValueError(
         f"{fn}: {where(path)} is a {type(module).__name__} holding arrays of its own "
         f"({', '.join(own[:4])}{', ...' if len(own) > 4 else ''}) and has no Haiku twin, so "
-        f"its arrays have no Haiku names. Fix: build that part from layers with a Haiku twin "
-        f"(pax.nn.{', pax.nn.'.join(twins)}) or from pax.from_haiku modules; or move these "
-        f"arrays by key path with pax.state_dict(model) / pax.load_state_dict(model, mapping, "
-        f"rename=...)."
+        f"its arrays have no Haiku names. Fix: give it (or a module around it) a Haiku scope "
+        f"with name='my_net' (its arrays are then named as Haiku names hk.get_parameter in "
+        f"that scope: 'my_net', leaf {own[0][1:]!r}), or map each array to a Haiku module "
+        f"name with names={{{first!r}: 'my_net'}}; or build that part from layers with a "
+        f"Haiku twin (pax.nn.{', pax.nn.'.join(twins)}) or from pax.from_haiku modules."
     )
+
+
+ARRAY = "~array"  # the `base` of an Entry that is one array of a module without twin
+
+
+def _own_arrays(
+    fn: str, module: Module, path: str, own: list[str], scope: Scoped, names: dict[str, str]
+) -> list[Entry]:
+    """Entries for the arrays of a module without twin: named by `names` (``{array path:
+    Haiku module}``), else by the Haiku scope they sit in (``a/~/b/~/`` is module ``a/~/b``);
+    outside any scope they are refused."""
+    out, missing = [], []
+    for rel in own:
+        full = names.get(path + rel) or scope.module
+        if not full or not rel.startswith(".") or not rel[1:].isidentifier():
+            missing.append(rel)
+            continue
+        unit = path + rel if path + rel in names else scope.path
+        out.append(Entry(path + rel, module, ARRAY, full, unit))
+    if missing:
+        raise _no_twin(fn, path, module, missing)
+    return out
+
+
+class Scoped(NamedTuple):
+    """The Haiku module that a scope string names and the pax path of the module opening it."""
+
+    module: str
+    path: str
 
 
 def entries(model: Any, prefix: str, names: Mapping[str, str] | None, fn: str) -> list[Entry]:
@@ -104,6 +139,8 @@ def entries(model: Any, prefix: str, names: Mapping[str, str] | None, fn: str) -
     names = dict(names or {})
     found: list[Entry] = []
     named: set[str] = set()
+
+    owners: dict[str, str] = {}  # Haiku scope -> the pax path that opened it
 
     def visit(module: Module, path: str, scope: str, counts: dict[str, int]) -> None:
         base = None
@@ -122,8 +159,6 @@ def entries(model: Any, prefix: str, names: Mapping[str, str] | None, fn: str) -
             base = twin_name(module) and (getattr(module, "name", None) or twin_name(module))
         if base is None:
             subs, own = _children(module)
-            if own and not isinstance(module, Dropout):  # hk.dropout has no arrays
-                raise _no_twin(fn, path, module, own)
             inner_scope, inner_counts = scope, counts
             own_name = getattr(module, "name", None)
             if isinstance(own_name, str) and own_name:  # a named module is a Haiku scope
@@ -131,6 +166,13 @@ def entries(model: Any, prefix: str, names: Mapping[str, str] | None, fn: str) -
                 counts[own_name] = n + 1
                 inner = own_name if n == 0 else f"{own_name}_{n}"
                 inner_scope, inner_counts = f"{scope}{inner}/~/", {}
+                owners[inner_scope] = path
+            if own and not isinstance(module, Dropout):  # hk.dropout has no arrays
+                # arrays created in a scope are named by it, as hk.get_parameter's are
+                at = Scoped(inner_scope[:-3], owners.get(inner_scope, path))
+                arrays = _own_arrays(fn, module, path, own, at, names)
+                named.update(e.path for e in arrays if e.path in names)
+                found.extend(arrays)
             for sub_path, sub in subs:
                 visit(sub, path + sub_path, inner_scope, inner_counts)
             return
@@ -165,7 +207,9 @@ def entries(model: Any, prefix: str, names: Mapping[str, str] | None, fn: str) -
 
 def require_initialized(found: list[Entry], fn: str) -> None:
     """Raises if a unit does not know its shapes yet (uninitialized or lazy)."""
-    for path, module, _, _ in found:
+    for path, module, base, _, _ in found:
+        if base == ARRAY:
+            continue
         if isinstance(module, HaikuModule) and not module.is_initialized:
             raise ValueError(
                 f"{fn}: {where(path)} ({module._describe()}) is not initialized, so its Haiku "
@@ -229,6 +273,9 @@ def items(found: list[Entry], input_ranks: Mapping[str, int] | None = None) -> l
         if isinstance(entry.module, HaikuModule):
             out.extend(_haiku_items(entry))
             continue
+        if entry.base == ARRAY:
+            out.append(_array_item(entry))
+            continue
         slots = native_slots(entry.module, ranks.get(entry.path))
         _check_covered(entry.module, entry.path, slots)
         for slot in slots:
@@ -247,6 +294,23 @@ def items(found: list[Entry], input_ranks: Mapping[str, int] | None = None) -> l
                 )
             )
     return out
+
+
+def _array_item(entry: Entry) -> Item:
+    """The Haiku entry ``(module, attribute)`` of one array of a module without twin."""
+    owner, attr = entry.module, entry.path.rsplit(".", 1)[1]
+    kind = owner.registry.get(attr)
+    what = "state" if kind is not None and "state" in kind.value else "params"
+    return Item(
+        what,
+        entry.full,
+        attr,
+        entry.unit,
+        entry.path,
+        lambda: getattr(owner, attr),
+        lambda a: setattr(owner, attr, a),
+        None,
+    )
 
 
 def describe_table(found: list[Entry]) -> str:

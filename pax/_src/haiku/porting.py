@@ -195,6 +195,40 @@ def _label(what: str, module: str, leaf: str) -> str:
     return f"{what}[{module!r}][{leaf!r}]"
 
 
+Key = tuple[str, str, str]  # (what, module, leaf)
+
+
+def _scope_of(longer: list[Key], shorter: list[Key]) -> str | None:
+    """The scope ``s`` (ending in ``/``) with ``longer == s + shorter``, name by name."""
+    if not longer or len(longer) != len(shorter):
+        return None
+    first, want = longer[0][1], set(shorter)
+    for i in [i + 1 for i, c in enumerate(first) if c == "/"]:
+        scope = first[:i]
+        if all(m.startswith(scope) and (w, m[i:], leaf) in want for w, m, leaf in longer):
+            return scope
+    return None
+
+
+def prefix_hint(missing: list[Key], unexpected: list[Key], strip_prefix: str) -> list[str]:
+    """A fix for a strict load whose unmatched names all differ by one scope, or none."""
+    scope = _scope_of(unexpected, missing)
+    if scope is not None:
+        return [
+            f"every unexpected name is a missing one inside the scope {scope!r} (the Haiku "
+            f"program nests the model in a module): pass prefix={scope!r} (or "
+            f"strip_prefix={strip_prefix + scope!r})"
+        ]
+    scope = _scope_of(missing, unexpected)
+    if scope is not None:
+        return [
+            f"every missing name is an unexpected one inside the scope {scope!r}, which the "
+            f"model adds and the Haiku dicts lack: build the model without that name= (or "
+            f"load_haiku_params(model, {{{scope!r} + k: v for k, v in params.items()}}))"
+        ]
+    return []
+
+
 @overload
 def load_haiku_params(
     model: T,
@@ -293,6 +327,7 @@ def load_haiku_params(
     result = model.copy() if isinstance(model, Module) else model
     found = hn.entries(result, prefix, names, fn)
     hn.require_initialized(found, fn)
+    keys: dict[str, Key] = {}  # every label, read back as (what, module, leaf)
     given: dict[str, Any] = {}  # every entry of the dicts, by its label, after strip_prefix
     renamed: dict[str, str | None] = {}  # strip_prefix as a rename of the labels
     for what, tree in (("params", params), ("state", state)):
@@ -303,10 +338,15 @@ def load_haiku_params(
                 stripped = _label(what, module[len(strip_prefix) :], leaf) if inside else None
                 renamed[label] = stripped
                 given[stripped or label] = value
+                keys[label] = (what, module, leaf)
+                if stripped:
+                    keys[stripped] = (what, module[len(strip_prefix) :], leaf)
     targets: dict[str, list[hn.Item]] = {}
     for item in hn.items(found):
         if (params if item.what == "params" else state) is not None:
-            targets.setdefault(_label(item.what, item.module, item.leaf), []).append(item)
+            label = _label(item.what, item.module, item.leaf)
+            targets.setdefault(label, []).append(item)
+            keys[label] = (item.what, item.module, item.leaf)
     matched = match_names(
         targets,
         renamed,
@@ -335,7 +375,14 @@ def load_haiku_params(
         source="the Haiku dicts",
         plural=True,
         target="the model",
-        fixes=[_FIX.format(table=hn.describe_table(found))],
+        fixes=[
+            *prefix_hint(
+                [keys[k] for k in matched.missing if k in keys],
+                [keys[k] for k in matched.unexpected if k in keys],
+                strip_prefix,
+            ),
+            _FIX.format(table=hn.describe_table(found)),
+        ],
         non_strict="pax.haiku.load_haiku_params(model, params, state, strict=False)",
     )
     for item, value in plan:

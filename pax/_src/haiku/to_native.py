@@ -17,6 +17,7 @@ from pax._src.haiku.module import HaikuModule
 from pax._src.haiku.native_names import twin_name
 from pax._src.haiku.porting import load_haiku_params
 from pax._src.haiku.programs import HaikuProgram
+from pax._src.haiku.to_native_rnn import NoTwin, deep_rnn, is_deep_rnn
 from pax._src.nets.resnet import ResNet, ResNet18, ResNet34, ResNet50
 from pax._src.nn.attention import MultiHeadAttention
 from pax._src.nn.batch_norm import BatchNorm, BatchNorm1D, BatchNorm2D
@@ -25,7 +26,7 @@ from pax._src.nn.conv_transpose import Conv1DTranspose, Conv2DTranspose, Conv3DT
 from pax._src.nn.embed import Embed
 from pax._src.nn.linear import Linear
 from pax._src.nn.norm import GroupNorm, LayerNorm, RMSNorm
-from pax._src.nn.recurrent import GRU, LSTM, VanillaRNN
+from pax._src.nn.recurrent import GRU, LSTM, DeepRNN, VanillaRNN
 from pax._src.nn.reshape import Flatten, Reshape
 from pax._src.nn.sequential import MLP
 
@@ -254,16 +255,21 @@ def _convert(module: HaikuModule) -> Module:
     """The native twin of `module` with its weights and state, or `_NoTwin`."""
     _require(not isinstance(module, HaikuProgram), "it is a whole program (no single twin)")
     build = BUILDERS.get(module.hk_cls)
+    if is_deep_rnn(module.hk_cls):
+        build = lambda a, m: deep_rnn(m.hk_config, m.params or {})
     _require(build is not None, "no native twin")
     _require(not module.use_rng, "it draws random numbers (use_rng=True)")
     _require(module.is_initialized, "it is not initialized (hk_init first)")
     arguments = _arguments(module)
     try:
-        native = build(arguments, module)  # type: ignore[misc]
+        try:
+            native = build(arguments, module)  # type: ignore[misc]
+        except NoTwin as why:
+            raise _NoTwin(str(why)) from None
         base = module_name(module.hk_config)
-        if arguments.get("name") is not None:
+        if arguments.get("name") is not None and not isinstance(native, DeepRNN):
             native.name = arguments["name"]
-        if isinstance(native, ResNet):  # named by its Haiku scopes already
+        if isinstance(native, (ResNet, DeepRNN)):  # named by its Haiku scopes already
             native = load_haiku_params(native, module.params or {}, module.state)
         elif twin_name(native) is not None:  # Flatten and Reshape hold no arrays
             native = load_haiku_params(native, module.params or {}, module.state, names={"": base})
@@ -279,7 +285,9 @@ def to_native(model: T, *, strict: bool = False) -> tuple[T, NativeReport]:
     (``hk.Linear``, the convolutions and transposes, ``hk.BatchNorm``, ``hk.LayerNorm``,
     ``hk.GroupNorm``, ``hk.RMSNorm``, ``hk.Embed``, ``hk.LSTM``, ``hk.GRU``,
     ``hk.VanillaRNN``, ``hk.MultiHeadAttention``, ``hk.nets.MLP``, ``hk.nets.ResNet`` /
-    ``ResNet18`` / ``34`` / ``50`` (as `pax.nets.ResNet18`, ...), and the array-free
+    ``ResNet18`` / ``34`` / ``50`` (as `pax.nets.ResNet18`, ...), a ``hk.DeepRNN`` class (also
+    with skip connections) of LSTM / GRU / VanillaRNN cores and functions (as a native
+    ``DeepRNN``), and the array-free
     ``hk.Flatten`` and ``hk.Reshape``) becomes the native layer
     with the same configuration, weights and state (same outputs and gradients) and the same
     training mode; its Haiku ``name=`` becomes the layer's ``name``, so `haiku_module_names`

@@ -1,19 +1,20 @@
-"""Recurrent cells (LSTM, GRU, VanillaRNN) and `dynamic_unroll`, numerically as Haiku's."""
+"""Recurrent cells (LSTM, GRU, VanillaRNN, DeepRNN), numerically as Haiku's."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pax._src.core.module import Module
 from pax._src.nn import _validate as v
 from pax._src.nn import initializers
 from pax._src.nn._lazy import Init, LazyLayer
 from pax._src.nn.initializers import Initializer
-from pax._src.nn.linear import pickle_functions, unpickle_functions
+from pax._src.nn.linear import Lambda, pickle_functions, unpickle_functions
 
 State = TypeVar("State")
 
@@ -291,3 +292,87 @@ class VanillaRNN(LazyLayer):
     def initial_state(self, batch_size: int | None) -> jax.Array:
         """Zeros of shape ``(batch_size, hidden_dim)``, or ``(hidden_dim,)`` for None."""
         return _zeros(self.hidden_dim, batch_size)
+
+
+def _length(state: Any) -> str:
+    return f"of length {len(state)}" if isinstance(state, (tuple, list)) else "(not a tuple)"
+
+
+def _is_core(layer: Any) -> bool:
+    return callable(getattr(layer, "initial_state", None))
+
+
+class DeepRNN(Module):
+    """Cells and functions chained as one cell, numerically as Haiku's ``hk.DeepRNN``.
+
+    Each cell (a layer with ``initial_state``) gets its own entry of the state tuple; plain
+    functions (``jax.nn.relu``) are applied in between. With ``skip_connections=True``
+    (Haiku's ``hk.deep_rnn_with_skip_connections``) every cell after the first sees
+    ``concat([inputs, previous output])`` and the output is the concatenation of all cells'
+    outputs. Built with ``name=``, the cells are named inside it as Haiku names the cores of
+    a ``hk.DeepRNN`` (``deep_rnn/~/lstm``), so `pax.haiku.load_haiku_params` loads its weights.
+
+    Args:
+      layers: cells (`LSTM`, `GRU`, `VanillaRNN`, another `DeepRNN`) and functions.
+      skip_connections: Haiku's skip connections (every layer must then be a cell).
+      name: the Haiku scope (``"deep_rnn"`` for Haiku's default).
+
+    Raises:
+      ValueError: for ``skip_connections=True`` with a layer that is not a cell.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, pax
+      >>> core = pax.nn.DeepRNN([pax.nn.LSTM(3, 8), jax.nn.relu, pax.nn.GRU(8, 4)])
+      >>> out, state = core(jnp.ones((2, 3)), core.initial_state(2))
+      >>> out.shape, len(state)
+      ((2, 4), 2)
+    """
+
+    layers: list[Any]
+
+    def __init__(
+        self,
+        layers: Sequence[Module | Callable[..., Any]],
+        *,
+        skip_connections: bool = False,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        wrapped = [m if isinstance(m, Module) else Lambda(m) for m in layers]
+        if skip_connections:
+            for i, layer in enumerate(wrapped):
+                if not _is_core(layer):
+                    raise ValueError(
+                        f"DeepRNN: with skip_connections=True every layer must be a cell (with "
+                        f"initial_state), got layers[{i}] = {layer!r}. Fix: drop the function or "
+                        "use skip_connections=False."
+                    )
+        self.skip_connections = bool(skip_connections)
+        self.register_module_subtree("layers", wrapped)
+
+    def __call__(self, x: Any, state: Sequence[Any]) -> tuple[Any, tuple[Any, ...]]:
+        cores = sum(_is_core(layer) for layer in self.layers)
+        if not isinstance(state, (tuple, list)) or len(state) != cores:
+            raise ValueError(
+                f"DeepRNN: expected a state tuple with one entry per cell ({cores} cells), got "
+                f"{type(state).__name__} {_length(state)}. Fix: start from "
+                "core.initial_state(batch_size)."
+            )
+        current = x
+        outputs: list[Any] = []
+        new_states: list[Any] = []
+        for i, layer in enumerate(self.layers):
+            if self.skip_connections and i > 0:
+                current = jnp.concatenate([x, current], axis=-1)
+            if _is_core(layer):
+                current, s = layer(current, state[len(new_states)])
+                outputs.append(current)
+                new_states.append(s)
+            else:
+                current = layer(current)
+        out = jnp.concatenate(outputs, axis=-1) if self.skip_connections else current
+        return out, tuple(new_states)
+
+    def initial_state(self, batch_size: int | None) -> tuple[Any, ...]:
+        """One initial state per cell, in order."""
+        return tuple(layer.initial_state(batch_size) for layer in self.layers if _is_core(layer))

@@ -10,6 +10,7 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
+from pax._src.arguments.compat import v02_positionals
 from pax._src.core import select
 from pax._src.core.module import Module
 from pax._src.optim import hyperparams as check
@@ -243,9 +244,13 @@ def adam(
     return OptaxOptimizer(params, tx)
 
 
+_NOT_GIVEN: Any = object()  # adamw's learning rate was not given (Pax v0.2 defaulted it)
+
+
 def adamw(
     params: Module,
-    learning_rate: ScalarOrSchedule,
+    learning_rate: ScalarOrSchedule = _NOT_GIVEN,
+    *v02: Any,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -268,13 +273,17 @@ def adamw(
         key-path string (``r"\\.weight$"``), or a function of ``(key_path, leaf)`` or of the
         key path alone (``lambda path: not path.endswith(".bias")``).
       nesterov: use Nesterov momentum.
+      *v02: refused: everything after `learning_rate` is keyword-only, so that Pax v0.2's
+        ``adamw(params, 1e-3, 1e-2)`` (a weight decay third) cannot set ``b1``.
 
     Returns:
       An `OptaxOptimizer`.
 
     Raises:
-      TypeError: if an argument has the wrong type (``None`` or the string ``"1e-3"`` as
-        learning rate, an integer array, a non-bool `nesterov`); each error names the fix.
+      TypeError: for a third positional argument or no learning rate (Pax v0.2 forms: its
+        default was 1e-4), naming the spelling; if an argument has the wrong type (``None``
+        or the string ``"1e-3"`` as learning rate, an integer array, a non-bool
+        `nesterov`); each error names the fix.
       ValueError: if a value is out of range (a learning rate <= 0, ``b1`` outside [0, 1))
         or not a scalar; `mask` as for `by_key_path`.
 
@@ -289,6 +298,14 @@ def adamw(
       0.01
     """
     owner = "pax.optim.adamw"
+    v02_positionals(
+        owner, v02, ("weight_decay",), "pax.optim.adamw(params, 1e-3, weight_decay=1e-2)"
+    )
+    if learning_rate is _NOT_GIVEN:
+        raise TypeError(
+            f"{owner}: learning_rate is required (Pax v0.2's adamw defaulted it to 1e-4). "
+            "Fix: pax.optim.adamw(params, 1e-4, weight_decay=1e-4)."
+        )
     check.parameters(owner, params, learning_rate)
     tx = _transform(
         _inject_adamw,
