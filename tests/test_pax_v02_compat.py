@@ -467,3 +467,28 @@ def test_pax_v02_pax_nn_positional_forms():
     assert y.shape == (2, 3, 3, 4)
     assert bn.decay == 0.9  # Pax v0.2's (num_channels, create_scale, create_offset, decay_rate)
     assert ln.axis in (-1, (-1,)) and ln.scale.shape == ln.offset.shape == (4,)
+
+
+def test_pax_v02_module_methods_work_or_name_the_new_spelling():
+    net = pax.nn.MLP([2, 3, 1])
+    with pytest.warns(
+        DeprecationWarning, match=r"`sub_modules\(\)` is deprecated, use `submodules\(\)`"
+    ):
+        assert len(net.sub_modules()) == 2
+    assert net.train(False).training is False and net.train(True).training is True
+    with pytest.raises(TypeError, match=r"MLP\.train: mode must be True or False"):
+        net.train("no")
+    with pytest.raises(
+        AttributeError, match=r"MLP\.filter \(Pax v0\.2\) is gone\. Fix: model\.parameters\(\)"
+    ):
+        net.filter("trainable")
+    with pytest.raises(
+        TypeError, match=r"in_place= \(Pax v0\.2\) is gone.*model = model\.update\(params\)"
+    ):
+        net.update(net.parameters(), in_place=True)
+    net.update(net.parameters())  # the current spelling
+    with pytest.raises(
+        TypeError, match=r"BatchNorm2D: got the shape \(None, 8, 8, 3\) .*pax\.nn\.BatchNorm2D\(3\)"
+    ):
+        pax.nn.BatchNorm2D((None, 8, 8, 3))
+    pax.nn.BatchNorm2D(3)

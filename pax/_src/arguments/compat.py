@@ -46,7 +46,7 @@ def warn_deprecated(owner: str, old: str, new: str) -> None:
     """
     warnings.warn(
         f"{owner}: `{old}` is deprecated, use `{new}`. The old spelling will be removed "
-        "in the next release.",
+        "in pax 0.3 at the earliest (see the compatibility policy).",
         DeprecationWarning,
         stacklevel=_caller_stacklevel(),
     )
@@ -270,4 +270,53 @@ def v02_positionals(fn: str, extra: tuple[Any, ...], v02_names: tuple[str, ...],
             f"{fn}: got {len(extra)} positional argument(s) too many ({given})"
             f"; Pax v0.2 read them as {meant or 'nothing'}, and today they are keyword-only. "
             f"Fix: {fix}."
+        )
+
+
+# --- Pax v0.2's module methods ----------------------------------------------------------------
+
+
+def train_mode(owner: str, mode: object) -> bool:
+    """``module.train(mode)``: a bool (``train(False)`` is PyTorch's and Pax v0.2's `eval()`)."""
+    if not isinstance(mode, bool):
+        raise TypeError(
+            f"{owner}.train: mode must be True or False, got {mode!r}. Fix: model.train() or "
+            f"model.eval()."
+        )
+    return mode
+
+
+def refuse_in_place(owner: str, in_place: object) -> None:
+    """Pax v0.2's ``update(..., in_place=True)``: modules are updated functionally now."""
+    if in_place is not False:
+        raise TypeError(
+            f"{owner}.update: in_place= (Pax v0.2) is gone: update returns a new module and "
+            f"leaves this one alone. Fix: model = model.update(params)."
+        )
+
+
+class PaxV02Methods:
+    """Module methods of Pax v0.2 that were renamed: each says the new spelling.
+
+    Example:
+      >>> import pax
+      >>> pax.nn.Linear(2, 2).filter("trainable")
+      Traceback (most recent call last):
+      ...
+      AttributeError: Linear.filter (Pax v0.2) is gone. Fix: model.parameters() keeps ...
+    """
+
+    __slots__ = ()
+
+    def sub_modules(self) -> list:
+        """Pax v0.2's `submodules()` (deprecated spelling; it warns)."""
+        warn_deprecated(f"{type(self).__name__}.sub_modules", "sub_modules()", "submodules()")
+        return self.submodules()  # type: ignore[attr-defined]
+
+    def filter(self, *args: object, **kwargs: object) -> object:
+        """Pax v0.2's ``filter(keep)``: refused, naming the views that replace it."""
+        raise AttributeError(
+            f"{type(self).__name__}.filter (Pax v0.2) is gone. Fix: model.parameters() keeps "
+            f"the trainable leaves, model.states() the others; to pick leaves by key path, "
+            f"model.parameters(where=r'\\.bias$')."
         )

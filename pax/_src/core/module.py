@@ -12,11 +12,9 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
+from pax._src.arguments import compat
 from pax._src.core import lazy, precision, pytree, registry, select, transform
-from pax._src.core._jax_compat import Tracer
 from pax._src.core.assignment import AssignmentRules, init_registry
 from pax._src.core.registry import Kind
 from pax._src.core.summary import module_repr, summary, treescope_repr
@@ -38,21 +36,10 @@ _LAYOUT_KEY = registry.LAYOUT_KEY
 __all__ = ["Module"]
 
 
-def _fresh_buffer(leaf: Any) -> Any:
-    """A copy of a concrete array (own buffer, same sharding); anything else as it is."""
-    if isinstance(leaf, Tracer):
-        return leaf
-    if isinstance(leaf, jax.Array):
-        return jnp.copy(leaf)
-    if isinstance(leaf, np.ndarray):
-        return leaf.copy()
-    return leaf
-
-
 # --- the Module class --------------------------------------------------------------------------
 
 
-class Module(AssignmentRules):
+class Module(AssignmentRules, compat.PaxV02Methods):
     """Base class of every pax module: a mutable Python object that is also a pytree.
 
     A module keeps a registry of which attributes are its pytree children: parameters
@@ -247,7 +234,7 @@ class Module(AssignmentRules):
             return rebuild(self, ONLY_STATES)
         return select.select(self, where, states=True)
 
-    def update(self: T, other: T, *rest: T) -> T:
+    def update(self: T, other: T, *rest: T, in_place: bool = False) -> T:
         """Returns a copy of self where the non-None leaves of `other` (then `rest`) win.
 
         Raises:
@@ -261,6 +248,7 @@ class Module(AssignmentRules):
           >>> float(net.update(zeros).weight.sum())
           0.0
         """
+        compat.refuse_in_place(type(self).__name__, in_place)  # Pax v0.2's in_place=True
         return merge(self, (other, *rest))
 
     def freeze(self: T, where: select.Where | None = None) -> T:
@@ -309,15 +297,16 @@ class Module(AssignmentRules):
             return rebuild(self, map_kinds(registry.UNFREEZE))
         return select.set_frozen(self, where, frozen=False)
 
-    def train(self: T) -> T:
-        """Returns a copy with `training = True` on every submodule.
+    def train(self: T, mode: bool = True) -> T:
+        """Returns a copy with `training = mode` on every submodule (``train(False)``, the
+        PyTorch and Pax v0.2 spelling, is `eval()`).
 
         Example:
           >>> import pax
           >>> pax.nn.Linear(2, 3).eval().train().training
           True
         """
-        return rebuild(self, set_training(True))
+        return rebuild(self, set_training(compat.train_mode(type(self).__name__, mode)))
 
     def eval(self: T) -> T:
         """Returns a copy with `training = False` on every submodule.
@@ -330,32 +319,7 @@ class Module(AssignmentRules):
         """
         return rebuild(self, set_training(False))
 
-    def copy(self: T) -> T:
-        """Returns an independent copy: submodules, containers and arrays copied.
-
-        The arrays get buffers of their own (sharding kept), so a copy is a separate network
-        (a target network, an EMA teacher): `pax.check` does not report it as tied weights,
-        and donating the original's buffers to a step leaves the copy intact. Inside a
-        transformation, traced values are values and are kept as they are.
-
-        Example:
-          >>> import pax
-          >>> net = pax.nn.Linear(2, 3)
-          >>> target = net.copy()
-          >>> target is net, target.weight is net.weight, bool((target.weight == net.weight).all())
-          (False, False, True)
-        """
-        copies: dict[int, Any] = {}  # one array reachable twice stays one array (a tie the
-        # original has is kept, so `pax.check` still reports it on the copy)
-
-        def fresh(leaf: Any) -> Any:
-            new = copies.get(id(leaf))
-            if new is None:
-                new = copies[id(leaf)] = _fresh_buffer(leaf)
-            return new
-
-        return jax.tree_util.tree_map(fresh, self)
-
+    copy = transform.copy  # an independent copy, arrays included (docs in transform.py)
     apply = transform.apply  # post-order map over the submodules (docs in transform.py)
     astype = transform.astype  # casts the floating-point leaves only (docs in transform.py)
     mixed_precision = precision.mixed_precision  # calls under a jmp.Policy (docs in precision.py)

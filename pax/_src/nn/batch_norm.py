@@ -112,6 +112,12 @@ class BatchNorm(ChannelLayer):
         test_local_stats: bool = False,
     ) -> None:
         super().__init__(name=name)
+        if isinstance(in_dim, (tuple, list)):  # Pax v0.2: BatchNorm(input_shape, ...)
+            raise TypeError(
+                f"{self._cls}: got the shape {tuple(in_dim)} where the channel count goes "
+                f"(Pax v0.2's BatchNorm(input_shape, ...)). Fix: "
+                f"pax.nn.{self._cls}({in_dim[-1] if in_dim else 'channels'}) for channels last."
+            )
         running_stats = v.boolean(self._cls, "running_stats", running_stats)
         test_local_stats = v.boolean(self._cls, "test_local_stats", test_local_stats)
         if running_stats:  # only when set: the repr of the default layer stays as it was
