@@ -56,7 +56,7 @@ docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir build/site
 
 demo: $(STAMP)
-	$(PY) examples/char_rnn.py --steps 200 --batch-size 32
+	$(PY) examples/char_rnn.py --steps 200 --batch-size 32 --checkpoint ""
 
 # A wheel and an sdist; the wheel installed (not editable) into a clean virtual environment,
 # imported and used by an example from outside the checkout.

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 
 def default_path(plot: str | None, checkpoint: str) -> str:
-    """``--plot``: the given path, or (None) the checkpoint's path with ``.png`` (no plot when
-    no checkpoint is written: ``--checkpoint ''``); '' means no plot."""
+    """``--plot``: the given path, or (None) ``curves.png`` in the checkpoint directory (no plot
+    when no checkpoint is written: ``--checkpoint ''``); '' means no plot."""
     if plot is not None:
         return plot
-    return os.path.splitext(checkpoint)[0] + ".png" if checkpoint else ""
+    return os.path.join(checkpoint, "curves.png") if checkpoint else ""
 
 
 def save_curves(path: str, title: str, panels: Sequence[tuple[str, str, Sequence[float]]]) -> bool:

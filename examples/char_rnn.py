@@ -11,7 +11,7 @@ Adam moments over the same devices (`pax.sharding.fsdp_rules`); ``--sharding ten
 mesh ``("data", "model")`` and splits the layers' output features over "model"
 (`TENSOR_PARALLEL_RULES`). The same command runs on one CPU, on 8 simulated CPU devices, on a
 GPU, on a TPU pod slice, or as several processes (each feeds its share of the global batch; only
-process 0 prints and samples; every process writes its part of the checkpoint):
+process 0 prints and samples; every process writes its part of each checkpoint):
 
     python examples/char_rnn.py --steps 200 --batch-size 32            # the source of pax itself
     python examples/char_rnn.py --data input.txt --steps 5000          # any text file
@@ -20,7 +20,12 @@ process 0 prints and samples; every process writes its part of the checkpoint):
 
 The progress bar shows the mean loss since its last update, a `pax.metrics.Mean` updated inside
 the jitted step. Every `--sample-every` steps (and at the end) it prints text sampled from
-`--prompt`, and at the end it writes a checkpoint that `--resume` loads again.
+`--prompt`. At the end (and every `--checkpoint-every` steps) it saves the model and optimizer
+in the directory `--checkpoint` (a `pax.CheckpointManager` keeping the last 3 steps); `--resume`
+restores the latest step and counts on from it:
+
+    python examples/char_rnn.py --steps 200 --checkpoint-every 100   # checkpoints/char_rnn/
+    python examples/char_rnn.py --steps 100 --resume                 # steps 201..300
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from tqdm import tqdm
 import pax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _checkpoint
 import _data_parallel as dp
 import _plot
 import _precision
@@ -234,11 +240,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-length", type=int, default=300, help="bytes per sample")
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
     p.add_argument("--use-haiku", action="store_true", help="build the model from pax.haiku")
-    p.add_argument("--checkpoint", default="checkpoints/char_rnn.npz", help="'' to skip saving")
+    _checkpoint.add_flags(p, "checkpoints/char_rnn/")
     p.add_argument(
-        "--plot", default=None, help="PNG of the loss (default: next to the checkpoint; '' none)"
+        "--plot", default=None, help="PNG of the loss (default: in --checkpoint; '' none)"
     )
-    p.add_argument("--resume", action="store_true", help="start from --checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--sharding",
@@ -286,11 +291,7 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
         )
     mesh = dp.make_mesh(devices, args.model_parallel if args.sharding == "tensor" else None)
     dp.check_batch_size(args.batch_size, mesh)
-    if args.resume and not os.path.isfile(args.checkpoint):
-        raise FileNotFoundError(
-            f"--resume: no checkpoint at --checkpoint {args.checkpoint!r}. Fix: train once "
-            f"without --resume (it writes the checkpoint), or point --checkpoint at one."
-        )
+    manager, first = _checkpoint.open_manager(args)  # first: the step training starts after
     corpus = load_corpus(args.data)
     data = batches(corpus, args.batch_size, args.seq_len, args.seed)
 
@@ -304,8 +305,9 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
     running_loss = dp.replicate(pax.metrics.Mean(), mesh)
     placement = pax.sharding.shardings((model, optimizer), mesh, sharding_rules(args, model, mesh))
     model, optimizer = jax.device_put((model, optimizer), placement)
-    if args.resume:  # read into the placed arrays: each process reads only its devices' slices
-        state = pax.load(args.checkpoint, (model, optimizer))
+    saved = first if args.resume else None  # the step of the latest checkpoint
+    if args.resume and manager is not None:  # read into the placed arrays: each process reads
+        state = manager.restore((model, optimizer))  # only its devices' slices, latest step
         model, optimizer = jax.device_put(state, placement)
     rep, data_split = dp.replicated(mesh), dp.batch_sharded(mesh)
     if args.sharding == "data":  # each device runs the step on its rows; one gradient sum
@@ -335,8 +337,9 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
     sample_key = jax.random.PRNGKey(args.seed + 1)
     losses = []
     tokens_per_step = args.batch_size * args.seq_len
+    last = first + args.steps
     bar = tqdm(
-        range(1, args.steps + 1),
+        range(first + 1, last + 1),
         disable=args.no_progress or not main_process,
         desc="train",
         unit="step",
@@ -351,36 +354,40 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
         if args.metrics:
             float(loss)  # wait for the step, to time it
             step_seconds.append(time.perf_counter() - start)
-        if step == 1:  # the first step compiled the update; measure throughput from here
+        if step == first + 1:  # the first step compiled the update; measure throughput from here
             float(loss)
-            last_time, last_step = time.perf_counter(), 1
-        elif step % 20 == 0 or step == args.steps:
+            last_time, last_step = time.perf_counter(), step
+        elif step % 20 == 0 or step == last:
             loss_value = float(running_loss.compute())  # waits for the step to finish
             running_loss = running_loss.reset()
             now = time.perf_counter()
             rate = (step - last_step) * tokens_per_step / (now - last_time)
             last_time, last_step = now, step
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
-        if (args.sample_every and step % args.sample_every == 0) or step == args.steps:
+        if (args.sample_every and step % args.sample_every == 0) or step == last:
             local_model = dp.host_local(model, mesh)  # every process: gathers split parameters
             if main_process:
                 sample_key, key = jax.random.split(sample_key)
                 text = generate(local_model, args.prompt, args.sample_length, key, args.temperature)
                 tqdm.write(f"--- sample at step {step} (loss {float(loss):.3f}) ---\n{text}\n---")
             last_time = time.perf_counter()  # leave sampling out of the throughput
-    if args.checkpoint:
-        # every process calls pax.save: with several processes each writes the shards it owns
-        os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
-        pax.save(args.checkpoint, (model, optimizer))
+        if manager and args.checkpoint_every and step % args.checkpoint_every == 0:
+            _checkpoint.save(manager, step, (model, optimizer), loss)
+            saved = step
+    if manager:
+        # every process saves: with several processes each writes the shards it owns
+        if saved != last:
+            _checkpoint.save(manager, last, (model, optimizer), losses[-1] if losses else None)
+        manager.wait()
         if main_process:
-            print(f"checkpoint written to {args.checkpoint}", file=sys.stderr)
+            print(f"checkpoint of step {last} in {args.checkpoint}", file=sys.stderr)
     losses = [float(x) for x in jax.device_get(losses)]
     plot = _plot.default_path(args.plot, args.checkpoint) if main_process else ""
     _plot.save_curves(plot, "char_rnn", [("step", "train loss", losses)])
     if args.metrics and main_process:
         with open(args.metrics, "w") as f:
             json.dump({"losses": losses, "step_seconds": step_seconds}, f)
-    return {"model": model, "optimizer": optimizer, "losses": losses, "plot": plot}
+    return {"model": model, "optimizer": optimizer, "losses": losses, "plot": plot, "step": last}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -388,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         dp.initialize(args)
         run(args)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, FileExistsError) as err:
         sys.exit(str(err))
 
 

@@ -16,6 +16,11 @@ token at a time, greedily (``--temperature 0``) or sampled (temperature, ``--top
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python examples/gpt.py --sharding fsdp
     python -m pax.launch -n 2 --devices-per-process 4 examples/gpt.py --steps 50
     python examples/gpt.py --resume --steps 0 --prompt "ROMEO:"  # sample from a checkpoint
+
+Checkpoints: the directory `--checkpoint` (default ``checkpoints/gpt/``, '' for none) keeps the
+model and optimizer of the last 3 saved steps (`pax.CheckpointManager`, the loss as metric),
+saved at the end and every `--checkpoint-every` steps; `--resume` restores the latest step and
+counts on from it (a resumed run of K steps ends at step latest + K).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import optax
 import pax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _checkpoint
 import _data_parallel as dp
 import _plot
 import _precision
@@ -246,9 +252,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-length", type=int, default=300, help="characters per sample")
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy decoding")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely (0: all)")
-    p.add_argument("--checkpoint", default="checkpoints/gpt.npz", help="'' to skip saving")
-    p.add_argument("--plot", default=None, help="PNG of the curves (default: by the checkpoint)")
-    p.add_argument("--resume", action="store_true", help="start from --checkpoint")
+    _checkpoint.add_flags(p, "checkpoints/gpt/")
+    p.add_argument("--plot", default=None, help="PNG of the curves (default: in --checkpoint)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--sharding",
@@ -261,12 +266,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build(args: argparse.Namespace, vocab_size: int) -> tuple[GPT, pax.Module]:
-    """The model and its optimizer (AdamW, warmup-cosine, clipping, decay on weights only)."""
+def build(
+    args: argparse.Namespace, vocab_size: int, total_steps: int | None = None
+) -> tuple[GPT, pax.Module]:
+    """The model and its optimizer (AdamW, warmup-cosine, clipping, decay on weights only).
+
+    The schedule spans `total_steps` (default ``--steps``): a resumed run passes the steps of
+    the earlier runs plus its own, since the restored optimizer keeps counting from there.
+    """
     pax.seed_rng_key(args.seed)
     model = GPT(vocab_size, args.dim, args.layers, args.heads, args.kv_heads, args.dropout)
+    total = args.steps if total_steps is None else total_steps
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, args.learning_rate, min(args.warmup, max(args.steps - 1, 1)), max(args.steps, 2)
+        0.0, args.learning_rate, min(args.warmup, max(total - 1, 1)), max(total, 2)
     )
     decay = pax.optim.by_key_path(r"\.weight$")  # not the biases, norms' scales, embedding
     tx = optax.chain(
@@ -286,15 +298,11 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
     main = dp.is_main_process()
     mesh = dp.make_mesh(devices)
     dp.check_batch_size(args.batch_size, mesh)
-    if args.resume and not os.path.isfile(args.checkpoint):
-        raise FileNotFoundError(
-            f"--resume: no checkpoint at --checkpoint {args.checkpoint!r}. Fix: train once "
-            f"without --resume (it writes the checkpoint), or point --checkpoint at one."
-        )
+    manager, first = _checkpoint.open_manager(args)  # first: the step training starts after
     text = load_text(args.data)
     vocab = Vocab(text)
     data = batches(vocab.encode(text), args.batch_size, args.seq_len, args.seed)
-    model, optimizer = build(args, len(vocab))
+    model, optimizer = build(args, len(vocab), first + args.steps)  # the whole run's schedule
     rules = (
         pax.sharding.fsdp_rules(model, mesh)
         if args.sharding == "fsdp"
@@ -302,8 +310,9 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
     )
     placement = pax.sharding.shardings((model, optimizer), mesh, rules)
     model, optimizer = jax.device_put((model, optimizer), placement)
-    if args.resume:
-        model, optimizer = jax.device_put(pax.load(args.checkpoint, (model, optimizer)), placement)
+    saved = first if args.resume else None  # the step of the latest checkpoint
+    if args.resume and manager is not None:  # the latest step
+        model, optimizer = jax.device_put(manager.restore((model, optimizer)), placement)
     update = pax.utils.build_update_fn(loss_fn, jit=False)
     train_step = jax.jit(
         update,
@@ -318,23 +327,27 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
             f"--precision {args.precision}, {_count(model.parameters()):,} parameters",
             file=sys.stderr,
         )
-    steps = range(1, args.steps + 1)
+    last = first + args.steps
+    steps = range(first + 1, last + 1)
     bar = tqdm(steps, disable=args.no_progress or not main, unit="step") if tqdm else steps
     losses, accuracies, step_seconds = [], [], []
     for step in bar:
         start = time.perf_counter()
         loss, model, optimizer = train_step(model, optimizer, dp.shard_batch(next(data), mesh))
         losses.append(loss)
-        if step % 50 == 0 or step == args.steps:
+        if step % 50 == 0 or step == last:
             mean_loss = float(model.train_loss.compute())  # waits for the step
             accuracies.append(float(model.train_accuracy.compute()))
             model.train_loss.reset()
             model.train_accuracy.reset()
             if tqdm and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{accuracies[-1]:.3f}")
-        if step > 1:
+        if step > first + 1:
             float(loss)
             step_seconds.append(time.perf_counter() - start)
+        if manager and args.checkpoint_every and step % args.checkpoint_every == 0:
+            _checkpoint.save(manager, step, (model, optimizer), loss)
+            saved = step
     local = dp.host_local(model, mesh)
     sample = ""
     if main:
@@ -343,9 +356,10 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
             local, vocab, args.prompt, args.sample_length, key, args.temperature, args.top_k
         )
         print(f"--- sample (temperature {args.temperature}, top-k {args.top_k}) ---\n{sample}")
-    if args.checkpoint:
-        os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
-        pax.save(args.checkpoint, (model, optimizer))  # every process writes its shards
+    if manager:  # every process saves (and writes its shards)
+        if saved != last:
+            _checkpoint.save(manager, last, (model, optimizer), losses[-1] if losses else None)
+        manager.wait()
     losses = [float(x) for x in jax.device_get(losses)]
     plot = _plot.default_path(args.plot, args.checkpoint) if main else ""
     panels = [("step", "train loss", losses), ("x50 steps", "train accuracy", accuracies)]
@@ -358,6 +372,7 @@ def run(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -
         "vocab": vocab,
         "step_seconds": step_seconds,
         "plot": plot,
+        "step": last,
     }
 
 
@@ -366,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         dp.initialize(args)
         run(args)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, FileExistsError) as err:
         sys.exit(str(err))
 
 

@@ -14,10 +14,13 @@ Training is data-parallel over every visible device (the batch is split along it
 the model and optimizer are replicated; see ``_data_parallel.py``); BatchNorm's statistics are
 those of the whole global batch. In a multi-process run (``--coordinator``, ``--num-processes``,
 ``--process-id``, or ``python -m pax.launch``) every process reads the data and feeds its share
-of each global batch; only process 0 prints and plots (all take part in ``pax.save``). Each
+of each global batch; only process 0 prints and plots (all take part in saving). Each
 epoch ends with the test accuracy of the model in ``eval()`` mode (BatchNorm then uses its
 moving averages, dropout is off), counted by a `pax.metrics.Accuracy` updated in a jitted step;
-the last model is saved with ``pax.save``.
+the model and optimizer are saved at the end (and every ``--checkpoint-every`` steps) in the
+directory ``--checkpoint`` (default ``checkpoints/mnist/``, '' for none), a
+`pax.CheckpointManager` keeping the last 3 steps with the loss as metric; ``--resume`` restores
+the latest step and trains ``--epochs`` more epochs, counting the steps on from it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from tqdm import tqdm
 import pax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _checkpoint
 import _data_parallel as dp
 import _plot
 import _precision
@@ -258,9 +262,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.0, help="dropout before the last layer")
     p.add_argument("--shift", type=int, default=2, help="augmentation: random shifts, in pixels")
     p.add_argument("--use-haiku", action="store_true", help="build the model from pax.haiku")
-    p.add_argument("--checkpoint", default="checkpoints/mnist.npz", help="'' to skip saving")
+    _checkpoint.add_flags(p, "checkpoints/mnist/")
     p.add_argument(
-        "--plot", default=None, help="PNG of the curves (default: next to the checkpoint; '' none)"
+        "--plot", default=None, help="PNG of the curves (default: in --checkpoint; '' none)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _precision.add_flag(p)
@@ -282,6 +286,7 @@ def run(
     main_process = dp.is_main_process()
     mesh = dp.make_mesh(devices)
     dp.check_batch_size(args.batch_size, mesh)
+    manager, first = _checkpoint.open_manager(args)  # first: the step training starts after
     data = load_mnist(args.data_dir) if data is None else data
     steps_per_epoch = len(data["train_images"]) // args.batch_size
     if args.max_steps:
@@ -294,10 +299,16 @@ def run(
 
     pax.seed_rng_key(args.seed)
     model = conv_net(use_haiku=args.use_haiku, width=args.width, dropout=args.dropout)
-    schedule = optax.cosine_decay_schedule(args.learning_rate, args.epochs * steps_per_epoch)
+    # the whole run's schedule: a resumed run's optimizer keeps counting after `first` steps
+    schedule = optax.cosine_decay_schedule(
+        args.learning_rate, first + args.epochs * steps_per_epoch
+    )
     optimizer = pax.optim.from_optax(optax.adam(schedule))(model.parameters())
     model, optimizer = _precision.apply(model, optimizer, args.precision)
     model, optimizer = dp.replicate((model, optimizer), mesh)
+    saved = first if args.resume else None  # the step of the latest checkpoint
+    if args.resume and manager is not None:  # the latest step
+        model, optimizer = dp.replicate(manager.restore((model, optimizer)), mesh)
 
     update_fn = dp.jit_step(pax.utils.build_update_fn(loss_fn, jit=False), mesh, n_replicated=2)
     eval_fn = dp.jit_step(eval_step, mesh, n_replicated=2)
@@ -313,6 +324,7 @@ def run(
             file=sys.stderr,
         )
     accuracies, epoch_seconds, losses = [], [], []
+    global_step = first
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
         bar = tqdm(
@@ -328,6 +340,10 @@ def run(
         for step, batch in enumerate(bar, 1):
             loss, model, optimizer = update_fn(model, optimizer, dp.shard_batch(batch, mesh))
             losses.append(loss)  # read back once, at the end
+            global_step += 1
+            if manager and args.checkpoint_every and global_step % args.checkpoint_every == 0:
+                _checkpoint.save(manager, global_step, (model, optimizer), loss)
+                saved = global_step
             if step == 1:  # the first step may have compiled the update
                 float(loss)
                 last_time, last_step = time.perf_counter(), 1
@@ -351,12 +367,14 @@ def run(
                 f"epoch {epoch}: test accuracy {accuracy:.2%}, train time {seconds:.1f}s",
                 file=sys.stderr,
             )
-    if args.checkpoint:
-        # every process calls pax.save: with several processes each writes the shards it owns
-        os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
-        pax.save(args.checkpoint, model)
+    if manager:
+        # every process saves: with several processes each writes the shards it owns
+        if saved != global_step:
+            loss = losses[-1] if losses else None
+            _checkpoint.save(manager, global_step, (model, optimizer), loss)
+        manager.wait()
         if main_process:
-            print(f"checkpoint written to {args.checkpoint}", file=sys.stderr)
+            print(f"checkpoint of step {global_step} in {args.checkpoint}", file=sys.stderr)
     losses = [float(x) for x in jax.device_get(losses)]
     plot = _plot.default_path(args.plot, args.checkpoint) if main_process else ""
     _plot.save_curves(
@@ -364,10 +382,12 @@ def run(
     )
     return {
         "model": model,
+        "optimizer": optimizer,
         "accuracies": accuracies,
         "epoch_seconds": epoch_seconds,
         "losses": losses,
         "plot": plot,
+        "step": global_step,
     }
 
 
@@ -376,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         dp.initialize(args)
         run(args)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, FileExistsError) as err:
         sys.exit(str(err))
 
 

@@ -183,8 +183,10 @@ def test_char_rnn_rejects_bad_batch_before_loading():
 
 
 def test_char_rnn_resume_needs_a_checkpoint(tmp_path):
-    argv = ["--resume", "--checkpoint", str(tmp_path / "none.npz"), "--data", __file__]
-    with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint at --checkpoint"):
+    argv = ["--resume", "--checkpoint", str(tmp_path / "none"), "--data", __file__]
+    with pytest.raises(
+        FileNotFoundError, match=r"--resume: no checkpoint in --checkpoint '.*none'"
+    ):
         char_rnn.run(char_rnn.parse_args(argv))
     with pytest.raises(SystemExit, match="train once without --resume"):
         char_rnn.main(argv)
@@ -239,13 +241,14 @@ def _char_args(tmp_path, *extra):
     return char_rnn.parse_args(
         ["--data", str(corpus), "--batch-size", "16", "--seq-len", "16", "--embed-dim", "16"]
         + ["--hidden-dim", "32", "--learning-rate", "1e-2", "--no-progress"]
-        + ["--checkpoint", str(tmp_path / "ckpt.npz"), *extra]
+        + ["--checkpoint", str(tmp_path / "ckpt"), *extra]
     )
 
 
 @pytest.mark.slow
 def test_char_rnn_trains_on_8_devices(tmp_path, capsys):
     args = _char_args(tmp_path, "--steps", "12", "--sample-every", "6", "--prompt", "the ")
+    args.checkpoint_every = 5
     result = char_rnn.run(args)
     losses = result["losses"]
     assert len(losses) == 12
@@ -257,11 +260,18 @@ def test_char_rnn_trains_on_8_devices(tmp_path, capsys):
     weight = result["model"].head.weight
     assert len(weight.sharding.device_set) == 8
     assert weight.sharding.is_fully_replicated
-    # the checkpoint holds the final model and optimizer, and --resume starts from it
-    model, _ = pax.load(args.checkpoint, (char_rnn.LanguageModel(256, 16, 32), result["optimizer"]))
+    # steps 5, 10 (--checkpoint-every 5) and 12 (the end), the latest holds the final model and
+    # optimizer with the last loss, and --resume starts from it and counts on
+    manager = pax.CheckpointManager(args.checkpoint)
+    assert manager.all_steps() == [5, 10, 12] and result["step"] == 12
+    assert manager.metrics(12) == {"loss": pytest.approx(losses[-1])}
+    like = (char_rnn.LanguageModel(256, 16, 32), result["optimizer"])
+    model, _ = manager.restore(like)
     _leaves_equal(model, result["model"])
     resumed = char_rnn.run(_char_args(tmp_path, "--steps", "1", "--resume"))
-    fresh = char_rnn.run(_char_args(tmp_path, "--steps", "1"))
+    assert resumed["step"] == 13
+    assert pax.CheckpointManager(args.checkpoint).all_steps() == [10, 12, 13]  # the last 3
+    fresh = char_rnn.run(_char_args(tmp_path, "--steps", "1", "--checkpoint", ""))
     assert resumed["losses"][0] < fresh["losses"][0] - 0.5
 
 
@@ -294,7 +304,7 @@ def test_char_rnn_with_haiku_layers(tmp_path):
 def test_mnist_runs_on_8_devices(tmp_path, capsys, use_haiku):
     data = _fake_mnist(64, 37)
     argv = ["--epochs", "2", "--batch-size", "16", "--width", "4", "--max-steps", "2"]
-    argv += ["--no-progress", "--checkpoint", str(tmp_path / "m.npz")]
+    argv += ["--no-progress", "--checkpoint", str(tmp_path / "m")]
     result = mnist.run(mnist.parse_args(argv + (["--use-haiku"] if use_haiku else [])), data=data)
     assert len(result["accuracies"]) == 2
     assert "epoch 2: test accuracy" in capsys.readouterr().err
@@ -307,7 +317,9 @@ def test_mnist_runs_on_8_devices(tmp_path, capsys, use_haiku):
     # BatchNorm's moving averages moved in training, and eval() used them
     states = [x for x in jax.tree_util.tree_leaves(model.states()) if x.ndim]
     assert states and any(float(jnp.abs(s).sum()) > 0 for s in states)
-    restored = pax.load(tmp_path / "m.npz", mnist.conv_net(use_haiku, width=4))
+    manager = pax.CheckpointManager(tmp_path / "m")
+    assert manager.all_steps() == [4] and result["step"] == 4  # 2 epochs of 2 steps
+    restored, _ = manager.restore((mnist.conv_net(use_haiku, width=4), result["optimizer"]))
     _leaves_equal(restored, model)
 
 

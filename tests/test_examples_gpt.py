@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import pax
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 _spec = importlib.util.spec_from_file_location("pax_example_gpt", ROOT / "examples" / "gpt.py")
@@ -30,7 +32,7 @@ def corpus(tmp_path):
 
 
 def _args(corpus, tmp_path, *extra):
-    ckpt = str(tmp_path / "gpt.npz")
+    ckpt = str(tmp_path / "gpt")
     return gpt.parse_args([*TINY, "--data", str(corpus), "--checkpoint", ckpt, *extra])
 
 
@@ -41,6 +43,16 @@ def test_a_few_steps_train_sample_and_resume(corpus, tmp_path):
     assert out["sample"].startswith("ROMEO:") and len(out["sample"]) == 6 + 12
     again = gpt.run(_args(corpus, tmp_path, "--resume", "--steps", "1"))
     assert np.isfinite(again["losses"][0]) and again["losses"][0] < out["losses"][0]
+    # the checkpoints of steps 4 and 5 (the resumed run counts on from the latest step)
+    assert out["step"] == 4 and again["step"] == 5
+    manager = pax.CheckpointManager(str(tmp_path / "gpt"))
+    assert manager.all_steps() == [4, 5]
+    assert manager.metrics(5) == {"loss": pytest.approx(again["losses"][-1])}
+    # --steps 0 --resume samples from the latest checkpoint and saves nothing new
+    sample = gpt.run(_args(corpus, tmp_path, "--resume", "--steps", "0"))
+    assert sample["step"] == 5 and manager.all_steps() == [4, 5]
+    with pytest.raises(FileExistsError, match=r"already holds the checkpoints .*step 5.*--resume"):
+        gpt.run(_args(corpus, tmp_path))  # a fresh run into a run's directory
 
 
 def test_cached_generation_equals_recomputing_the_prefix(corpus, tmp_path):
@@ -77,7 +89,7 @@ def test_bfloat16_and_fsdp(corpus, tmp_path):
 def test_missing_data_and_bad_prompt_name_the_fix(tmp_path, corpus):
     with pytest.raises(FileNotFoundError, match=r"--data .*no such file\. Fix: download tiny"):
         gpt.load_text(str(tmp_path / "absent.txt"))
-    with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint.*Fix"):
+    with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint in --checkpoint.*Fix"):
         gpt.run(_args(corpus, tmp_path, "--resume"))
     vocab = gpt.Vocab("abc")
     with pytest.raises(ValueError, match=r"--prompt has characters not in the corpus: \['z'\]"):

@@ -216,21 +216,22 @@ def test_char_rnn_sharding_flags_are_checked(tmp_path):
 
 @pytest.mark.slow
 def test_char_rnn_checkpoint_of_2_processes_matches_1_process_and_resumes(tmp_path):
-    two = str(tmp_path / "two.npz")
+    two = str(tmp_path / "two")  # checkpoint directories (pax.CheckpointManager)
     argv = [str(EXAMPLES / "char_rnn.py"), *_char_argv(tmp_path, "fsdp"), "--checkpoint", two]
     assert pax.launch.launch(argv, 2, timeout=TIMEOUT, devices_per_process=4) == 0
-    one = str(tmp_path / "one.npz")
+    one = str(tmp_path / "one")
     args = char_rnn.parse_args([*_char_argv(tmp_path, "data"), "--checkpoint", one])
     trained = char_rnn.run(args, devices=jax.devices()[:1])
     like = (trained["model"], trained["optimizer"])
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-        pax.load(two, like),
-        pax.load(one, like),
+        pax.CheckpointManager(two).restore(like),
+        pax.CheckpointManager(one).restore(like),
     )
     resume = ["--checkpoint", two, "--resume", "--steps", "1"]
     resumed = char_rnn.run(char_rnn.parse_args([*_char_argv(tmp_path, "tensor"), *resume]))
     assert resumed["losses"][0] < trained["losses"][0] - 0.2  # it starts from the trained model
+    assert resumed["step"] == trained["step"] + 1  # and counts on from its step
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -250,7 +251,7 @@ def test_mnist_2_processes_match_1_process(tmp_path):
         _write_idx(tmp_path / name, rng.integers(0, 256 if len(shape) > 1 else 10, shape))
     argv = ["--data-dir", str(tmp_path), "--epochs", "1", "--batch-size", "16", "--width", "4"]
     argv += ["--no-progress", "--plot", ""]
-    two = str(tmp_path / "two.npz")
+    two = str(tmp_path / "two")
     program = [str(EXAMPLES / "mnist.py"), *argv, "--checkpoint", two]
     assert pax.launch.launch(program, 2, timeout=TIMEOUT, devices_per_process=2) == 0
     # the same 4 devices in one process (against 1 device, Adam and BatchNorm amplify float
@@ -258,6 +259,6 @@ def test_mnist_2_processes_match_1_process(tmp_path):
     four = mnist.run(mnist.parse_args([*argv, "--checkpoint", ""]), devices=jax.devices()[:4])
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-        pax.load(two, four["model"]),
+        pax.CheckpointManager(two).restore((four["model"], four["optimizer"]))[0],
         four["model"],
     )
