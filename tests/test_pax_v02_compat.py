@@ -492,3 +492,18 @@ def test_pax_v02_module_methods_work_or_name_the_new_spelling():
     ):
         pax.nn.BatchNorm2D((None, 8, 8, 3))
     pax.nn.BatchNorm2D(3)
+
+
+def test_mixed_precision_picks_wrapped_haiku_layers_by_their_haiku_class():
+    import haiku as hk
+
+    net = pax.nn.Sequential(
+        pax.haiku.linear(3, 3), pax.haiku.batch_norm_2d(3), pax.haiku.linear(3, 3)
+    )
+    mixed = pax.mixed_precision.apply_policy(
+        net, {hk.BatchNorm: "p=f32,c=f32,o=f32", hk.Linear: "p=f32,c=bf16,o=f32"}
+    )
+    names = [type(m).__name__ for m in mixed.modules]
+    assert names == ["MixedPrecisionHaikuModule"] * 3
+    with pytest.raises(ValueError, match=r"apply_policy: no submodule .* matches"):
+        pax.mixed_precision.apply_policy(net, {hk.Conv2D: "p=f32,c=bf16,o=f32"})

@@ -304,8 +304,9 @@ Policies = Mapping[Any, Any]
 
 
 def _matches(key: Any, module: Any, path: str) -> bool:
-    if isinstance(key, type):
-        return isinstance(module, key)
+    if isinstance(key, type):  # a pax class, or a Haiku class: the wrapped modules of that class
+        wrapped = getattr(module, "hk_cls", None)
+        return isinstance(module, key) or (isinstance(wrapped, type) and issubclass(wrapped, key))
     return re.search(key, path) is not None
 
 
@@ -338,7 +339,8 @@ def apply_policy(model: T, policies: Policies) -> T:
 
     Args:
       model: the model.
-      policies: ``{class or key-path regex: jmp.Policy or policy string}``.
+      policies: ``{class or key-path regex: jmp.Policy or policy string}``; a Haiku class
+        (``hk.BatchNorm``) matches the `pax.from_haiku` modules wrapping it.
 
     Raises:
       ValueError: if no submodule matches some key (a typo is likely), or a key is an
