@@ -290,6 +290,7 @@ _REQUIRED = {
     "VanillaRNN": dict(in_dim=2, hidden_dim=3),
     "MLP": dict(dims=[2, 3]),
     "Stack": dict(make_layer=lambda k: nn.Linear(2, 2, rng_key=k), n=2),
+    "DeepRNN": dict(layers=[nn.LSTM(2, 3, rng_key=jax.random.PRNGKey(0))]),
 }
 
 

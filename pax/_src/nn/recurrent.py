@@ -338,6 +338,7 @@ class DeepRNN(Module):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
+        skip_connections = v.boolean("DeepRNN", "skip_connections", skip_connections)
         wrapped = [m if isinstance(m, Module) else Lambda(m) for m in layers]
         if skip_connections:
             for i, layer in enumerate(wrapped):
@@ -347,7 +348,7 @@ class DeepRNN(Module):
                         f"initial_state), got layers[{i}] = {layer!r}. Fix: drop the function or "
                         "use skip_connections=False."
                     )
-        self.skip_connections = bool(skip_connections)
+        self.skip_connections = skip_connections
         self.register_module_subtree("layers", wrapped)
 
     def __call__(self, x: Any, state: Sequence[Any]) -> tuple[Any, tuple[Any, ...]]:
