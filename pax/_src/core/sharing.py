@@ -140,11 +140,19 @@ def modules_are_distinct(*roots: Any) -> bool:
             if kind is Kind.MODULE:
                 if value is not None:
                     stack.append(value)
+            elif type(value) is list or type(value) is tuple:  # the usual container: no flatten
+                for item in value:
+                    if is_module(item):
+                        stack.append(item)
+                    elif item is not None:
+                        stack.extend(_modules_in(item))
             else:
-                stack.extend(
-                    m for m in jax.tree_util.tree_leaves(value, is_leaf=is_module) if is_module(m)
-                )
+                stack.extend(_modules_in(value))
     return True
+
+
+def _modules_in(tree: Any) -> list[Any]:
+    return [m for m in jax.tree_util.tree_leaves(tree, is_leaf=is_module) if is_module(m)]
 
 
 def find_shared(tree: Any) -> list[tuple[str, str]]:
