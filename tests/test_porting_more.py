@@ -200,3 +200,33 @@ def test_adamw_v02_positionals_raise_instead_of_setting_b1():
     opt = pax.optim.adamw(net.parameters(), 1e-3, weight_decay=1e-2)  # the correct call
     assert float(opt.hyperparams["weight_decay"]) == pytest.approx(1e-2)
     assert float(opt.hyperparams["learning_rate"]) == pytest.approx(1e-3)
+
+
+class _ChainedCells(pax.Module):
+    """Issue point 5: a method chaining two wrapped cells, unrolled with pax.dynamic_unroll."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = pax.from_haiku(hk.LSTM)(4)
+        self.b = pax.from_haiku(hk.GRU)(3)
+
+    def step(self, x, state):
+        h, s1 = self.a(x, state[0])
+        out, s2 = self.b(h, state[1])
+        return out, (s1, s2)
+
+    def __call__(self, xs, state):
+        return pax.dynamic_unroll(self.step, xs, state)
+
+
+def test_hk_init_inside_dynamic_unroll_of_chained_wrapped_cells():
+    xs = jax.random.normal(jax.random.PRNGKey(1), (5, 2, 3))
+    state = (hk.LSTMState(jnp.zeros((2, 4)), jnp.zeros((2, 4))), jnp.zeros((2, 3)))
+    net = _ChainedCells().hk_init(xs, state)
+    assert net.a.is_initialized and net.b.is_initialized
+    outs, _ = jax.jit(lambda m, xs, s: m(xs, s))(net, xs, state)
+    s, expected = state, []
+    for x in xs:  # the same cells stepped by hand
+        y, s = net.step(x, s)
+        expected.append(y)
+    np.testing.assert_allclose(outs, jnp.stack(expected), rtol=1e-5, atol=1e-6)

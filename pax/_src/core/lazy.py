@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from pax._src.core import tracing
-from pax._src.core._jax_compat import trace_state_clean
+from pax._src.core._jax_compat import current_trace, trace_state_clean
 from pax._src.core.rng import resolve_rng_key
 
 T = TypeVar("T")
@@ -231,6 +231,8 @@ def _forward(
     pairs = lazy_modules_with_path(model)
     index_of = {id(m): i for i, (_, m, kind) in enumerate(pairs) if kind.pending(m)}
     records: dict[int, Any] = {}
+    outer = current_trace()  # a first call inside a transformation of the forward pass (a
+    # dynamic_unroll's scan) makes values of that inner trace: they must not be returned
 
     def hook(module: Any, call_args: tuple, call_kwargs: dict) -> None:
         index = index_of.get(id(module))
@@ -239,11 +241,11 @@ def _forward(
             what = kind.describe(module) if kind is not None else type(module).__name__
             raise RuntimeError(_STRAY_MODULE.format(who=who, module=what))
         specs[index] = jax.tree_util.tree_map(_spec, (call_args, call_kwargs))
-        records[index] = kind.initialize(
-            module, jax.random.fold_in(key, index), call_args, call_kwargs
-        )
+        record = kind.initialize(module, jax.random.fold_in(key, index), call_args, call_kwargs)
+        records[index] = record if current_trace() == outer else None  # None: from the specs
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(tracing.discarding())  # the copy of the model is thrown away
         for kind in _kinds:
             stack.enter_context(kind.on_first_call(hook))
         model(*args, **kwargs)
@@ -274,8 +276,7 @@ def _traced(
         call_args, call_kwargs = jax.tree_util.tree_unflatten(treedef, full)
         return _forward(model, key, call_args, call_kwargs, who, specs)
 
-    with tracing.discarding():  # the traced copy of the model is thrown away on purpose
-        return transform(run)(model, key, [leaves[i] for i in dynamic])
+    return transform(run)(model, key, [leaves[i] for i in dynamic])
 
 
 def initialize(
