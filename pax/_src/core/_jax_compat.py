@@ -75,4 +75,39 @@ compare equal (`jax.extend.core.get_opaque_trace_state`, as Flax NNX uses it). O
 transformation it stands for the evaluation context. A JAX without it gives None (then every
 module counts as made outside the transformation: detection as strict as before)."""
 
-__all__ = ["SUPPORTED", "Tracer", "current_trace", "trace_state_clean"]
+
+def is_batch_tracer(x: object) -> bool:
+    """True when `x` is batched by an enclosing `jax.vmap` (looking through grad's tracers).
+
+    JAX has no public API telling whether a value is batched by an enclosing vmap; the tracer
+    type's name is the least fragile signal (a renamed type only loses the warnings using it).
+    """
+    for _ in range(4):  # look through grad's tracers (vmap of grad)
+        if not isinstance(x, Tracer):
+            return False
+        if type(x).__name__ == "BatchTracer":
+            return True
+        x = getattr(x, "primal", None)
+    return False
+
+
+def varying_axes(x: object) -> frozenset:
+    """The shard_map axes `x` varies over (empty when unknown or outside shard_map)."""
+    try:
+        aval = jax.typeof(x)
+    except Exception:  # best effort: any failure means "unknown"
+        return frozenset()
+    vma = getattr(aval, "vma", None)
+    if vma is None:  # the attribute's other spelling
+        vma = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
+    return frozenset(vma) if isinstance(vma, (set, frozenset)) else frozenset()
+
+
+__all__ = [
+    "SUPPORTED",
+    "Tracer",
+    "current_trace",
+    "is_batch_tracer",
+    "trace_state_clean",
+    "varying_axes",
+]

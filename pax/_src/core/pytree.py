@@ -146,11 +146,8 @@ def _read(module: Any) -> tuple[registry.Layout, tuple, bool]:
     layout = registry.layout_in(d)
     statics: list = []
     cacheable = True
-    i = 0
-    while i < len(layout.static):
-        name = layout.static[i]
+    for name in layout.static:  # the stored names: promoting one keeps the others' order
         value = d[name]
-        i += 1
         try:
             hash(value)
         except TypeError:
@@ -158,7 +155,6 @@ def _read(module: Any) -> tuple[registry.Layout, tuple, bool]:
             value = _snapshot(module, name, value)
             if value is None:  # it holds modules: a child (read so, not written)
                 layout = layout.with_child(name, Kind.MODULE_SUBTREE)
-                i -= 1  # `name` left the static names: the next one moved into its place
                 continue
         statics.append(value)
     return layout, tuple(statics), cacheable

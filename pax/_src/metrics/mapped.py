@@ -5,8 +5,8 @@ batch; a metric without `axis_name` then adds only that shard, and every device 
 its own partial totals (one device's value, read as the metric's). This file finds the named
 axes bound where an update runs and tells which of them the update may differ over.
 
-`pax.nn.Dropout` (``pax/_src/nn/dropout.py``) has its own twin of `varying_axes`; the layering
-keeps metrics from importing `pax.nn`.
+`varying_axes` and `is_batch_tracer` are the core's (`pax/_src/core/_jax_compat.py`), shared
+with `pax.nn.Dropout` and `pax.utils.RngSeq`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 
 import jax
 import jax.extend.core
+
+from pax._src.core._jax_compat import is_batch_tracer, varying_axes
 
 # JAX has no public API listing the named axes bound here (shard_map mesh axes, pmap and
 # named vmap axes); `jax.extend.core` exports one marked "do not use". Without it (a JAX that
@@ -40,36 +42,12 @@ def bound_axis_names() -> tuple[Any, ...]:
         return ()
 
 
-def varying_axes(x: Any) -> frozenset[Any]:
-    """The shard_map axes `x` varies over (empty when unknown or outside shard_map).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> varying_axes(jnp.ones(3))
-      frozenset()
-    """
-    try:
-        aval = jax.typeof(x)
-    except Exception:  # best effort: any failure means "unknown"
-        return frozenset()
-    vma = getattr(aval, "vma", None)
-    if vma is None:
-        vma = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
-    return frozenset(vma) if isinstance(vma, (set, frozenset)) else frozenset()
-
-
 def _tracks_variance(name: Any) -> bool:
     """True where JAX knows which values vary over `name` (shard_map with check_vma)."""
     try:
         return name in varying_axes(jax.lax.axis_index(name))
     except Exception:  # best effort: an axis we cannot ask about counts as tracked (no warning)
         return True
-
-
-def _is_batched(x: Any) -> bool:
-    # No public API tells whether a value is batched by an enclosing vmap; the tracer type's
-    # name is the least fragile signal (as in pax.nn.Dropout).
-    return isinstance(x, jax.core.Tracer) and type(x).__name__ == "BatchTracer"
 
 
 def unreduced_axes(deltas: Iterable[Any], states: Iterable[Any]) -> tuple[Any, ...]:
@@ -91,7 +69,7 @@ def unreduced_axes(deltas: Iterable[Any], states: Iterable[Any]) -> tuple[Any, .
     deltas, states = list(deltas), list(states)
     state_axes = frozenset().union(*map(varying_axes, states))
     delta_axes = frozenset().union(*map(varying_axes, deltas))
-    states_batched = any(_is_batched(s) for s in states)
+    states_batched = any(is_batch_tracer(s) for s in states)
     out = []
     for name in names:
         if name in state_axes:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from pax._src.core._jax_compat import is_batch_tracer, varying_axes
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
 from pax._src.nn import _validate as v
@@ -30,29 +31,16 @@ def axis_names(cls: str, axis_name: Any) -> tuple[str, ...] | None:
     )
 
 
-def is_batch_tracer(x: Any) -> bool:
-    """True when `x` is batched by an enclosing `jax.vmap` (looking through grad's tracers)."""
-    # JAX has no public API telling whether a value is batched by an enclosing vmap; the tracer
-    # type's name is the least fragile signal (a renamed type only loses the warning).
-    for _ in range(4):  # look through grad's tracers (vmap of grad)
-        if not isinstance(x, jax.core.Tracer):
-            return False
-        if type(x).__name__ == "BatchTracer":
-            return True
-        x = getattr(x, "primal", None)
-    return False
-
-
-def _varying_axes(x: Any) -> frozenset[str]:
-    """The shard_map axes `x` varies over (empty when unknown or outside shard_map)."""
-    try:
-        aval = jax.typeof(x)
-    except Exception:  # best effort: any failure means "unknown"
-        return frozenset()
-    vma = getattr(aval, "vma", None)  # the attribute's older spelling
-    if vma is None:
-        vma = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
-    return frozenset(vma) if isinstance(vma, (set, frozenset)) else frozenset()
+def fold_axis_indices(key: jax.Array, names: Any, unbound: Callable[[str], str]) -> jax.Array:
+    """`key` folded with the index of each named mapped axis; `unbound(name)` is the message
+    of the `ValueError` raised for an axis that is not bound where this runs."""
+    for name in names or ():
+        try:
+            index = jax.lax.axis_index(name)
+        except NameError:
+            raise ValueError(unbound(name)) from None
+        key = jax.random.fold_in(key, index)
+    return key
 
 
 class Dropout(Module):
@@ -154,23 +142,21 @@ class Dropout(Module):
         return keep * x / jnp.asarray(keep_rate, x.dtype)
 
     def _fold_axis_indices(self, key: jax.Array) -> jax.Array:
-        for name in self.axis_name or ():
-            try:
-                index = jax.lax.axis_index(name)
-            except NameError:
-                raise ValueError(
-                    f"{type(self).__name__}: axis_name {name!r} is not bound here; the layer "
-                    f"must be called inside jax.shard_map / jax.pmap / jax.vmap over an axis "
-                    f"named {name!r}. Fix: call it there, or outside them use a layer without "
-                    f"named axes: drop.axis_name = None (or pax.nn.Dropout(rate))."
-                ) from None
-            key = jax.random.fold_in(key, index)
-        return key
+        return fold_axis_indices(
+            key,
+            self.axis_name,
+            lambda name: (
+                f"{type(self).__name__}: axis_name {name!r} is not bound here; the layer "
+                f"must be called inside jax.shard_map / jax.pmap / jax.vmap over an axis "
+                f"named {name!r}. Fix: call it there, or outside them use a layer without "
+                f"named axes: drop.axis_name = None (or pax.nn.Dropout(rate))."
+            ),
+        )
 
     def _warn_if_shared(self, x: jax.Array) -> None:
         """Warns when a shared key meets an input mapped by vmap or split by shard_map."""
         cls = type(self).__name__
-        where, axes = "", frozenset(_varying_axes(x) - _varying_axes(self.rng_key))
+        where, axes = "", frozenset(varying_axes(x) - varying_axes(self.rng_key))
         if axes:
             where = f"inside jax.shard_map over {tuple(sorted(axes))}"
         elif is_batch_tracer(x) and not is_batch_tracer(self.rng_key):

@@ -10,10 +10,11 @@ import jax
 import jax.extend.core
 import numpy as np
 
+from pax._src.core._jax_compat import is_batch_tracer
 from pax._src.core.module import Module
 from pax._src.core.rng import resolve_rng_key
 from pax._src.describe import describe
-from pax._src.nn.dropout import axis_names, is_batch_tracer
+from pax._src.nn.dropout import axis_names, fold_axis_indices
 
 T = TypeVar("T")
 
@@ -172,17 +173,15 @@ class RngSeq(Module):
         return keys[0] if num_keys == 1 else keys
 
     def _fold_axis_indices(self, key: jax.Array) -> jax.Array:
-        for name in self.axis_name or ():
-            try:
-                index = jax.lax.axis_index(name)
-            except NameError:
-                raise ValueError(
-                    f"RngSeq: axis_name {name!r} is not bound here; next_rng_key must be called "
-                    f"inside jax.vmap / jax.shard_map / jax.pmap over an axis named {name!r}. "
-                    f"Fix: call it there, or outside them use seq.axis_name = None."
-                ) from None
-            key = jax.random.fold_in(key, index)
-        return key
+        return fold_axis_indices(
+            key,
+            self.axis_name,
+            lambda name: (
+                f"RngSeq: axis_name {name!r} is not bound here; next_rng_key must be called "
+                f"inside jax.vmap / jax.shard_map / jax.pmap over an axis named {name!r}. "
+                f"Fix: call it there, or outside them use seq.axis_name = None."
+            ),
+        )
 
     def _warn_if_shared(self) -> None:
         if _vmap_with_unbatched(self.rng_key):
